@@ -1,0 +1,128 @@
+"""The DCGAN-style GAN of the seed report (Tables 3 and 4) and its losses, eq. (2).
+
+The discriminator returns a logit; its final sigmoid (Table 3) is folded into
+`binary_cross_entropy_with_logits`, which is the same loss without the float overflow of log(sigmoid).
+Images live in [-1, 1] (the generator ends in tanh), as in Radford et al. (2016).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERNEL = 5  # every conv and transposed conv is 5x5, stride 2 (Tables 3 and 4)
+STRIDE = 2
+LEAKY_SLOPE = 0.2  # DCGAN's LeakyReLU slope
+INIT_STD = 0.02  # DCGAN's N(0, 0.02) weight init
+
+
+@dataclass
+class GANConfig:
+    latent_dim: int = 100  # size of the noise h fed to G
+    lr_g: float = 2e-4  # Adam learning rate of the generator
+    lr_d: float = 2e-4  # Adam learning rate of the discriminator
+    beta1: float = 0.5  # Adam betas of Radford et al. (2016)
+    beta2: float = 0.999
+    dropout: float = 0.0  # dropout after each LeakyReLU of D; 0 is the seed's network
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout is a drop probability in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, INIT_STD)
+        nn.init.zeros_(module.bias)
+
+
+class Discriminator(nn.Module):
+    """Table 3: 28 -> 14 -> 7 -> 4 -> 2 by 5x5 stride-2 convs, then FC to one logit."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+
+        def block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
+            layers: list[nn.Module] = [
+                nn.Conv2d(c_in, c_out, KERNEL, STRIDE, padding=2, bias=not batch_norm)
+            ]
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers += [nn.LeakyReLU(LEAKY_SLOPE), nn.Dropout(dropout)]
+            return layers
+
+        self.features = nn.Sequential(
+            *block(1, 64, batch_norm=False),  # 14 x 14 x 64
+            *block(64, 128, batch_norm=True),  # 7 x 7 x 128
+            *block(128, 256, batch_norm=True),  # 4 x 4 x 256
+            *block(256, 512, batch_norm=True),  # 2 x 2 x 512
+        )
+        self.classifier = nn.Linear(512 * 2 * 2, 1)  # the sigmoid is in the loss
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N] of 'x is real'."""
+        return self.classifier(self.features(x).flatten(1)).squeeze(1)
+
+
+class Generator(nn.Module):
+    """Table 4: h -> FC 512x1x1 -> 3x3x256 -> 7x7x128 -> 14x14x64 -> 28x28x1 (tanh)."""
+
+    def __init__(self, latent_dim: int = 100):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.project = nn.Sequential(  # 1 x 1 x 512
+            nn.Linear(latent_dim, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU()
+        )
+
+        def up(c_in: int, c_out: int, padding: int, output_padding: int) -> list[nn.Module]:
+            return [
+                nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, padding, output_padding,
+                                   bias=False),
+                nn.BatchNorm2d(c_out), nn.ReLU(),
+            ]
+
+        # out = (in - 1) * 2 - 2 * padding + 5 + output_padding
+        self.deconv = nn.Sequential(
+            *up(512, 256, padding=1, output_padding=0),  # 3 x 3 x 256
+            *up(256, 128, padding=1, output_padding=0),  # 7 x 7 x 128
+            *up(128, 64, padding=2, output_padding=1),  # 14 x 14 x 64
+            nn.ConvTranspose2d(64, 1, KERNEL, STRIDE, padding=2, output_padding=1),  # 28 x 28 x 1
+            nn.Tanh(),
+        )
+        self.apply(_init_weights)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.project(h).view(-1, 512, 1, 1))
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. (2), D's side: maximize log D(x) + log(1 - D(G(h))), i.e. minimize the BCE of
+    'real' on x and 'fake' on G(h) (Goodfellow et al. 2014, eq. 1)."""
+    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. (2), G's side, non-saturating: maximize log D(G(h)) rather than minimize
+    log(1 - D(G(h))), which gives G strong gradients early on (Goodfellow et al. 2014, sec. 3)."""
+    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits))

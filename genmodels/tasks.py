@@ -1,0 +1,167 @@
+"""What each model brings to the shared training loop: its networks, one optimizer step, its test
+metrics and its pictures. The loop itself (`genmodels.training`) knows nothing model-specific.
+
+A task holds:
+- `modules` / `optimizers`: name -> object, saved and restored by name in checkpoints,
+- `train_step(batch)`: one update on a uint8 batch, returning detached scalar tensors,
+- `evaluate(epoch, last)`: test metrics as floats (only every `eval_every` epochs, and at the end),
+- `sample_images()`: images in [0, 1] from fixed noise (the seed's Figures 1 and 3),
+- `comparison_images()`: real next to reconstructed / generated (Figures 2 and 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+
+from genmodels.data import ImageData, to_unit_interval
+from genmodels.gan import (
+    Discriminator,
+    GANConfig,
+    Generator,
+    discriminator_loss,
+    generator_loss,
+)
+from genmodels.vae import VAE, VAEConfig, elbo_terms
+
+NUM_FIXED_SAMPLES = 64  # an 8 x 8 grid per epoch
+NUM_COMPARISON = 16  # rows of the real-vs-model figures
+EVAL_BATCH = 1000  # test images per forward pass during evaluation
+TEST_BINARIZATION_SEED = 1234  # one fixed binarized test set, shared by every run and epoch
+
+Autocast = Callable[[], AbstractContextManager]
+
+
+def fixed_noise(seed: int, latent_dim: int, device: torch.device) -> torch.Tensor:
+    """The same noise every epoch, so the per-epoch grids show one set of samples improving."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=generator).to(device)
+
+
+class VAETask:
+    name = "vae"
+
+    def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, seed: int,
+                 autocast: Autocast):
+        self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
+        self.model = VAE.from_config(cfg).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.modules = {"model": self.model}
+        self.optimizers = {"optimizer": self.optimizer}
+        self.fixed_z = fixed_noise(seed, cfg.latent_dim, device)
+        self.test_targets = self._test_targets()
+
+    def _test_targets(self) -> torch.Tensor:
+        x = to_unit_interval(self.data.test_images)
+        if not self.cfg.binarize:
+            return x
+        generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+        return torch.bernoulli(x.cpu(), generator=generator).to(self.device)
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = to_unit_interval(batch)
+        if self.cfg.binarize:
+            x = torch.bernoulli(x)  # dynamic binarization: a fresh draw every time
+        self.model.train()
+        with self.autocast():
+            loss = -elbo_terms(self.model, x)["elbo"].mean()  # negative ELBO, nats per image
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"train_loss": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
+        """Mean ELBO and its terms over the whole test split, dropout off."""
+        self.model.eval()
+        totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+        for x in self.test_targets.split(EVAL_BATCH):
+            with self.autocast():
+                terms = elbo_terms(self.model, x)
+            for key in totals:
+                totals[key] += terms[key].sum().item()
+        n = len(self.test_targets)
+        return {f"test_{key}": value / n for key, value in totals.items()}
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        self.model.eval()
+        return self.model.sample(self.fixed_z).float()
+
+    @torch.no_grad()
+    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test digits and their reconstructions (the posterior mean, decoded)."""
+        self.model.eval()
+        real = self.test_targets[:NUM_COMPARISON]
+        mu, _ = self.model.encode(real)
+        return real, self.model.sample(mu).float()
+
+
+class GANTask:
+    name = "gan"
+
+    def __init__(self, cfg: GANConfig, data: ImageData, device: torch.device, seed: int,
+                 autocast: Autocast):
+        self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
+        self.generator = Generator(cfg.latent_dim).to(device)
+        self.discriminator = Discriminator(cfg.dropout).to(device)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=betas)
+        self.modules = {"generator": self.generator, "discriminator": self.discriminator}
+        self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
+        self.fixed_h = fixed_noise(seed, cfg.latent_dim, device)
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        real = to_unit_interval(batch) * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh
+        h = torch.randn(len(real), self.cfg.latent_dim, device=self.device)
+        self.generator.train()
+        self.discriminator.train()
+
+        # (1) update D: maximize log D(x) + log(1 - D(G(h)))
+        with self.autocast():
+            fake = self.generator(h)
+            real_logits = self.discriminator(real)
+            fake_logits = self.discriminator(fake.detach())
+            loss_d = discriminator_loss(real_logits, fake_logits)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # (2) update G: maximize log D(G(h)) against the freshly updated D
+        with self.autocast():
+            loss_g = generator_loss(self.discriminator(fake))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),  # D(x)
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),  # D(G(h)) before (1)
+        }
+
+    def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
+        return {}  # the GAN's per-epoch numbers are the training means the loop already has
+
+    @torch.no_grad()
+    def generate(self, h: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from noise h (G in eval mode: BatchNorm uses running statistics)."""
+        self.generator.eval()
+        with self.autocast():
+            images = self.generator(h)
+        return (images.float() + 1) / 2
+
+    def sample_images(self) -> torch.Tensor:
+        return self.generate(self.fixed_h)
+
+    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        real = to_unit_interval(self.data.test_images[:NUM_COMPARISON])
+        return real, self.generate(self.fixed_h[:NUM_COMPARISON])
+
+
+# model name -> (its config class, its task class)
+TASKS = {"vae": (VAEConfig, VAETask), "gan": (GANConfig, GANTask)}
