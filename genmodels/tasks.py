@@ -44,7 +44,7 @@ class VAETask:
     name = "vae"
 
     def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, seed: int,
-                 autocast: Autocast):
+                 autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
         self.model = VAE.from_config(cfg).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
@@ -103,8 +103,9 @@ class GANTask:
     name = "gan"
 
     def __init__(self, cfg: GANConfig, data: ImageData, device: torch.device, seed: int,
-                 autocast: Autocast):
+                 autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
+        self.scorer = scorer  # classifier-based scores of generated images (None: skip them)
         self.generator = Generator(cfg.latent_dim).to(device)
         self.discriminator = Discriminator(cfg.dropout).to(device)
         betas = (cfg.beta1, cfg.beta2)

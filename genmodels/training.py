@@ -1,0 +1,245 @@
+"""The one training loop both models share, used by the command line and by Ray Tune alike.
+
+    trainer = Trainer.create("vae", VAEConfig(), TrainConfig(epochs=10), data)
+    trainer.fit(on_epoch=lambda report: print(report.metrics))
+
+Each epoch: shuffle on the device, step through the batches, check the losses are finite, evaluate,
+draw the fixed-noise samples, hand an `EpochReport` to the callback. `Trainer.save_checkpoint` and
+`Trainer.resume` store and restore everything that makes the next epoch what it would have been:
+weights, optimizer moments, the epoch, every random-number state and the history so far.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genmodels.data import ImageData, check_dataset_name, iterate_batches
+from genmodels.device import PRECISIONS, autocast_factory, setup_device
+from genmodels.tasks import TASKS
+
+CHECKPOINT_FORMAT = 1
+DIVERGENCE_CHECK_EVERY = 50  # steps between finiteness checks (each one syncs with the device)
+EVAL_SEED = 0  # evaluation draws its own noise, so it never changes the training trajectory
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; training stopped instead of going on with garbage."""
+
+    def __init__(self, epoch: int, step: int, metrics: dict[str, float]):
+        self.epoch, self.step, self.metrics = epoch, step, metrics
+        super().__init__(
+            f"training diverged at epoch {epoch}, step {step}: non-finite loss {metrics}. "
+            "Lower the learning rates or try another seed."
+        )
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"  # mnist | fashion-mnist
+    epochs: int = 10
+    batch_size: int = 128
+    train_subset: int | None = None  # train on the first N images only (quick runs)
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    num_threads: int | None = None  # torch CPU threads; None = every CPU this process may use
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+
+    def __post_init__(self) -> None:
+        check_dataset_name(self.dataset)
+        for name in ("epochs", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.train_subset is not None and (
+            not isinstance(self.train_subset, int) or self.train_subset < 1
+        ):
+            raise ValueError(f"train_subset must be a positive integer, got {self.train_subset!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be positive, got {self.num_threads!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochReport:
+    """What the callback gets after each epoch."""
+
+    epoch: int
+    metrics: dict[str, float]  # training means, plus test metrics on evaluation epochs
+    samples: torch.Tensor  # [64, 1, 28, 28] in [0, 1], from the fixed noise
+    trainer: Trainer = field(repr=False)
+
+    @property
+    def is_last(self) -> bool:
+        return self.epoch == self.trainer.train_cfg.epochs
+
+
+def _rng_state(device: torch.device, batch_generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "batches": batch_generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device, batch_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    batch_generator.set_state(state["batches"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    def __init__(self, task, model_cfg, train_cfg: TrainConfig, data: ImageData,
+                 device: torch.device):
+        self.task, self.model_cfg, self.train_cfg = task, model_cfg, train_cfg
+        self.data, self.device = data, device
+        self.batch_generator = torch.Generator().manual_seed(train_cfg.seed)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, float]] = []  # one metrics dict per completed epoch
+        self.sample_history: list[torch.Tensor] = []  # uint8 sample grids, one per epoch
+
+    @classmethod
+    def create(cls, model: str, model_cfg, train_cfg: TrainConfig, data: ImageData,
+               scorer=None) -> Trainer:
+        """Seed, pick the device, move the data there and build the model's task.
+
+        `scorer` (optional) computes classifier-based scores of generated images each evaluation.
+        """
+        if model not in TASKS:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(TASKS)}")
+        cfg_class, task_class = TASKS[model]
+        if not isinstance(model_cfg, cfg_class):
+            raise TypeError(f"model {model!r} takes a {cfg_class.__name__}, got {model_cfg!r}")
+        device = setup_device(train_cfg.device, train_cfg.precision, train_cfg.num_threads)
+        torch.manual_seed(train_cfg.seed)
+        data = data.subset(train_cfg.train_subset).to(device)
+        autocast = autocast_factory(device, train_cfg.precision)
+        task = task_class(model_cfg, data, device, train_cfg.seed, autocast, scorer=scorer)
+        return cls(task, model_cfg, train_cfg, data, device)
+
+    def describe(self) -> str:
+        """The resolved run, printed at the start (model, data, device, every option)."""
+        lines = [
+            f"model      {self.task.name}: {self.model_cfg}",
+            f"training   {self.train_cfg}",
+            f"data       {self.data.name}: {len(self.data.train_images)} train / "
+            f"{len(self.data.test_images)} test images on {self.device}",
+            f"device     {self.device}, {self.train_cfg.precision}, "
+            f"{torch.get_num_threads()} CPU threads",
+        ]
+        for name, module in self.task.modules.items():
+            params = sum(p.numel() for p in module.parameters())
+            lines.append(f"{name:<10} {params:,} parameters")
+        return "\n".join(lines)
+
+    # ---- one epoch -------------------------------------------------------------------------
+    def _train_epoch(self, progress: bool) -> dict[str, float]:
+        epoch = self.epoch + 1
+        batches = list(iterate_batches(self.data.train_images, self.train_cfg.batch_size,
+                                       self.batch_generator))
+        bar = tqdm(batches, desc=f"epoch {epoch}/{self.train_cfg.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        sums: dict[str, torch.Tensor] = {}
+        for step, index in enumerate(bar, start=1):
+            out = self.task.train_step(self.data.train_images[index])
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0) + value
+            if step % DIVERGENCE_CHECK_EVERY == 0 or step == len(batches):
+                means = {k: (v / step).item() for k, v in sums.items()}
+                if not all(torch.isfinite(torch.tensor(list(means.values())))):
+                    raise TrainingDiverged(epoch, step, means)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+        bar.close()
+        return means
+
+    def run_epoch(self, progress: bool = False) -> EpochReport:
+        start = time.perf_counter()
+        metrics = self._train_epoch(progress)
+        train_seconds = time.perf_counter() - start
+        epoch = self.epoch + 1
+        last = epoch == self.train_cfg.epochs
+        if epoch % self.train_cfg.eval_every == 0 or last:
+            # Own RNG stream: evaluating (or not) never shifts the training randomness.
+            cuda = self.device.type == "cuda"
+            devices = [self.device.index or torch.cuda.current_device()] if cuda else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(EVAL_SEED)
+                metrics.update(self.task.evaluate(epoch, last))
+        samples = self.task.sample_images()
+        metrics = {"epoch": epoch, **metrics, "train_seconds": train_seconds,
+                   "epoch_seconds": time.perf_counter() - start}
+        self.epoch = epoch
+        self.history.append(metrics)
+        self.sample_history.append((samples * 255).round().to(torch.uint8).cpu())
+        return EpochReport(epoch, metrics, samples, self)
+
+    def fit(self, on_epoch: Callable[[EpochReport], None] | None = None,
+            progress: bool = False) -> list[dict[str, float]]:
+        """Train the remaining epochs; `on_epoch` sees each report (log, checkpoint, report)."""
+        while self.epoch < self.train_cfg.epochs:
+            report = self.run_epoch(progress)
+            if on_epoch is not None:
+                on_epoch(report)
+        return self.history
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.task.name,
+            "model_config": asdict(self.model_cfg),
+            "train_config": asdict(self.train_cfg),
+            "epoch": self.epoch,
+            "modules": {k: m.state_dict() for k, m in self.task.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.task.optimizers.items()},
+            "rng": _rng_state(self.device, self.batch_generator),
+            "history": self.history,
+            "sample_history": self.sample_history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("model") != self.task.name:
+            raise ValueError(
+                f"checkpoint is for model {state.get('model')!r} (format {state.get('format')}), "
+                f"not a {self.task.name!r} checkpoint of format {CHECKPOINT_FORMAT}"
+            )
+        for key, module in self.task.modules.items():
+            module.load_state_dict(state["modules"][key])
+        for key, optimizer in self.task.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        _set_rng_state(state["rng"], self.device, self.batch_generator)
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        self.sample_history = list(state["sample_history"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename): a crash mid-write never leaves a torn file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self, path: str | os.PathLike) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        # RNG states must stay CPU byte tensors whatever map_location did.
+        state["rng"] = {k: v.cpu() for k, v in state["rng"].items()}
+        self.load_state_dict(state)
+
+
+def load_checkpoint_configs(path: str | os.PathLike) -> tuple[str, dict, dict]:
+    """(model name, model config dict, train config dict) stored in a checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"], state["model_config"], state["train_config"]
