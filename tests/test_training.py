@@ -1,0 +1,107 @@
+"""The shared training loop on real (committed) MNIST: it learns, resumes exactly, stops on divergence
+and rejects bad configs.
+
+    pytest tests/test_training.py -q
+"""
+
+import pytest
+import torch
+
+from genmodels.data import load_dataset
+from genmodels.gan import GANConfig
+from genmodels.training import TrainConfig, Trainer, TrainingDiverged
+from genmodels.vae import VAEConfig
+
+SUBSET = 512
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    return load_dataset("mnist", data_dir)
+
+
+def make_trainer(model, mnist, epochs=2, model_cfg=None, **train):
+    model_cfg = model_cfg or (VAEConfig() if model == "vae" else GANConfig(latent_dim=16))
+    train = {"device": "cpu", "num_threads": 1, **train}
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, train_subset=SUBSET, **train)
+    return Trainer.create(model, model_cfg, cfg, mnist)
+
+
+def test_vae_training_improves_the_test_elbo(mnist):
+    trainer = make_trainer("vae", mnist, epochs=3, seed=0)
+    history = trainer.fit()
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    elbos = [m["test_elbo"] for m in history]
+    assert elbos[-1] > elbos[0] + 10, elbos  # nats per image
+    last = history[-1]
+    assert last["test_elbo"] == pytest.approx(last["test_recon"] - last["test_kl"], rel=1e-5)
+    assert -550 < last["test_elbo"] < 0 and last["test_kl"] > 0
+
+
+def test_gan_epoch_reports_its_diagnostics(mnist):
+    seen = []
+    trainer = make_trainer("gan", mnist, epochs=1)
+    trainer.fit(on_epoch=seen.append)
+    (report,) = seen
+    assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(report.metrics)
+    assert 0 < report.metrics["d_real"] < 1 and 0 < report.metrics["d_fake"] < 1
+    assert report.samples.shape == (64, 1, 28, 28) and report.is_last
+    assert 0 <= report.samples.min() and report.samples.max() <= 1
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_resume_continues_exactly(model, mnist, tmp_path):
+    """2 epochs straight == 1 epoch, checkpoint, a fresh process-like restart, 1 more epoch."""
+    straight = make_trainer(model, mnist, epochs=2, seed=3)
+    straight.fit()
+
+    first = make_trainer(model, mnist, epochs=2, seed=3)
+    first.run_epoch()
+    path = first.save_checkpoint(tmp_path / "ckpt.pt")
+    torch.manual_seed(999)  # whatever happened in between must not matter
+    resumed = make_trainer(model, mnist, epochs=2, seed=3)
+    resumed.resume(path)
+    assert resumed.epoch == 1
+    resumed.fit()
+
+    for name, module in straight.task.modules.items():
+        for (key, a), b in zip(module.state_dict().items(),
+                               resumed.task.modules[name].state_dict().values()):
+            assert torch.equal(a, b), f"{name}.{key} differs after resume"
+    drop_timing = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
+    assert drop_timing(resumed.history) == drop_timing(straight.history)
+
+
+def test_diverging_gan_stops_with_a_clear_status(mnist):
+    trainer = make_trainer("gan", mnist, epochs=2, model_cfg=GANConfig(lr_g=1e30, lr_d=1e30))
+    with pytest.raises(TrainingDiverged, match="diverged") as err:
+        trainer.fit()
+    assert err.value.epoch == 1
+
+
+def test_bf16_autocast_runs_on_cpu(mnist):
+    history = make_trainer("vae", mnist, epochs=1, precision="bf16").fit()
+    assert torch.isfinite(torch.tensor(history[0]["test_elbo"]))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: VAEConfig(dropout=1.0), "dropout"),
+    (lambda: VAEConfig(latent_dim=0), "latent_dim"),
+    (lambda: VAEConfig(lr=-1e-3), "lr"),
+    (lambda: GANConfig(lr_d=-1.0), "lr_d"),
+    (lambda: GANConfig(latent_dim=0), "latent_dim"),
+    (lambda: TrainConfig(epochs=0), "epochs"),
+    (lambda: TrainConfig(dataset="cifar10"), "unknown dataset"),
+    (lambda: TrainConfig(precision="fp8"), "precision"),
+])
+def test_bad_configs_are_clear_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error(mnist):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no GPU"):
+        make_trainer("vae", mnist, device="cuda")
