@@ -1,0 +1,78 @@
+"""`python -m genmodels.train` end to end in a temporary folder, as a user runs it.
+
+    pytest tests/test_cli.py -q
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+VAE_KEYS = {"epoch", "train_loss", "test_elbo", "test_recon", "test_kl"}
+GAN_KEYS = {"epoch", "loss_d", "loss_g", "d_real", "d_fake"}
+QUICK = ["--train-subset", "256", "--batch-size", "64", "--num-threads", "1", "--no-progress"]
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genmodels.train", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_vae_cli_writes_metrics_figures_and_resumes(data_dir, tmp_path):
+    out = tmp_path / "vae"
+    run = train("vae", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out),
+                "--dropout", "0.2", "--latent-dim", "8", *QUICK)
+    assert run.returncode == 0, run.stderr
+    assert "VAEConfig(latent_dim=8" in run.stdout  # the config is printed at the start
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(VAE_KEYS <= set(m) for m in metrics)
+    for name in ("samples/epoch_001.png", "samples/epoch_002.png", "samples_across_epochs.png",
+                 "real_vs_reconstructed.png", "checkpoint.pt", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+
+    again = train("vae", "--data-dir", str(data_dir), "--epochs", "3", "--out", str(out),
+                  "--resume", *QUICK)
+    assert again.returncode == 0, again.stderr
+    assert "resuming after epoch 2" in again.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["model_config"]["latent_dim"] == 8
+
+
+@pytest.mark.slow
+def test_gan_cli_writes_metrics_and_figures(data_dir, tmp_path):
+    out = tmp_path / "gan"
+    run = train("gan", "--data-dir", str(data_dir), "--epochs", "1", "--out", str(out),
+                "--latent-dim", "32", "--lr-g", "3e-4", "--lr-d", "1e-4", *QUICK)
+    assert run.returncode == 0, run.stderr
+    (entry,) = json.loads((out / "metrics.json").read_text())
+    assert GAN_KEYS <= set(entry)
+    assert (out / "real_vs_generated.png").stat().st_size > 0
+    assert (out / "samples_across_epochs.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["vae", "--dropout", "1.0"], "dropout"),
+    (["gan", "--lr-d", "-0.1"], "lr_d"),
+    (["vae", "--epochs", "0"], "epochs"),
+])
+def test_cli_rejects_bad_options(args, message, data_dir, tmp_path):
+    run = train(*args, "--data-dir", str(data_dir), "--out", str(tmp_path / "x"))
+    assert run.returncode == 2 and message in run.stderr
+    assert not (tmp_path / "x").exists()  # nothing written for a run that never started
+
+
+def test_cli_reports_missing_data(tmp_path):
+    run = train("vae", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"))
+    assert run.returncode == 2
+    assert "MNIST" in run.stderr and "train-images-idx3-ubyte" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(data_dir, tmp_path):
+    run = train("vae", "--data-dir", str(data_dir), "--out", str(tmp_path), "--resume")
+    assert run.returncode == 2 and "no checkpoint.pt" in run.stderr
