@@ -3,7 +3,8 @@ metrics and its pictures. The loop itself (`genmodels.training`) knows nothing m
 
 A task holds:
 - `modules` / `optimizers`: name -> object, saved and restored by name in checkpoints,
-- `train_step(batch)`: one update on a uint8 batch, returning detached scalar tensors,
+- `train_step(batch)`: one update on a uint8 batch, returning detached scalar tensors
+  (`update(x)` is the same step on float images, for pipelines that already made them),
 - `evaluate(epoch, last)`: test metrics as floats (only every `eval_every` epochs, and at the end),
 - `sample_images()`: images in [0, 1] from fixed noise (the seed's Figures 1 and 3),
 - `comparison_images()`: real next to reconstructed / generated (Figures 2 and 4).
@@ -61,7 +62,10 @@ class VAETask:
         return torch.bernoulli(x.cpu(), generator=generator).to(self.device)
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = to_unit_interval(batch)
+        return self.update(to_unit_interval(batch))
+
+    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimizer step on float images [N, 1, 28, 28] in [0, 1]."""
         if self.cfg.binarize:
             x = torch.bernoulli(x)  # dynamic binarization: a fresh draw every time
         self.model.train()
@@ -116,7 +120,11 @@ class GANTask:
         self.fixed_h = fixed_noise(seed, cfg.latent_dim, device)
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        real = to_unit_interval(batch) * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh
+        return self.update(to_unit_interval(batch))
+
+    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D step and one G step on float images [N, 1, 28, 28] in [0, 1]."""
+        real = x * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh
         h = torch.randn(len(real), self.cfg.latent_dim, device=self.device)
         self.generator.train()
         self.discriminator.train()
