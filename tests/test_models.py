@@ -10,7 +10,13 @@ import torch
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from genmodels.gan import Discriminator, Generator, discriminator_loss, generator_loss
+from genmodels.gan import (
+    Discriminator,
+    Generator,
+    PositionBatchNorm,
+    discriminator_loss,
+    generator_loss,
+)
 from genmodels.vae import VAE, bernoulli_log_likelihood, elbo_terms, gaussian_kl
 
 
@@ -71,6 +77,9 @@ def test_generator_matches_table_4():
               if name == "ConvTranspose2d"]
     assert shapes == [(256, 3, 3), (128, 7, 7), (64, 14, 14), (1, 28, 28)]
     assert isinstance(g.deconv[-1], nn.Tanh)
+    # BatchNorm after every deconv but the last; per (channel, position) after the 1x1 -> 3x3 one.
+    assert isinstance(g.deconv[1], PositionBatchNorm)
+    assert [m.num_features for m in g.deconv if isinstance(m, nn.BatchNorm2d)] == [128, 64]
     out = g(torch.randn(4, 100))
     assert out.shape == (4, 1, 28, 28) and out.abs().max() <= 1
 
@@ -112,3 +121,12 @@ def test_gan_losses_follow_equation_2():
     # A confident, correct D has a small loss; G then has a large one (non-saturating form).
     assert discriminator_loss(torch.full((5,), 9.0), torch.full((5,), -9.0)).item() < 1e-3
     assert generator_loss(torch.full((5,), -9.0)).item() > 8
+
+
+def test_position_batch_norm_normalizes_each_feature():
+    norm = PositionBatchNorm(4, 3).train()
+    x = torch.randn(32, 4, 3, 3) * torch.arange(1.0, 37.0).view(1, 4, 3, 3) + 5
+    y = norm(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.mean(0), torch.zeros(4, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(0, unbiased=False), torch.ones(4, 3, 3), atol=1e-3, rtol=0)
