@@ -21,6 +21,7 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 GRID_PADDING = 2
 MAX_EPOCH_PANELS = 10  # beyond this, show evenly spaced epochs (first and last always)
 DPI = 120
+COMPARISON_COLUMNS = 4  # real and model images as two 4 x 4 grids side by side
 
 
 def grid_image(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
@@ -61,10 +62,12 @@ def save_samples_across_epochs(grids: Sequence[torch.Tensor], epochs: Sequence[i
 
 def save_real_vs_model(real: torch.Tensor, model: torch.Tensor, path: str | os.PathLike,
                        model_label: str) -> Path:
-    """Left: real images; right: the model's (reconstructions for the VAE, samples for the GAN)."""
-    fig, axes = plt.subplots(1, 2, figsize=(3.2, 0.45 * len(real) + 0.6))
+    """Left: real images; right: the model's (reconstructions for the VAE, in the same order, or
+    samples for the GAN)."""
+    nrow = COMPARISON_COLUMNS
+    fig, axes = plt.subplots(1, 2, figsize=(6.0, 3.3 * len(real) / nrow**2 + 0.5))
     for ax, images, label in zip(axes, (real, model), ("real", model_label)):
-        ax.imshow(grid_image(images, nrow=1).permute(1, 2, 0).numpy())
+        ax.imshow(grid_image(images, nrow=nrow).permute(1, 2, 0).numpy())
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
