@@ -25,12 +25,14 @@ from genmodels.gan import (
     discriminator_loss,
     generator_loss,
 )
-from genmodels.vae import VAE, VAEConfig, elbo_terms
+from genmodels.vae import VAE, VAEConfig, elbo_terms, iwae_bound
 
 NUM_FIXED_SAMPLES = 64  # an 8 x 8 grid per epoch
 NUM_COMPARISON = 16  # rows of the real-vs-model figures
 EVAL_BATCH = 1000  # test images per forward pass during evaluation
 TEST_BINARIZATION_SEED = 1234  # one fixed binarized test set, shared by every run and epoch
+SCORE_NOISE_SEED = 4321  # the same noise for the scored samples every epoch and in every run
+IWAE_BATCH_SAMPLES = 20_000  # images x K importance samples per IWAE forward pass
 
 Autocast = Callable[[], AbstractContextManager]
 
@@ -44,14 +46,15 @@ def fixed_noise(seed: int, latent_dim: int, device: torch.device) -> torch.Tenso
 class VAETask:
     name = "vae"
 
-    def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, seed: int,
+    def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
+        self.iwae_samples = train_cfg.iwae_samples
         self.model = VAE.from_config(cfg).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.modules = {"model": self.model}
         self.optimizers = {"optimizer": self.optimizer}
-        self.fixed_z = fixed_noise(seed, cfg.latent_dim, device)
+        self.fixed_z = fixed_noise(train_cfg.seed, cfg.latent_dim, device)
         self.test_targets = self._test_targets()
 
     def _test_targets(self) -> torch.Tensor:
@@ -87,7 +90,20 @@ class VAETask:
             for key in totals:
                 totals[key] += terms[key].sum().item()
         n = len(self.test_targets)
-        return {f"test_{key}": value / n for key, value in totals.items()}
+        metrics = {f"test_{key}": value / n for key, value in totals.items()}
+        if last and self.iwae_samples > 0:
+            metrics["test_iwae"] = self.test_iwae(self.iwae_samples)
+        return metrics
+
+    @torch.no_grad()
+    def test_iwae(self, k: int) -> float:
+        """Mean IWAE bound on log p(x) over the whole test split, K importance samples each."""
+        self.model.eval()
+        total = 0.0
+        for x in self.test_targets.split(max(1, IWAE_BATCH_SAMPLES // k)):
+            with self.autocast():
+                total += iwae_bound(self.model, x, k).sum().item()
+        return total / len(self.test_targets)
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
@@ -106,10 +122,11 @@ class VAETask:
 class GANTask:
     name = "gan"
 
-    def __init__(self, cfg: GANConfig, data: ImageData, device: torch.device, seed: int,
+    def __init__(self, cfg: GANConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
         self.scorer = scorer  # classifier-based scores of generated images (None: skip them)
+        self.eval_samples = train_cfg.eval_samples
         self.generator = Generator(cfg.latent_dim).to(device)
         self.discriminator = Discriminator(cfg.dropout).to(device)
         betas = (cfg.beta1, cfg.beta2)
@@ -117,7 +134,7 @@ class GANTask:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=betas)
         self.modules = {"generator": self.generator, "discriminator": self.discriminator}
         self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
-        self.fixed_h = fixed_noise(seed, cfg.latent_dim, device)
+        self.fixed_h = fixed_noise(train_cfg.seed, cfg.latent_dim, device)
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
@@ -154,7 +171,15 @@ class GANTask:
         }
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
-        return {}  # the GAN's per-epoch numbers are the training means the loop already has
+        """Classifier-based scores of `eval_samples` images from fixed noise (when scoring is on)."""
+        if self.scorer is None:
+            return {}  # the training means the loop already has are the GAN's only numbers
+        generator = torch.Generator().manual_seed(SCORE_NOISE_SEED)
+        images = []
+        for n in torch.arange(self.eval_samples).split(EVAL_BATCH):
+            h = torch.randn(len(n), self.cfg.latent_dim, generator=generator).to(self.device)
+            images.append(self.generate(h))
+        return self.scorer.score(torch.cat(images), value_range=(0.0, 1.0))
 
     @torch.no_grad()
     def generate(self, h: torch.Tensor) -> torch.Tensor:

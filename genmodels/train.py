@@ -7,6 +7,10 @@
 Writes to --out: config.json, metrics.json (one object per epoch, rewritten after each),
 samples/epoch_NNN.png (Figures 1 and 3), samples_across_epochs.png, real_vs_reconstructed.png (VAE)
 or real_vs_generated.png (GAN), checkpoint.pt (latest epoch) and status.json.
+
+The GAN is scored every --eval-every epochs (inception_score, inception_score_std, fcd, precision,
+recall on --eval-samples generated images) by a classifier trained once per data set and cached;
+the VAE's last epoch adds test_iwae (K = --iwae-samples).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from genmodels.classifier import CACHE_ENV, ensure_classifier, load_scorer
 from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, load_dataset
-from genmodels.device import PRECISIONS
+from genmodels.device import PRECISIONS, resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.tasks import TASKS
 from genmodels.training import (
@@ -67,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--resume", action="store_true",
                          help=f"continue the run in --out from its {CHECKPOINT_NAME}")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "gan":
+            sub.add_argument("--no-scores", action="store_true",
+                             help="skip the classifier-based scores (IS, fcd, precision, recall)")
+            sub.add_argument("--cache-dir", default=None,
+                             help=f"scoring classifier cache (default: ${CACHE_ENV} or ~/.cache/gensweep)")
         train_group = sub.add_argument_group("training")
         _add_dataclass_options(train_group, TrainConfig)
         model_group = sub.add_argument_group(f"{name.upper()} model")
@@ -109,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_cfg, train_cfg = configs_from_args(args, out)
         data = load_dataset(train_cfg.dataset, args.data_dir, download=args.download)
-        trainer = Trainer.create(args.model, model_cfg, train_cfg, data)
+        scorer = None
+        if args.model == "gan" and not args.no_scores:
+            # Trained once per data set and cached; every later run only loads it.
+            path = ensure_classifier(train_cfg.dataset, data, args.cache_dir)
+            scorer = load_scorer(path, resolve_device(train_cfg.device))
+        trainer = Trainer.create(args.model, model_cfg, train_cfg, data, scorer=scorer)
         if args.resume:
             trainer.resume(out / CHECKPOINT_NAME)
     except (ValueError, TypeError, FileNotFoundError, DataError) as err:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from genmodels.data import ImageData, check_dataset_name, iterate_batches
 from genmodels.device import PRECISIONS, autocast_factory, setup_device
+from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS
 
 CHECKPOINT_FORMAT = 1
@@ -51,9 +52,15 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     num_threads: int | None = None  # torch CPU threads; None = every CPU this process may use
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    eval_samples: int = 10_000  # GAN: generated images scored by the classifier per evaluation
+    iwae_samples: int = 100  # VAE: importance samples K of the last epoch's test_iwae (0: skip)
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
+        if not isinstance(self.iwae_samples, int) or self.iwae_samples < 0:
+            raise ValueError(f"iwae_samples must be 0 (off) or a positive integer, got {self.iwae_samples!r}")
+        if not isinstance(self.eval_samples, int) or self.eval_samples < MIN_SAMPLES:
+            raise ValueError(f"eval_samples must be an integer >= {MIN_SAMPLES}, got {self.eval_samples!r}")
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -125,7 +132,7 @@ class Trainer:
         torch.manual_seed(train_cfg.seed)
         data = data.subset(train_cfg.train_subset).to(device)
         autocast = autocast_factory(device, train_cfg.precision)
-        task = task_class(model_cfg, data, device, train_cfg.seed, autocast, scorer=scorer)
+        task = task_class(model_cfg, data, device, train_cfg, autocast, scorer=scorer)
         return cls(task, model_cfg, train_cfg, data, device)
 
     def describe(self) -> str:

@@ -12,6 +12,7 @@ draw of the test set), the setting published MNIST likelihoods use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -114,3 +115,23 @@ def elbo_terms(model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     recon = bernoulli_log_likelihood(logits, x)
     kl = gaussian_kl(mu.float(), logvar.float())
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
+
+
+def iwae_bound(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Importance-weighted bound on log p(x) per example (Burda et al. 2016, eq. 8), in nats:
+
+        log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x).
+
+    K = 1 is the ELBO in expectation; the bound tightens towards log p(x) as K grows.
+    """
+    mu, logvar = model.encode(x)
+    mu, logvar = mu.float(), logvar.float()
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * torch.randn(k, *mu.shape, device=mu.device)  # [K, N, latent]
+    normal = torch.distributions.Normal
+    log_q = normal(mu, std).log_prob(z).sum(-1)
+    log_prior = normal(torch.zeros_like(z), torch.ones_like(z)).log_prob(z).sum(-1)
+    logits = model.decode(z.flatten(0, 1).to(x.dtype)).view(k, len(x), -1)
+    log_lik = bernoulli_log_likelihood(logits.flatten(0, 1), x.flatten(1).repeat(k, 1)).view(k, -1)
+    log_w = log_lik + log_prior - log_q
+    return torch.logsumexp(log_w, dim=0) - math.log(k)
