@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,21 +15,25 @@ GAN_KEYS = {"epoch", "loss_d", "loss_g", "d_real", "d_fake"}
 QUICK = ["--train-subset", "256", "--batch-size", "64", "--num-threads", "1", "--no-progress"]
 
 
-def train(*args: str) -> subprocess.CompletedProcess:
+SCORE_KEYS = {"inception_score", "inception_score_std", "fcd", "precision", "recall"}
+
+
+def train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "genmodels.train", *args],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.slow
 def test_vae_cli_writes_metrics_figures_and_resumes(data_dir, tmp_path):
     out = tmp_path / "vae"
     run = train("vae", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out),
-                "--dropout", "0.2", "--latent-dim", "8", *QUICK)
+                "--dropout", "0.2", "--latent-dim", "8", "--iwae-samples", "5", *QUICK)
     assert run.returncode == 0, run.stderr
     assert "VAEConfig(latent_dim=8" in run.stdout  # the config is printed at the start
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(VAE_KEYS <= set(m) for m in metrics)
+    assert "test_iwae" not in metrics[0] and metrics[1]["test_iwae"] >= metrics[1]["test_elbo"] - 1
     for name in ("samples/epoch_001.png", "samples/epoch_002.png", "samples_across_epochs.png",
                  "real_vs_reconstructed.png", "checkpoint.pt", "config.json"):
         assert (out / name).stat().st_size > 0, name
@@ -44,13 +49,18 @@ def test_vae_cli_writes_metrics_figures_and_resumes(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_gan_cli_writes_metrics_and_figures(data_dir, tmp_path):
+def test_gan_cli_writes_scores_metrics_and_figures(data_dir, tmp_path):
     out = tmp_path / "gan"
-    run = train("gan", "--data-dir", str(data_dir), "--epochs", "1", "--out", str(out),
-                "--latent-dim", "32", "--lr-g", "3e-4", "--lr-d", "1e-4", *QUICK)
+    env = {**os.environ, "GENSWEEP_CACHE_DIR": str(tmp_path / "cache")}
+    run = train("gan", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out),
+                "--latent-dim", "32", "--lr-g", "3e-4", "--lr-d", "1e-4", "--eval-samples", "200",
+                "--eval-every", "2", *QUICK, env=env)
     assert run.returncode == 0, run.stderr
-    (entry,) = json.loads((out / "metrics.json").read_text())
-    assert GAN_KEYS <= set(entry)
+    assert "training the scoring classifier" in run.stdout
+    first, last = json.loads((out / "metrics.json").read_text())
+    assert GAN_KEYS <= set(first) and not SCORE_KEYS & set(first)  # scored every 2nd epoch
+    assert GAN_KEYS | SCORE_KEYS <= set(last)
+    assert 1.0 <= last["inception_score"] <= 10.0 and last["fcd"] > 0
     assert (out / "real_vs_generated.png").stat().st_size > 0
     assert (out / "samples_across_epochs.png").stat().st_size > 0
 
