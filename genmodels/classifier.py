@@ -181,7 +181,11 @@ def load_cache(path: str | os.PathLike) -> dict:
 
 
 def load_scorer(path: str | os.PathLike, device: torch.device | str = "cpu") -> Scorer:
-    cache = load_cache(path)
+    return scorer_from_cache(load_cache(path), device)
+
+
+def scorer_from_cache(cache: dict, device: torch.device | str = "cpu") -> Scorer:
+    """A Scorer from the cache's contents (what a sweep ships to its trials through Ray)."""
     model = ScoringCNN()
     model.load_state_dict(cache["state_dict"])
     return Scorer(model, cache["ref_mu"].numpy(), cache["ref_sigma"].numpy(),

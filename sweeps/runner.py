@@ -1,0 +1,260 @@
+"""What `sweeps/vae_sweep.py` and `sweeps/gan_sweep.py` share: options, checks, the Tuner, the table.
+
+Order of work, so that mistakes cost seconds: parse and validate the options and the search space,
+check the data set is on disk, start (or join) Ray, check the resource request fits some node, load
+the data once, train or load the scoring classifier once, then run the trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, check_dataset_files, load_dataset
+from genmodels.tasks import TASKS
+from genmodels.training import TrainConfig
+from sweeps import search_space as spaces
+
+# metric -> mode, per model. The first is the default objective.
+METRICS = {
+    "vae": {"test_elbo": "max", "test_iwae": "max"},
+    "gan": {"fcd": "min", "inception_score": "max"},
+}
+SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
+    "num_samples": 4, "epochs": 2, "train_subset": 512, "batch_size": 64, "max_concurrent": 2,
+    "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2,
+}
+ASHA_REDUCTION = 2  # keep the better half at each rung
+TABLE_ROWS = 5
+
+
+class SweepError(RuntimeError):
+    """A problem found before any trial starts; the message says how to fix it."""
+
+
+def build_parser(model: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python sweeps/{model}_sweep.py",
+                                description=f"Hyperparameter sweep of the {model.upper()} on Ray "
+                                            "Tune, searched with Optuna (TPE).")
+    metrics = list(METRICS[model])
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. 'auto' after `ray start --head`); default: "
+                        "start a local Ray")
+    p.add_argument("--num-samples", type=int, default=16, help="trials to run (default 16)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at once (default: as many as the resources allow)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--cpus-per-trial", type=float, default=1,
+                   help="CPUs per trial; also torch's thread count (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="GPUs per trial, fractions allowed: 0.25 packs four trials on a GPU")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha stops poor trials early (default); fifo runs every trial to the end")
+    p.add_argument("--grace-period", type=int, default=1,
+                   help="ASHA: epochs every trial gets before it may be stopped")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p.add_argument("--data-dir", default=None,
+                   help=f"folder with MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on the first N images")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--storage-path", default="runs/sweeps",
+                   help="where Ray keeps results and checkpoints: a local folder, a shared file "
+                        "system or a cloud URI (s3://, gs://) for clusters (default runs/sweeps)")
+    p.add_argument("--name", default=f"{model}-sweep", help="the sweep's name (its folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep --name in --storage-path")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial")
+    p.add_argument("--metric", choices=metrics, default=metrics[0],
+                   help=f"objective (default {metrics[0]})")
+    p.add_argument("--space", default=None, help="YAML/JSON file overriding search ranges")
+    p.add_argument("--print-space", action="store_true", help="print the search space and exit")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup")
+    if model == "gan":
+        p.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples,
+                       help="generated images scored per evaluation")
+        p.add_argument("--classifier-epochs", type=int, default=None,
+                       help="epochs of the scoring classifier if it must be trained")
+        p.add_argument("--cache-dir", default=None, help="scoring classifier cache")
+    return p
+
+
+def parse_options(model: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser(model)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            if hasattr(args, key) and parser.get_default(key) == getattr(args, key):
+                setattr(args, key, value)
+    if args.num_samples < 1:
+        raise SweepError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
+    if args.cpus_per_trial <= 0:
+        raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0 or (args.gpus_per_trial > 1 and not args.gpus_per_trial.is_integer()):
+        raise SweepError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got "
+                         f"{args.gpus_per_trial}")
+    if args.scheduler == "asha" and not 1 <= args.grace_period <= args.epochs:
+        raise SweepError(f"--grace-period must be between 1 and --epochs ({args.epochs})")
+    return args
+
+
+def train_settings(args: argparse.Namespace) -> dict:
+    """TrainConfig fields shared by every trial (validated here, once, by building one)."""
+    settings = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
+                "train_subset": args.train_subset, "seed": args.seed, "precision": args.precision}
+    if hasattr(args, "eval_samples"):
+        settings["eval_samples"] = args.eval_samples
+    try:
+        TrainConfig(**settings)
+    except ValueError as err:
+        raise SweepError(str(err)) from err
+    return settings
+
+
+def check_resources(args: argparse.Namespace) -> dict:
+    """Fail now, not with trials pending forever, if no node can ever run one trial."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    max_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    max_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    total_gpus = sum(n.get("GPU", 0) for n in nodes)
+    if args.cpus_per_trial > max_cpus:
+        raise SweepError(f"--cpus-per-trial {args.cpus_per_trial:g} is more than any node has "
+                         f"(largest: {max_cpus:g} CPUs); lower it")
+    if args.gpus_per_trial > 0 and total_gpus == 0:
+        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} asks for GPUs, but this Ray "
+                         "cluster has none; use --gpus-per-trial 0 (CPU) or join a GPU cluster")
+    if args.gpus_per_trial > max_gpus:
+        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} is more than any node has "
+                         f"(largest: {max_gpus:g} GPUs)")
+    return {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+
+
+def fixed_model_values(model: str, searched: dict) -> dict:
+    """The model config's values that are not searched: the dataclass defaults."""
+    cfg_class, _ = TASKS[model]
+    return {f.name: f.default for f in dataclasses.fields(cfg_class) if f.name not in searched}
+
+
+def start_ray(address: str | None) -> None:
+    import ray
+
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as err:
+            raise SweepError(f"could not join the Ray cluster at {address!r} ({err}); start one "
+                             "with `ray start --head` or drop --address for a local Ray") from err
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def storage_uri(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def best_table(results, metric: str, mode: str, space: dict) -> str:
+    frame = results.get_dataframe()
+    if frame.empty or metric not in frame:
+        return "no trial reported a result"
+    columns = [f"config/{k}" for k in space] + [metric, "training_iteration"]
+    frame = frame[[c for c in columns if c in frame]].rename(
+        columns=lambda c: c.removeprefix("config/")).rename(columns={"training_iteration": "epochs"})
+    frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last")
+    return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def run(model: str, argv: list[str] | None = None) -> int:
+    try:
+        return _run(model, argv)
+    except (SweepError, DataError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(model: str, argv: list[str] | None) -> int:
+    args = parse_options(model, argv)
+    overrides = spaces.load_overrides(args.space) if args.space else None
+    space = spaces.search_space(model, overrides)
+    print(spaces.describe(model, space))
+    if args.print_space:
+        return 0
+    settings = train_settings(args)
+    check_dataset_files(args.dataset, args.data_dir)  # before Ray starts: seconds, not minutes
+    mode = METRICS[model][args.metric]
+    storage = storage_uri(args.storage_path)
+    experiment = f"{storage}/{args.name}"
+    if args.resume and "://" not in storage and not Path(experiment).exists():
+        raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
+                         "--storage-path")
+    if not args.resume and "://" not in storage and (Path(experiment) / "tuner.pkl").exists():
+        raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
+                         "to continue it, or another --name")
+
+    import ray
+    from optuna.samplers import TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from trainables.trainable import train_trial
+
+    start_ray(args.address)
+    try:
+        resources = check_resources(args)
+        data = load_dataset(args.dataset, args.data_dir)
+        scorer_cache = None
+        if model == "gan":
+            from genmodels.classifier import EPOCHS, ensure_classifier, load_cache
+
+            # Trained once per sweep (cached across sweeps) and shipped to trials via Ray.
+            scoring_data = data.subset(args.train_subset) if args.smoke else data
+            path = ensure_classifier(args.dataset, scoring_data, args.cache_dir,
+                                     epochs=args.classifier_epochs or EPOCHS)
+            scorer_cache = load_cache(path)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, model=model, data=data, train_settings=settings,
+                                 fixed=fixed_model_values(model, space), scorer_cache=scorer_cache),
+            resources)
+        if args.resume:
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
+                                       reduction_factor=ASHA_REDUCTION)
+                         if args.scheduler == "asha" else FIFOScheduler())
+            tuner = tune.Tuner(
+                trainable,
+                param_space=spaces.to_tune(space),
+                tune_config=tune.TuneConfig(
+                    metric=args.metric, mode=mode, num_samples=args.num_samples,
+                    search_alg=OptunaSearch(sampler=TPESampler(seed=args.seed)),
+                    scheduler=scheduler, max_concurrent_trials=args.max_concurrent),
+                run_config=tune.RunConfig(
+                    name=args.name, storage_path=storage,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=1),
+            )
+        results = tuner.fit()
+        print(f"\nbest trials by {args.metric} ({mode}):")
+        print(best_table(results, args.metric, mode, space))
+        errors = sum(1 for r in results if r.error)
+        if errors:
+            print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
+        print(f"results, checkpoints and per-trial figures: {experiment}")
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def main(model: str) -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    sys.exit(run(model, sys.argv[1:]))
+

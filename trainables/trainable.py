@@ -1,0 +1,103 @@
+"""The Ray Tune trainable: one trial = one run of the shared training loop.
+
+Tune calls `train_trial(config)` with the sampled hyperparameters; everything else (the data set,
+the fixed training settings, the scoring classifier) arrives once per sweep through
+`tune.with_parameters`, i.e. Ray's object store, never re-read or re-downloaded per trial. Each
+epoch reports the metrics and a checkpoint; a restored trial resumes from its last checkpoint and
+continues exactly. Per-epoch sample grids and the end-of-run figures go to the trial's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from ray import tune
+
+from genmodels.classifier import scorer_from_cache
+from genmodels.data import ImageData
+from genmodels.device import resolve_device
+from genmodels.figures import save_run_figures, save_sample_grid
+from genmodels.tasks import TASKS
+from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
+
+CHECKPOINT_FILE = "checkpoint.pt"
+STATUS_FILE = "status.json"  # finished | diverged, read by the analysis
+PLACEMENT_FILE = "placement.json"
+
+
+def model_config_from_tune(model: str, values: dict):
+    """The model's config from the sampled plus the fixed values, strictly: an unknown or missing
+    key is an error, never a silent default (a space that names `netG_lr` must not quietly train
+    every trial at lr_g's default)."""
+    cfg_class, _ = TASKS[model]
+    fields = {f.name for f in dataclasses.fields(cfg_class)}
+    unknown, missing = set(values) - fields, fields - set(values)
+    if unknown or missing:
+        raise ValueError(f"{model} config: unknown keys {sorted(unknown)}, missing keys "
+                         f"{sorted(missing)}; it takes exactly {sorted(fields)}")
+    return cfg_class(**values)
+
+
+def write_placement(trial_dir: Path, trainer: Trainer) -> None:
+    """Where and how this trial ran: node, Ray's GPU ids, the device torch used, when."""
+    import ray
+
+    placement = {"node_id": ray.get_runtime_context().get_node_id(),
+                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(trainer.device),
+                 "threads": trainer.train_cfg.num_threads, "started_at": time.time()}
+    (trial_dir / PLACEMENT_FILE).write_text(json.dumps(placement))
+
+
+def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
+                fixed: dict, scorer_cache: dict | None, tracking: dict | None = None) -> None:
+    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
+    model_cfg = model_config_from_tune(model, {**fixed, **config})
+    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
+    train_cfg = TrainConfig(**train_settings, num_threads=cpus)
+    device = resolve_device(train_cfg.device)  # CUDA when Ray gave this trial a real GPU
+    scorer = scorer_from_cache(scorer_cache, device) if scorer_cache else None
+    trainer = Trainer.create(model, model_cfg, train_cfg, data, scorer=scorer)
+
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    write_placement(trial_dir, trainer)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.resume(Path(folder) / CHECKPOINT_FILE)
+
+    tracker = None
+    if tracking:
+        from trainables.tracking import TrialTracker  # MLflow only where tracking is on
+
+        tracker = TrialTracker.start(tracking, trial_dir, model_cfg, train_cfg)
+
+    def on_epoch(report: EpochReport) -> None:
+        grid = save_sample_grid(report.samples, trial_dir / "samples" / f"epoch_{report.epoch:03d}.png")
+        figures = save_run_figures(trainer, trial_dir) if report.is_last else {}
+        if tracker:
+            tracker.log_epoch(report.epoch, report.metrics, grid, figures)
+        if report.is_last:
+            (trial_dir / STATUS_FILE).write_text(json.dumps({"status": "finished",
+                                                             "finished_at": time.time()}))
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            tune.report(report.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    try:
+        trainer.fit(on_epoch)
+    except TrainingDiverged as err:
+        (trial_dir / STATUS_FILE).write_text(json.dumps(
+            {"status": "diverged", "epoch": err.epoch, "message": str(err)}))
+        if tracker:
+            tracker.fail(str(err), status="diverged")
+        raise  # Tune marks the trial ERROR with this message; Optuna records it as failed
+    except BaseException as err:
+        if tracker:
+            tracker.fail(f"{type(err).__name__}: {err}")
+        raise
+    if tracker:
+        tracker.finish(trainer)
