@@ -1,0 +1,201 @@
+"""Sweeps end to end on a real Ray: local, on a two-node cluster with a logical GPU, resumed after an
+interrupt, and every check that must fail before a trial starts.
+
+    pytest tests/test_sweeps.py -q
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps.runner import run
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--train-subset", "256", "--batch-size", "64", "--cpus-per-trial", "1", "--epochs", "1"]
+RAY_START_TIMEOUT = 120
+
+
+def sweep(model: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "sweeps" / f"{model}_sweep.py"), *args],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+def trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("train_trial"))
+
+
+def results(trial: Path) -> list[dict]:
+    path = trial / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def placement(trial: Path) -> dict:
+    return json.loads((trial / "placement.json").read_text())
+
+
+@pytest.mark.slow
+def test_vae_sweep_end_to_end(data_dir, tmp_path):
+    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
+                 "--name", "vae", "--num-samples", "3", "--max-concurrent", "2", "--epochs", "2",
+                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo")
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    assert "best trials by test_elbo" in run_.stdout
+    trials = trial_dirs(tmp_path / "vae")
+    assert len(trials) == 3
+    for trial in trials:
+        history = results(trial)
+        assert [r["epoch"] for r in history] == [1, 2]
+        assert {"test_elbo", "test_kl", "test_recon", "train_loss"} <= set(history[-1])
+        assert "test_iwae" in history[-1]
+        assert (trial / "samples" / "epoch_002.png").exists()
+        assert (trial / "real_vs_reconstructed.png").exists()
+        assert json.loads((trial / "status.json").read_text())["status"] == "finished"
+        config = json.loads((trial / "params.json").read_text())
+        assert set(config) == {"dropout", "latent_dim", "lr"}
+    configs = [json.loads((t / "params.json").read_text()) for t in trials]
+    assert len({c["lr"] for c in configs}) == 3  # Optuna sampled three different trials
+
+
+@pytest.mark.slow
+def test_gan_sweep_scores_trials(data_dir, tmp_path):
+    run_ = sweep("gan", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
+                 "--name", "gan", "--num-samples", "2", "--max-concurrent", "2",
+                 "--eval-samples", "200", "--classifier-epochs", "1",
+                 "--cache-dir", str(tmp_path / "cache"), *TINY)
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    assert "best trials by fcd" in run_.stdout
+    for trial in trial_dirs(tmp_path / "gan"):
+        (last,) = results(trial)
+        assert {"fcd", "inception_score", "precision", "recall", "loss_d", "loss_g"} <= set(last)
+        assert (trial / "real_vs_generated.png").exists()
+    assert len(list((tmp_path / "cache").glob("classifier-*.pt"))) == 1  # trained once
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """A real Ray cluster on this machine: a head with 1 CPU and 1 logical GPU, a worker with 1 CPU
+    (started as a user would, with `ray start`)."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    temp = tmp_path_factory.mktemp("ray")
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=1",
+                    "--include-dashboard=false", f"--temp-dir={temp}"],
+                   check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=env)
+    try:
+        subprocess.run([ray_bin, "start", f"--address={address}", "--num-cpus=1", "--num-gpus=0"],
+                       check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=env)
+        yield address
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_trials_spread_over_two_nodes(two_node_cluster, data_dir, tmp_path):
+    run_ = sweep("vae", "--address", two_node_cluster, "--data-dir", str(data_dir),
+                 "--storage-path", str(tmp_path), "--name", "spread", "--num-samples", "4",
+                 "--scheduler", "fifo", *TINY)
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    nodes = {placement(t)["node_id"] for t in trial_dirs(tmp_path / "spread")}
+    assert len(nodes) == 2
+
+
+@pytest.mark.slow
+def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, data_dir,
+                                                               tmp_path):
+    run_ = sweep("vae", "--address", two_node_cluster, "--data-dir", str(data_dir),
+                 "--storage-path", str(tmp_path), "--name", "gpus", "--num-samples", "2",
+                 "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--epochs", "2",
+                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo")
+    assert run_.returncode == 0, run_.stderr[-3000:]
+    trials = trial_dirs(tmp_path / "gpus")
+    places = [placement(t) for t in trials]
+    assert all(p["gpu_ids"] == ["0"] for p in places)  # both trials share the one logical GPU
+    assert all(p["device"] == "cpu" for p in places)  # no CUDA here: each fell back to the CPU
+    starts = [p["started_at"] for p in places]
+    ends = [json.loads((t / "status.json").read_text())["finished_at"] for t in trials]
+    assert max(starts) < min(ends), "the two trials did not overlap in time"
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, tmp_path):
+    args = [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
+            "--storage-path", str(tmp_path), "--name", "resume", "--num-samples", "4",
+            "--max-concurrent", "1", "--scheduler", "fifo", "--epochs", "2",
+            "--train-subset", "256", "--batch-size", "64"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    experiment = tmp_path / "resume"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = [t for t in trial_dirs(experiment) if len(results(t)) == 2] if experiment.exists() else []
+        if done:
+            break
+        time.sleep(0.5)
+    assert done, "no trial finished in time"
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    process.wait(timeout=120)
+    finished_before = {t.name: len(results(t)) for t in trial_dirs(experiment)
+                       if len(results(t)) == 2}
+    assert 1 <= len(finished_before) < 4
+
+    again = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
+                  "--name", "resume", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = trial_dirs(experiment)
+    assert len(trials) == 4
+    for trial in trials:
+        assert [r["epoch"] for r in results(trial)] == [1, 2], trial.name  # each epoch once
+    for name, count in finished_before.items():
+        assert len(results(experiment / name)) == count  # finished trials were not rerun
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "SPACE", "--print-space"], "must be below"),
+    (["--epochs", "0"], "epochs"),
+    (["--gpus-per-trial", "1.5"], "--gpus-per-trial"),
+    (["--data-dir", "MISSING"], "train-images-idx3-ubyte"),
+])
+def test_bad_options_fail_before_ray_starts(args, message, data_dir, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 0.01, high: 0.001}\n")
+    args = [str(space) if a == "SPACE" else str(tmp_path / "nowhere") if a == "MISSING" else a
+            for a in args]
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(data_dir)]
+    start = time.time()
+    assert run("vae", [*args, "--storage-path", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert time.time() - start < 10  # no Ray was started
+
+
+def test_dropout_of_one_in_the_space_is_the_models_error(data_dir, tmp_path, capsys):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"dropout": {"low": 0.5, "high": 1.0}}))
+    assert run("gan", ["--space", str(space), "--data-dir", str(data_dir)]) == 2
+    assert "dropout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--gpus-per-trial", "0.5"], "has none"),
+    (["--cpus-per-trial", "64"], "more than any node has"),
+])
+def test_impossible_resource_requests_fail_at_once(args, message, data_dir, tmp_path):
+    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path), *args)
+    assert run_.returncode == 2 and message in run_.stderr
+    assert not (tmp_path / "vae-sweep").exists()  # nothing started
