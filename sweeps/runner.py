@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
 }
 ASHA_REDUCTION = 2  # keep the better half at each rung
 TABLE_ROWS = 5
+OPTIONS_FILE = "gensweep_options.json"  # the sweep's own options, reused by --resume
+RESUME_OVERRIDES = ("address", "resume", "storage_path", "name", "max_concurrent")
 
 
 class SweepError(RuntimeError):
@@ -149,9 +152,12 @@ def start_ray(address: str | None) -> None:
     if address:
         try:
             ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError) as err:
-            raise SweepError(f"could not join the Ray cluster at {address!r} ({err}); start one "
-                             "with `ray start --head` or drop --address for a local Ray") from err
+        except Exception as err:  # ConnectionError, auth errors, timeouts: all mean "can't join"
+            raise SweepError(
+                f"could not join the Ray cluster at {address!r} ({str(err)[:300]}). Start one with "
+                "`ray start --head`, drop --address for a local Ray, and on a cluster with token "
+                "authentication set RAY_AUTH_MODE=token with the cluster's ~/.ray/auth_token"
+            ) from err
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
 
@@ -179,8 +185,31 @@ def run(model: str, argv: list[str] | None = None) -> int:
         return 2
 
 
+def restore_options(args: argparse.Namespace, experiment: Path) -> argparse.Namespace:
+    """On --resume, the interrupted sweep's own options (data, epochs, space...), so every trial of
+    one sweep trains the same way; only where and how to connect may change."""
+    saved = experiment / OPTIONS_FILE
+    if not saved.exists():
+        raise SweepError(f"--resume: {experiment} has no {OPTIONS_FILE}; it was not started by "
+                         "this sweep tool, or never got past its checks")
+    options = json.loads(saved.read_text())
+    options.update({k: getattr(args, k) for k in RESUME_OVERRIDES})
+    return argparse.Namespace(**options)
+
+
 def _run(model: str, argv: list[str] | None) -> int:
     args = parse_options(model, argv)
+    storage = storage_uri(args.storage_path)
+    experiment = f"{storage}/{args.name}"
+    local = "://" not in storage
+    if args.resume and local:
+        if not Path(experiment).exists():
+            raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
+                             "--storage-path")
+        args = restore_options(args, Path(experiment))
+    if not args.resume and local and (Path(experiment) / "tuner.pkl").exists():
+        raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
+                         "to continue it, or another --name")
     overrides = spaces.load_overrides(args.space) if args.space else None
     space = spaces.search_space(model, overrides)
     print(spaces.describe(model, space))
@@ -189,14 +218,6 @@ def _run(model: str, argv: list[str] | None) -> int:
     settings = train_settings(args)
     check_dataset_files(args.dataset, args.data_dir)  # before Ray starts: seconds, not minutes
     mode = METRICS[model][args.metric]
-    storage = storage_uri(args.storage_path)
-    experiment = f"{storage}/{args.name}"
-    if args.resume and "://" not in storage and not Path(experiment).exists():
-        raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
-                         "--storage-path")
-    if not args.resume and "://" not in storage and (Path(experiment) / "tuner.pkl").exists():
-        raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
-                         "to continue it, or another --name")
 
     import ray
     from optuna.samplers import TPESampler
@@ -209,6 +230,9 @@ def _run(model: str, argv: list[str] | None) -> int:
     start_ray(args.address)
     try:
         resources = check_resources(args)
+        if local and not args.resume:
+            Path(experiment).mkdir(parents=True, exist_ok=True)
+            (Path(experiment) / OPTIONS_FILE).write_text(json.dumps(vars(args), indent=2))
         data = load_dataset(args.dataset, args.data_dir)
         scorer_cache = None
         if model == "gan":

@@ -22,9 +22,14 @@ TINY = ["--train-subset", "256", "--batch-size", "64", "--cpus-per-trial", "1", 
 RAY_START_TIMEOUT = 120
 
 
-def sweep(model: str, *args: str) -> subprocess.CompletedProcess:
+# `ray start --head` turns on token authentication (Ray >= 2.5x): every process that joins the
+# cluster reads the token from ~/.ray/auth_token when RAY_AUTH_MODE=token, as a user's would.
+CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def sweep(model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "sweeps" / f"{model}_sweep.py"), *args],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
 
 
 def trial_dirs(experiment: Path) -> list[Path]:
@@ -91,14 +96,14 @@ def two_node_cluster(tmp_path_factory):
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    temp = tmp_path_factory.mktemp("ray")
+    local = ["--node-ip-address=127.0.0.1"]
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=1",
-                    "--include-dashboard=false", f"--temp-dir={temp}"],
-                   check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=env)
+                    "--include-dashboard=false", *local],
+                   check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=CLUSTER_ENV)
     try:
-        subprocess.run([ray_bin, "start", f"--address={address}", "--num-cpus=1", "--num-gpus=0"],
-                       check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=env)
+        subprocess.run([ray_bin, "start", f"--address={address}", "--num-cpus=1", "--num-gpus=0",
+                        *local],
+                       check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=CLUSTER_ENV)
         yield address
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
@@ -108,7 +113,7 @@ def two_node_cluster(tmp_path_factory):
 def test_trials_spread_over_two_nodes(two_node_cluster, data_dir, tmp_path):
     run_ = sweep("vae", "--address", two_node_cluster, "--data-dir", str(data_dir),
                  "--storage-path", str(tmp_path), "--name", "spread", "--num-samples", "4",
-                 "--scheduler", "fifo", *TINY)
+                 "--scheduler", "fifo", *TINY, env=CLUSTER_ENV)
     assert run_.returncode == 0, run_.stderr[-3000:]
     nodes = {placement(t)["node_id"] for t in trial_dirs(tmp_path / "spread")}
     assert len(nodes) == 2
@@ -120,7 +125,8 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
     run_ = sweep("vae", "--address", two_node_cluster, "--data-dir", str(data_dir),
                  "--storage-path", str(tmp_path), "--name", "gpus", "--num-samples", "2",
                  "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--epochs", "2",
-                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo")
+                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+                 env=CLUSTER_ENV)
     assert run_.returncode == 0, run_.stderr[-3000:]
     trials = trial_dirs(tmp_path / "gpus")
     places = [placement(t) for t in trials]
