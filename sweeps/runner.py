@@ -18,6 +18,14 @@ from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, check_dataset_file
 from genmodels.tasks import TASKS
 from genmodels.training import TrainConfig
 from sweeps import search_space as spaces
+from sweeps.tracking import (
+    TrackingError,
+    TrialStatusCallback,
+    check_reachable,
+    close_sweep,
+    open_sweep,
+    tracking_uri,
+)
 
 # metric -> mode, per model. The first is the default objective.
 METRICS = {
@@ -75,6 +83,9 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                    help=f"objective (default {metrics[0]})")
     p.add_argument("--space", default=None, help="YAML/JSON file overriding search ranges")
     p.add_argument("--print-space", action="store_true", help="print the search space and exit")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow tracking server (http://host:5000) or store URI; default "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup")
     if model == "gan":
@@ -177,10 +188,16 @@ def best_table(results, metric: str, mode: str, space: dict) -> str:
     return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
+def unfinished_trials(results) -> int:
+    """Trials neither terminated nor errored: what a Ctrl-C left for --resume."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+
+
 def run(model: str, argv: list[str] | None = None) -> int:
     try:
         return _run(model, argv)
-    except (SweepError, DataError, ValueError, FileNotFoundError) as err:
+    except (SweepError, TrackingError, DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -217,6 +234,8 @@ def _run(model: str, argv: list[str] | None) -> int:
         return 0
     settings = train_settings(args)
     check_dataset_files(args.dataset, args.data_dir)  # before Ray starts: seconds, not minutes
+    mlflow_uri = tracking_uri(args.mlflow_uri)
+    check_reachable(mlflow_uri)
     mode = METRICS[model][args.metric]
 
     import ray
@@ -243,9 +262,13 @@ def _run(model: str, argv: list[str] | None) -> int:
             path = ensure_classifier(args.dataset, scoring_data, args.cache_dir,
                                      epochs=args.classifier_epochs or EPOCHS)
             scorer_cache = load_cache(path)
+        tracking = open_sweep(mlflow_uri, args.name, model, experiment, vars(args),
+                              spaces.describe(model, space), args.resume)
+        print(f"MLflow: experiment {args.name!r} at {mlflow_uri}")
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, model=model, data=data, train_settings=settings,
-                                 fixed=fixed_model_values(model, space), scorer_cache=scorer_cache),
+                                 fixed=fixed_model_values(model, space), scorer_cache=scorer_cache,
+                                 tracking=tracking),
             resources)
         if args.resume:
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
@@ -264,15 +287,28 @@ def _run(model: str, argv: list[str] | None) -> int:
                 run_config=tune.RunConfig(
                     name=args.name, storage_path=storage,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[TrialStatusCallback(tracking, args.epochs)],
                     verbose=1),
             )
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:
+            close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=mode)
+            print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
+            return 130
+        interrupted = unfinished_trials(results) > 0
+        close_sweep(tracking, results, interrupted, args.metric, mode)
+        if interrupted:
+            print(f"interrupted with {unfinished_trials(results)} trial(s) unfinished: continue "
+                  f"with --resume --name {args.name}")
         print(f"\nbest trials by {args.metric} ({mode}):")
         print(best_table(results, args.metric, mode, space))
         errors = sum(1 for r in results if r.error)
         if errors:
             print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
         print(f"results, checkpoints and per-trial figures: {experiment}")
+        print(f"MLflow runs: experiment {args.name!r} in {mlflow_uri} "
+              f"(`mlflow ui --backend-store-uri {mlflow_uri}`)")
         return 0
     finally:
         ray.shutdown()

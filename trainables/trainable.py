@@ -95,9 +95,15 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         if tracker:
             tracker.fail(str(err), status="diverged")
         raise  # Tune marks the trial ERROR with this message; Optuna records it as failed
+    except SystemExit:
+        # How Tune ends a trial's function: after its final report, or when the scheduler (ASHA)
+        # stops it early. Both are normal ends of a true, finished run.
+        if tracker:
+            tracker.finish("finished" if trainer.epoch >= train_cfg.epochs else "stopped_early")
+        raise
     except BaseException as err:
         if tracker:
             tracker.fail(f"{type(err).__name__}: {err}")
         raise
     if tracker:
-        tracker.finish(trainer)
+        tracker.finish("finished")

@@ -1,0 +1,144 @@
+"""MLflow on the driver's side: the experiment, the sweep's parent run, and true run statuses.
+
+- Where: `--mlflow-uri`, else $MLFLOW_TRACKING_URI, else SQLite `mlflow.db` in the working folder
+  (artifacts in `mlruns/` beside it), so `mlflow ui` shows the sweep with no server.
+- A remote server must answer before anything starts; its artifacts are proxied
+  (`mlflow server --serve-artifacts`), so no record depends on a node's disk.
+- `TrialStatusCallback` closes what a trial cannot close itself: a trial that ASHA stopped early is
+  FINISHED and tagged `stopped_early`; an errored trial is FAILED.
+- `close_sweep` marks the parent FINISHED, or, after Ctrl-C, the parent and every still-RUNNING
+  child KILLED, so nothing stays RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from ray import tune
+
+from trainables.tracking import find_trial_run, retry
+
+REACH_TIMEOUT_SECONDS = 5
+SWEEP_TAG = "gensweep.sweep_dir"
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def tracking_uri(option: str | None) -> str:
+    uri = option or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_SECONDS) as response:
+            response.read()
+    except (URLError, OSError) as err:
+        raise TrackingError(
+            f"the MLflow tracking server {uri} does not answer ({err}); start it with "
+            "`mlflow server --host 0.0.0.0 --port 5000 --serve-artifacts`, or drop --mlflow-uri "
+            "to record in the local mlflow.db"
+        ) from err
+
+
+def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: dict,
+               space_text: str, resume: bool) -> dict:
+    """The experiment (one per sweep name) and the parent run; on --resume, the same parent."""
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    experiment = retry(lambda: client.get_experiment_by_name(name))
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:"):  # absolute, so trials in other folders write beside the db
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / name).as_uri()
+        experiment_id = retry(lambda: client.create_experiment(name, artifact_location=location))
+    else:
+        experiment_id = experiment.experiment_id
+    parent_id = None
+    if resume:
+        runs = retry(lambda: client.search_runs(
+            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{experiment_dir}'",
+            max_results=1))
+        if runs:
+            parent_id = runs[0].info.run_id
+            retry(lambda: client.update_run(parent_id, status="RUNNING"))
+    if parent_id is None:
+        run = retry(lambda: client.create_run(experiment_id, tags={
+            MLFLOW_RUN_NAME: name, SWEEP_TAG: experiment_dir, "gensweep.model": model}))
+        parent_id = run.info.run_id
+        retry(lambda: client.log_batch(parent_id, params=[
+            Param(k, str(v)) for k, v in options.items()]))
+        retry(lambda: client.log_text(parent_id, space_text, "search_space.txt"))
+    return {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+            "sweep": name, "model": model}
+
+
+class TrialStatusCallback(tune.Callback):
+    """Driver-side corrections of child-run statuses that a trial cannot make itself."""
+
+    def __init__(self, tracking: dict, epochs: int):
+        self.tracking, self.epochs = tracking, epochs
+
+    def _run_id(self, trial) -> str | None:
+        client = MlflowClient(self.tracking["uri"])
+        return find_trial_run(client, self.tracking["experiment_id"], trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        client = MlflowClient(self.tracking["uri"])
+        done = (trial.last_result or {}).get("training_iteration", 0)
+        if done < self.epochs:  # the scheduler stopped it: a true, finished, shorter run
+            retry(lambda: client.set_tag(run_id, "gensweep.status", "stopped_early"))
+            retry(lambda: client.set_terminated(run_id, "FINISHED"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run_id(trial)
+        if run_id is None:
+            return
+        client = MlflowClient(self.tracking["uri"])
+        if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
+            retry(lambda: client.set_tag(run_id, "gensweep.failure_reason",
+                                         str(getattr(trial, "error_file", "") or "trial error")))
+            retry(lambda: client.set_terminated(run_id, "FAILED"))
+
+
+def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: str) -> None:
+    """Leaderboard and best config on the parent; statuses made final (KILLED on interrupt)."""
+    client = MlflowClient(tracking["uri"])
+    parent = tracking["parent_run_id"]
+    if results is not None:
+        frame = results.get_dataframe()
+        if not frame.empty and metric in frame:
+            frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last")
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "leaderboard.csv"
+                frame.to_csv(path, index=False)
+                retry(lambda: client.log_artifact(parent, str(path)))
+            try:
+                best = results.get_best_result(metric, mode)
+                retry(lambda: client.log_text(parent, json.dumps(best.config, indent=2),
+                                              "best_config.json"))
+                retry(lambda: client.log_metric(parent, f"best_{metric}", best.metrics[metric]))
+            except (RuntimeError, KeyError):
+                pass  # no trial reported the metric: the leaderboard says so
+    if interrupted:
+        children = retry(lambda: client.search_runs(
+            [tracking["experiment_id"]],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"))
+        for run in children:
+            retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
+    retry(lambda: client.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))

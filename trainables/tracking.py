@@ -1,0 +1,97 @@
+"""MLflow records of one trial: a child run of the sweep's parent run, from inside the trial.
+
+Each trial logs its own params, per-epoch metrics (`step=epoch`) and per-epoch sample grid
+(`log_image(key="samples", step=epoch)`), so the records travel from any node straight to the
+tracking store; a trial restored from a checkpoint finds its run by the `ray.trial_id` tag and
+continues it instead of creating a duplicate. SQLite allows one writer at a time: every call goes
+through `retry`, which waits out "database is locked" with backoff, and each epoch's metrics go in
+one `log_batch` call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from PIL import Image
+
+RETRIES = 8
+RETRY_BASE_SECONDS = 0.25  # doubled after each failed try
+TRIAL_TAG = "ray.trial_id"
+T = TypeVar("T")
+
+
+def retry(call: Callable[[], T]) -> T:
+    """Run a tracking call, retrying while SQLite reports a lock held by another writer."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except Exception as err:  # MlflowException / sqlalchemy OperationalError
+            if "locked" not in str(err).lower() or attempt == RETRIES - 1:
+                raise
+            time.sleep(RETRY_BASE_SECONDS * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
+    runs = retry(lambda: client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1))
+    return runs[0].info.run_id if runs else None
+
+
+class TrialTracker:
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    @classmethod
+    def start(cls, tracking: dict, trial_dir: Path, model_cfg, train_cfg) -> TrialTracker:
+        import ray
+        from ray import tune
+
+        context = tune.get_context()
+        client = MlflowClient(tracking["uri"])
+        trial_id = context.get_trial_id()
+        run_id = find_trial_run(client, tracking["experiment_id"], trial_id)
+        if run_id is not None:  # restored or retried: continue the same run
+            retry(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
+            return cls(client, run_id)
+        tags = {
+            MLFLOW_PARENT_RUN_ID: tracking["parent_run_id"],
+            MLFLOW_RUN_NAME: context.get_trial_name(),
+            TRIAL_TAG: trial_id,
+            "ray.trial_dir": str(trial_dir),
+            "ray.node_id": ray.get_runtime_context().get_node_id(),
+            "gensweep.sweep": tracking["sweep"],
+            "gensweep.model": tracking["model"],
+        }
+        run = retry(lambda: client.create_run(tracking["experiment_id"], tags=tags))
+        tracker = cls(client, run.info.run_id)
+        params = {**model_cfg.to_dict(), **{f"train.{k}": v for k, v in train_cfg.to_dict().items()}}
+        retry(lambda: client.log_batch(tracker.run_id, params=[
+            Param(k, str(v)) for k, v in params.items()]))
+        return tracker
+
+    def log_epoch(self, epoch: int, metrics: dict, grid: Path, figures: dict[str, Path]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        with Image.open(grid) as image:
+            image.load()
+        retry(lambda: self.client.log_image(self.run_id, image, key="samples", step=epoch))
+        for path in figures.values():
+            retry(lambda p=path: self.client.log_artifact(self.run_id, str(p), "figures"))
+
+    def finish(self, status: str) -> None:
+        """`status`: finished, or stopped_early (by the scheduler)."""
+        retry(lambda: self.client.set_tag(self.run_id, "gensweep.status", status))
+        retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+
+    def fail(self, reason: str, status: str = "failed") -> None:
+        tags = [RunTag("gensweep.status", status), RunTag("gensweep.failure_reason", reason[:5000])]
+        retry(lambda: self.client.log_batch(self.run_id, tags=tags))
+        retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))
