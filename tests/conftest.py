@@ -20,3 +20,21 @@ def data_dir(tmp_path_factory) -> Path:
     for folder in ("MNIST", "FashionMNIST"):
         shutil.copytree(TEST_DATA / folder, root / folder)
     return root
+
+
+def mlflow_runs(uri: str, experiment: str):
+    """`mlflow.search_runs` as a DataFrame, without leaving MLFLOW_TRACKING_URI set for the
+    subprocesses of later tests (mlflow.set_tracking_uri exports it)."""
+    import os
+
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        mlflow.set_tracking_uri(uri)
+        return mlflow.search_runs(experiment_names=[experiment])
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_runs
 
 from sweeps.runner import run
 
@@ -27,9 +28,11 @@ RAY_START_TIMEOUT = 120
 CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
 
 
-def sweep(model: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def sweep(model: str, *args: str, env: dict | None = None,
+          cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The sweep script as a user runs it; MLflow's default mlflow.db lands in `cwd`."""
     return subprocess.run([sys.executable, str(REPO / "sweeps" / f"{model}_sweep.py"), *args],
-                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+                          capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
 
 
 def trial_dirs(experiment: Path) -> list[Path]:
@@ -49,7 +52,7 @@ def placement(trial: Path) -> dict:
 def test_vae_sweep_end_to_end(data_dir, tmp_path):
     run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
                  "--name", "vae", "--num-samples", "3", "--max-concurrent", "2", "--epochs", "2",
-                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo")
+                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo", cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
     assert "best trials by test_elbo" in run_.stdout
     trials = trial_dirs(tmp_path / "vae")
@@ -73,7 +76,7 @@ def test_gan_sweep_scores_trials(data_dir, tmp_path):
     run_ = sweep("gan", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
                  "--name", "gan", "--num-samples", "2", "--max-concurrent", "2",
                  "--eval-samples", "200", "--classifier-epochs", "1",
-                 "--cache-dir", str(tmp_path / "cache"), *TINY)
+                 "--cache-dir", str(tmp_path / "cache"), *TINY, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
     assert "best trials by fcd" in run_.stdout
     for trial in trial_dirs(tmp_path / "gan"):
@@ -113,7 +116,7 @@ def two_node_cluster(tmp_path_factory):
 def test_trials_spread_over_two_nodes(two_node_cluster, data_dir, tmp_path):
     run_ = sweep("vae", "--address", two_node_cluster, "--data-dir", str(data_dir),
                  "--storage-path", str(tmp_path), "--name", "spread", "--num-samples", "4",
-                 "--scheduler", "fifo", *TINY, env=CLUSTER_ENV)
+                 "--scheduler", "fifo", *TINY, env=CLUSTER_ENV, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
     nodes = {placement(t)["node_id"] for t in trial_dirs(tmp_path / "spread")}
     assert len(nodes) == 2
@@ -126,7 +129,7 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
                  "--storage-path", str(tmp_path), "--name", "gpus", "--num-samples", "2",
                  "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--epochs", "2",
                  "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
-                 env=CLUSTER_ENV)
+                 env=CLUSTER_ENV, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
     trials = trial_dirs(tmp_path / "gpus")
     places = [placement(t) for t in trials]
@@ -143,8 +146,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, t
             "--storage-path", str(tmp_path), "--name", "resume", "--num-samples", "4",
             "--max-concurrent", "1", "--scheduler", "fifo", "--epochs", "2",
             "--train-subset", "256", "--batch-size", "64"]
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     experiment = tmp_path / "resume"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -160,7 +163,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, t
     assert 1 <= len(finished_before) < 4
 
     again = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
-                  "--name", "resume", "--resume")
+                  "--name", "resume", "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     trials = trial_dirs(experiment)
     assert len(trials) == 4
@@ -168,6 +171,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, t
         assert [r["epoch"] for r in results(trial)] == [1, 2], trial.name  # each epoch once
     for name, count in finished_before.items():
         assert len(results(experiment / name)) == count  # finished trials were not rerun
+
+    # MLflow: one parent, one child per trial (resumed trials continued their runs), none RUNNING.
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(runs) - len(children) == 1
+    assert sorted(children["tags.ray.trial_id"]) == sorted(t.name.split("_")[2] for t in trials)
+    assert set(runs["status"]) == {"FINISHED"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -202,6 +212,7 @@ def test_dropout_of_one_in_the_space_is_the_models_error(data_dir, tmp_path, cap
     (["--cpus-per-trial", "64"], "more than any node has"),
 ])
 def test_impossible_resource_requests_fail_at_once(args, message, data_dir, tmp_path):
-    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path), *args)
+    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path), *args,
+                 cwd=tmp_path)
     assert run_.returncode == 2 and message in run_.stderr
     assert not (tmp_path / "vae-sweep").exists()  # nothing started
