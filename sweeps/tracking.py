@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from urllib.error import URLError
@@ -116,6 +117,37 @@ class TrialStatusCallback(tune.Callback):
             retry(lambda: client.set_terminated(run_id, "FAILED"))
 
 
+def log_best_model(tracking: dict, checkpoint) -> None:
+    """The best trial's network (the VAE, or the GAN's generator) with `mlflow.pytorch`."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from genmodels.gan import Generator
+    from genmodels.vae import VAE, VAEConfig
+
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    if state["model"] == "vae":
+        model = VAE.from_config(VAEConfig(**state["model_config"]))
+        model.load_state_dict(state["modules"]["model"])
+    else:
+        model = Generator(state["model_config"]["latent_dim"])
+        model.load_state_dict(state["modules"]["generator"])
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking["uri"])
+    try:
+        with mlflow.start_run(run_id=tracking["parent_run_id"]):
+            # Naming the requirement skips MLflow's slow inference of the environment.
+            # Pickled whole: loading it needs this package (`pip install gensweep`) importable.
+            mlflow.pytorch.log_model(model.eval(), name="best_model",
+                                     serialization_format="pickle",
+                                     pip_requirements=[f"torch=={torch.__version__}"])
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: str) -> None:
     """Leaderboard and best config on the parent; statuses made final (KILLED on interrupt)."""
     client = MlflowClient(tracking["uri"])
@@ -134,7 +166,13 @@ def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: s
                                               "best_config.json"))
                 retry(lambda: client.log_metric(parent, f"best_{metric}", best.metrics[metric]))
             except (RuntimeError, KeyError):
-                pass  # no trial reported the metric: the leaderboard says so
+                best = None  # no trial reported the metric: the leaderboard says so
+            if best is not None and best.checkpoint is not None:
+                try:
+                    log_best_model(tracking, best.checkpoint)
+                except Exception as err:  # the sweep's results are safe; say what is missing
+                    print(f"warning: could not log the best model to MLflow: {err}",
+                          file=sys.stderr)
     if interrupted:
         children = retry(lambda: client.search_runs(
             [tracking["experiment_id"]],

@@ -43,6 +43,8 @@ def check_sweep_records(uri: str, name: str, trials: int, epochs: int = 2) -> No
     assert set(runs["status"]) == {"FINISHED"}
     assert {"leaderboard.csv", "best_config.json", "search_space.txt"} <= {
         a.path for a in client.list_artifacts(parent_id)}
+    assert client.search_logged_models(experiment_ids=[runs.experiment_id.iloc[0]],
+                                       filter_string="name = 'best_model'")
     for run_id in children.run_id:
         run_ = client.get_run(run_id)
         assert {"dropout", "latent_dim", "lr", "hidden_dim", "train.epochs"} <= set(run_.data.params)

@@ -161,6 +161,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, t
     finished_before = {t.name: len(results(t)) for t in trial_dirs(experiment)
                        if len(results(t)) == 2}
     assert 1 <= len(finished_before) < 4
+    interrupted = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
+    assert "RUNNING" not in set(interrupted["status"])  # Ctrl-C leaves nothing RUNNING
+    assert (interrupted[interrupted["tags.mlflow.parentRunId"].isna()]["status"] == "KILLED").all()
 
     again = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
                   "--name", "resume", "--resume", cwd=tmp_path)
