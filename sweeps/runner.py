@@ -170,7 +170,9 @@ def start_ray(address: str | None) -> None:
                 "authentication set RAY_AUTH_MODE=token with the cluster's ~/.ray/auth_token"
             ) from err
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # "local": always a fresh Ray of this process, never silently joining a cluster that
+        # happens to run on this machine (that is what --address auto is for).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def storage_uri(path: str) -> str:
@@ -188,10 +190,12 @@ def best_table(results, metric: str, mode: str, space: dict) -> str:
     return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def unfinished_trials(results) -> int:
-    """Trials neither terminated nor errored: what a Ctrl-C left for --resume."""
+def unfinished_trials(results, num_samples: int) -> int:
+    """Trials not yet started, or neither terminated nor errored: what a Ctrl-C left for
+    --resume (Tune stops gracefully on Ctrl-C and returns the results so far)."""
     trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
-    return sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+    running = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+    return running + max(0, num_samples - len(results))
 
 
 def run(model: str, argv: list[str] | None = None) -> int:
@@ -296,11 +300,11 @@ def _run(model: str, argv: list[str] | None) -> int:
             close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=mode)
             print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
             return 130
-        interrupted = unfinished_trials(results) > 0
-        close_sweep(tracking, results, interrupted, args.metric, mode)
-        if interrupted:
-            print(f"interrupted with {unfinished_trials(results)} trial(s) unfinished: continue "
-                  f"with --resume --name {args.name}")
+        unfinished = unfinished_trials(results, args.num_samples)
+        close_sweep(tracking, results, unfinished > 0, args.metric, mode)
+        if unfinished:
+            print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
+                  f"--name {args.name}")
         print(f"\nbest trials by {args.metric} ({mode}):")
         print(best_table(results, args.metric, mode, space))
         errors = sum(1 for r in results if r.error)
