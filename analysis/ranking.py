@@ -1,0 +1,100 @@
+"""Rank sweep trials: pure functions on the DataFrame of `analysis.load.load_trials`.
+
+    from analysis import load_trials, rank_trials
+    ranked = rank_trials(load_trials(results="runs/sweeps/vae-sweep"))   # VAE: test_elbo, higher first
+
+Order, always: usable trials (finished or stopped early by the scheduler) that have the metric, best
+first; then usable trials without it (a GAN run with scores off, a trial stopped before its first
+evaluation); then the trials that failed, diverged or never finished, which rank last and keep their
+status, never dropped. Equal values share a rank (competition ranking: 1, 2, 2, 4) and are listed by
+trial id, so the order is the same on every call and from either source.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# metric -> "max" | "min" for the metrics that have a better direction. Metrics not named here
+# (test_kl, the GAN's losses and D outputs, timings) are diagnostics: they get a final value only.
+DIRECTIONS: dict[str, str] = {
+    "test_elbo": "max", "test_iwae": "max", "test_recon": "max", "train_loss": "min",
+    "fcd": "min", "inception_score": "max", "precision": "max", "recall": "max",
+}
+# The metrics each model reports every epoch (or on evaluation epochs); the first is the default
+# objective. They are always columns of the table, NaN where a trial never reported them.
+MODEL_METRICS: dict[str, tuple[str, ...]] = {
+    "vae": ("test_elbo", "test_recon", "test_kl", "train_loss", "test_iwae"),
+    "gan": ("fcd", "inception_score", "inception_score_std", "precision", "recall",
+            "loss_d", "loss_g", "d_real", "d_fake"),
+}
+TIMING_METRICS = ("train_seconds", "epoch_seconds")
+# Trial statuses. A usable trial ran as asked (ASHA stopping it early is a normal end).
+USABLE = ("finished", "stopped_early")
+STATUSES = ("finished", "stopped_early", "failed", "diverged", "unfinished")
+
+
+def default_metric(model: str) -> str:
+    if model not in MODEL_METRICS:
+        raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODEL_METRICS)}")
+    return MODEL_METRICS[model][0]
+
+
+def direction(metric: str, mode: str | None = None) -> str:
+    """"max" or "min" for `metric`; `mode` overrides, and is required for a metric we don't know."""
+    if mode is not None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        return mode
+    if metric not in DIRECTIONS:
+        raise ValueError(f"no known direction for metric {metric!r}: pass mode='max' or 'min' "
+                         f"(known: {sorted(DIRECTIONS)})")
+    return DIRECTIONS[metric]
+
+
+def rank_trials(trials: pd.DataFrame, metric: str | None = None, mode: str | None = None,
+                scope: str = "last") -> pd.DataFrame:
+    """`trials` sorted best first with a `rank` column (1 = best) in front.
+
+    metric: a metric column (default: the model's objective, from the `model` column).
+    mode: "max" / "min" (default: the metric's known direction).
+    scope: "last" ranks by the final value (what Ray Tune's best result uses); "best" by the best
+    value over the epochs (`best_<metric>`).
+    """
+    if scope not in ("last", "best"):
+        raise ValueError(f"scope must be 'last' or 'best', got {scope!r}")
+    if metric is None:
+        models = set(trials["model"].dropna()) if "model" in trials else set()
+        if len(models) != 1:
+            raise ValueError(f"pass metric=...: the table holds models {sorted(models) or 'none'}")
+        metric = default_metric(models.pop())
+    mode = direction(metric, mode)
+    column = f"best_{metric}" if scope == "best" else metric
+    if column not in trials:
+        present = [c for c in trials.columns if c in DIRECTIONS or c in sum(MODEL_METRICS.values(), ())]
+        raise KeyError(f"no column {column!r} to rank by; metrics in this table: {present}")
+    values = pd.to_numeric(trials[column], errors="coerce").astype("float64")
+    usable = trials["status"].isin(USABLE).to_numpy()
+    has_value = values.notna().to_numpy() & usable
+    group = pd.Series(2, index=trials.index)  # 0: usable with value, 1: usable without, 2: not usable
+    group[usable] = 1
+    group[has_value] = 0
+    # One key a stable sort can use in both directions: larger is better after negating for "min".
+    key = values.where(has_value).mul(-1 if mode == "max" else 1)
+    order = pd.DataFrame({"group": group, "key": key, "trial_id": trials["trial_id"].astype(str)})
+    order = order.sort_values(["group", "key", "trial_id"], kind="mergesort", na_position="last")
+    ranked = trials.loc[order.index].copy()
+    position = pd.Series(range(1, len(ranked) + 1), index=ranked.index)
+    # Equal values share the first position of their tie; the other trials keep their position.
+    valued = order["group"] == 0
+    rank = position.copy()
+    rank[valued] = position[valued].groupby(order["key"][valued]).transform("min")
+    ranked.insert(0, "rank", rank.astype("Int64"))
+    return ranked.reset_index(drop=True)
+
+
+def best_trial(trials: pd.DataFrame, metric: str | None = None, mode: str | None = None) -> pd.Series:
+    """The top row of `rank_trials`, or a clear error when no usable trial has the metric."""
+    ranked = rank_trials(trials, metric, mode)
+    if ranked.empty or ranked["status"].iloc[0] not in USABLE:
+        raise ValueError("no trial finished: every trial failed, diverged or did not finish")
+    return ranked.iloc[0]
