@@ -87,7 +87,9 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                    help="MLflow tracking server (http://host:5000) or store URI; default "
                         "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder")
     p.add_argument("--smoke", action="store_true",
-                   help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup")
+                   help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup; "
+                        "its GAN scores come from a classifier trained 2 epochs on those 512 "
+                        "images, so they are not comparable with a real sweep's")
     if model == "gan":
         p.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples,
                        help="generated images scored per evaluation")
