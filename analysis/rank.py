@@ -52,6 +52,8 @@ def printed_table(ranked, metric: str, top: int) -> str:
     columns = ["rank", "trial_id", "status", *[c for c in ranked if c.startswith("config/")],
                metric, f"best_{metric}", "best_epoch", "epochs", "duration_s"]
     table = ranked[[c for c in columns if c in ranked]].head(top)
+    whole = table.select_dtypes("Int64").columns  # as floats, so missing prints as "-" too
+    table = table.astype(dict.fromkeys(whole, "float64"))
     table = table.rename(columns=lambda c: c.removeprefix("config/"))
     return table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")
 
