@@ -1,0 +1,117 @@
+"""Read a sweep's MLflow records: the experiment (the sweep's name), its parent run and one child
+run per trial, as sweeps/tracking.py and trainables/tracking.py write them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from analysis.ranking import STATUSES
+from analysis.records import ERROR_CHARS, LoadError, TrialRecord
+
+PARENT_TAG = "mlflow.parentRunId"
+SWEEP_DIR_TAG = "gensweep.sweep_dir"  # on the parent run: the sweep's Ray results folder
+
+
+def default_tracking_uri() -> str:
+    """The sweeps' default: $MLFLOW_TRACKING_URI, else ./mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def parse_param(text: str):
+    """MLflow keeps params as strings; read back the number or flag the trial was given."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None if text == "None" else text
+
+
+def mlflow_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise LoadError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run from the folder "
+                        "the sweep ran in, or pass the tracking URI the sweep used (--mlflow-uri)")
+    return MlflowClient(uri)
+
+
+def all_runs(client, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def searched_keys(model: str, params: dict) -> list[str]:
+    """The hyperparameters the sweep searched (the runs also log the fixed ones and `train.*`)."""
+    from sweeps.search_space import SPACES  # the one definition of what a sweep searches
+
+    return [k for k in SPACES[model] if k in params]
+
+
+def mlflow_status(run) -> str:
+    tag = run.data.tags.get("gensweep.status")
+    if run.info.status == "FAILED":
+        return "diverged" if tag == "diverged" else "failed"
+    if run.info.status in ("RUNNING", "SCHEDULED", "KILLED"):
+        return "unfinished"
+    return tag if tag in STATUSES else "finished"
+
+
+def trial_folder(trial_dir: str | None, sweep_dir: str | None) -> str | None:
+    """Where the trial's files are kept: Ray's `ray.trial_dir` is the trial's working folder on its
+    node (a temporary session folder when storage is local), synced to `<sweep_dir>/<its name>`."""
+    if trial_dir is None or sweep_dir is None:
+        return trial_dir
+    return f"{sweep_dir.rstrip('/')}/{Path(trial_dir).name}"
+
+
+def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialRecord:
+    epochs: dict[int, dict] = {}
+    for name in run.data.metrics:
+        for point in client.get_metric_history(run.info.run_id, name):
+            epochs.setdefault(int(point.step), {"epoch": int(point.step)})[name] = point.value
+    params = run.data.params
+    tags = run.data.tags
+    error = tags.get("gensweep.failure_reason")
+    return TrialRecord(
+        trial_id=tags.get("ray.trial_id", run.info.run_id), status=mlflow_status(run),
+        config={k: parse_param(params[k]) for k in searched_keys(model, params)},
+        history=[epochs[e] for e in sorted(epochs)],
+        figures_dir=trial_folder(tags.get("ray.trial_dir"), sweep_dir),
+        run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None)
+
+
+def read_mlflow(experiment: str, uri: str) -> tuple[list[TrialRecord], str | None, dict]:
+    client = mlflow_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise LoadError(f"no MLflow experiment {experiment!r} in {uri}; it has {names}. The "
+                        "experiment is the sweep's --name")
+    runs = all_runs(client, found.experiment_id)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    if not children:
+        raise LoadError(f"MLflow experiment {experiment!r} has no trial runs yet")
+    models = {r.data.tags.get("gensweep.model") for r in runs} - {None}
+    if len(models) > 1:
+        raise LoadError(f"experiment {experiment!r} mixes models {sorted(models)}")
+    model = models.pop() if models else None
+    if model is None:
+        raise LoadError(f"experiment {experiment!r} was not written by a gensweep sweep "
+                        "(no gensweep.model tag)")
+    parent = max(parents, key=lambda r: r.info.start_time, default=None)
+    source = {"experiment": experiment, "uri": uri, "experiment_id": found.experiment_id,
+              "parent_run_id": parent.info.run_id if parent else None,
+              "metric": parent.data.params.get("metric") if parent else None}
+    sweep_dir = parent.data.tags.get(SWEEP_DIR_TAG) if parent else None
+    return [read_mlflow_run(client, r, model, sweep_dir) for r in children], model, source

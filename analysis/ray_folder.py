@@ -1,0 +1,113 @@
+"""Read Ray Tune's results folder of a sweep as files, with no Ray process.
+
+`params.json`, the JSON-lines `result.json`, the trainable's `status.json`, Ray's `error.txt` and the
+newest `experiment_state-*.json` (for the trial statuses) are all plain files, so a folder copied off
+a cluster reads the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from analysis.records import ERROR_CHARS, LoadError, TrialRecord
+
+# Fields Ray Tune adds to every reported result: not metrics of the model.
+RAY_RESULT_FIELDS = {
+    "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration",
+    "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
+    "time_since_restore", "iterations_since_restore", "epoch", "experiment_tag", "episodes_total",
+    "timesteps_total", "timesteps_since_restore", "warmup_time",
+}
+OPTIONS_FILE = "gensweep_options.json"  # written by sweeps/runner.py: the sweep's options
+STATUS_FILE = "status.json"  # written by trainables/trainable.py: finished | diverged
+ERROR_FILE = "error.txt"  # written by Ray for a trial that raised
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """result.json; a last line cut short by a killed trial is skipped, not fatal."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def ray_statuses(folder: Path) -> dict[str, str]:
+    """Trial folder name -> Ray's status (TERMINATED, ERROR, RUNNING, PENDING, PAUSED), from the
+    newest experiment_state file (plain JSON; the pickled parts are not needed)."""
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+        trials = [json.loads(entry[0]) for entry in trial_data]
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+        return {}
+    return {t.get("relative_logdir", ""): t.get("status", "") for t in trials}
+
+
+def trial_status(status_file: dict, error: bool, ray_status: str | None, epochs: int,
+                 target_epochs: int | None) -> str:
+    if status_file.get("status") == "diverged":
+        return "diverged"
+    if error or ray_status == "ERROR":
+        return "failed"
+    if status_file.get("status") == "finished":
+        return "finished"
+    if ray_status in ("RUNNING", "PENDING", "PAUSED"):
+        return "unfinished"  # the sweep was interrupted; --resume continues it
+    if target_epochs is not None and epochs >= target_epochs:
+        return "finished"
+    return "stopped_early"  # ended by the scheduler before the last epoch
+
+
+def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | None) -> TrialRecord:
+    rows = read_json_lines(folder / "result.json")
+    config = json.loads((folder / "params.json").read_text()) if (folder / "params.json").exists() \
+        else (rows[-1].get("config", {}) if rows else {})
+    history = [{"epoch": int(row.get("epoch", row.get("training_iteration"))),
+                **{k: v for k, v in row.items()
+                   if k not in RAY_RESULT_FIELDS and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}}
+               for row in rows]
+    status_path = folder / STATUS_FILE
+    status_file = json.loads(status_path.read_text()) if status_path.exists() else {}
+    error_path = folder / ERROR_FILE
+    epochs = max((h["epoch"] for h in history), default=0)
+    status = trial_status(status_file, error_path.exists(), ray_status, epochs, target_epochs)
+    error = None
+    if status == "diverged":
+        error = status_file.get("message", "diverged")
+    elif error_path.exists():
+        lines = [line for line in error_path.read_text().splitlines() if line.strip()]
+        error = lines[-1] if lines else "failed"
+    trial_id = rows[-1]["trial_id"] if rows and "trial_id" in rows[-1] else folder.name.split("_")[2]
+    return TrialRecord(trial_id=str(trial_id), status=status, config=config, history=history,
+                       figures_dir=str(folder.resolve()),
+                       error=error[:ERROR_CHARS] if error else None)
+
+
+def trial_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and ((p / "params.json").exists() or (p / "result.json").exists()))
+
+
+def read_ray_folder(results: str | Path) -> tuple[list[TrialRecord], dict]:
+    folder = Path(results).expanduser()
+    if not folder.is_dir():
+        raise LoadError(f"no sweep folder {folder}: pass the sweep's folder, "
+                        "<--storage-path>/<--name> (default runs/sweeps/<model>-sweep)")
+    trials = trial_folders(folder)
+    if not trials:
+        raise LoadError(f"{folder} holds no trial folders (train_trial_*/ with params.json); pass "
+                        "the sweep's folder, <--storage-path>/<--name>, not its parent or a trial")
+    options_path = folder / OPTIONS_FILE
+    options = json.loads(options_path.read_text()) if options_path.exists() else {}
+    statuses = ray_statuses(folder)
+    records = [read_ray_trial(t, statuses.get(t.name), options.get("epochs")) for t in trials]
+    return records, options
