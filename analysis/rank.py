@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from analysis.load import SWEEP_DIR_TAG, LoadError, Sweep, default_tracking_uri, load_sweep  # noqa: E402
-from analysis.ranking import DIRECTIONS, rank_trials  # noqa: E402
+from analysis.ranking import DIRECTIONS, rank_trials, summary_columns  # noqa: E402
 
 TOP_ROWS = 10
 REPORTS_DIR = "reports"
@@ -49,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def printed_table(ranked, metric: str, top: int) -> str:
-    columns = ["rank", "trial_id", "status", *[c for c in ranked if c.startswith("config/")],
-               metric, f"best_{metric}", "best_epoch", "epochs", "duration_s"]
-    table = ranked[[c for c in columns if c in ranked]].head(top)
+    table = ranked[[c for c in summary_columns(ranked, metric) if c != "error"]].head(top)
     whole = table.select_dtypes("Int64").columns  # as floats, so missing prints as "-" too
     table = table.astype(dict.fromkeys(whole, "float64"))
     table = table.rename(columns=lambda c: c.removeprefix("config/"))

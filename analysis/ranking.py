@@ -92,6 +92,13 @@ def rank_trials(trials: pd.DataFrame, metric: str | None = None, mode: str | Non
     return ranked.reset_index(drop=True)
 
 
+def summary_columns(ranked: pd.DataFrame, metric: str) -> list[str]:
+    """The columns worth reading first: rank, identity, hyperparameters, the metric, how it ran."""
+    columns = ["rank", "trial_id", "status", *[c for c in ranked if c.startswith("config/")],
+               metric, f"best_{metric}", "best_epoch", "epochs", "duration_s", "error"]
+    return [c for c in columns if c in ranked]
+
+
 def best_trial(trials: pd.DataFrame, metric: str | None = None, mode: str | None = None) -> pd.Series:
     """The top row of `rank_trials`, or a clear error when no usable trial has the metric."""
     ranked = rank_trials(trials, metric, mode)

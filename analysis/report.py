@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.load import Sweep
-from analysis.ranking import USABLE, rank_trials
+from analysis.ranking import USABLE, rank_trials, summary_columns
 
 DPI = 110
 TOP_CURVES = 5  # learning curves drawn
@@ -60,9 +61,14 @@ def plot_metric_vs_hyperparameters(ranked: pd.DataFrame, metric: str, mode: str,
         if (~good).any():  # failed / diverged / no value: crosses on the bottom edge
             ax.scatter(x[~good], np.full((~good).sum(), 0.02), transform=ax.get_xaxis_transform(),
                        label="failed, diverged or no value", **FAILED_STYLE)
+            # A blended transform does not widen the x limits by itself.
+            ax.update_datalim(np.column_stack([x[~good].dropna(), np.full(x[~good].notna().sum(),
+                              ranked.loc[good, metric].max() if good.any() else 0.0)]))
+            ax.autoscale_view()
             ax.legend(loc="best", fontsize=7)
         if is_log_scale(ranked[column]):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short spans
         ax.set_xlabel(column.removeprefix("config/"))
         ax.set_ylabel(f"{metric} ({'higher' if mode == 'max' else 'lower'} is better)")
         ax.grid(alpha=0.3)
@@ -136,6 +142,7 @@ def plot_parallel_coordinates(ranked: pd.DataFrame, metric: str, mode: str, path
     ax.set_xticks(xs, [n.removeprefix("config/") for n in axes_names])
     ax.set_yticks([])
     ax.set_ylim(-0.1, 1.08)
+    ax.set_xlim(-0.2, len(axes_names) - 0.5)  # room for the last axis's value labels
     ax.set_title(f"trials across the hyperparameters (bright: best {metric}; red dotted: failed "
                  "or no value)")
     fig.savefig(path)
@@ -279,8 +286,7 @@ def html_table(frame: pd.DataFrame) -> str:
 def write_page(sweep: Sweep, ranked: pd.DataFrame, files: dict[str, Path],
                importance: pd.DataFrame, messages: list[str], path: Path) -> Path:
     counts = ranked["status"].value_counts().to_dict()
-    shown = ranked.head(PAGE_ROWS)[[c for c in ranked.columns
-                                    if c not in ("model", "figures_dir", "run_id")]]
+    shown = ranked.head(PAGE_ROWS)[summary_columns(ranked, sweep.metric)]
     source = sweep.source.get("results") or f"MLflow experiment {sweep.source.get('experiment')} " \
                                                 f"at {sweep.source.get('uri')}"
 
