@@ -83,7 +83,7 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
             Param(k, str(v)) for k, v in options.items()]))
         retry(lambda: client.log_text(parent_id, space_text, "search_space.txt"))
     return {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-            "sweep": name, "model": model}
+            "sweep": name, "model": model, "experiment_dir": experiment_dir}
 
 
 class TrialStatusCallback(tune.Callback):

@@ -64,7 +64,9 @@ class TrialTracker:
             MLFLOW_PARENT_RUN_ID: tracking["parent_run_id"],
             MLFLOW_RUN_NAME: context.get_trial_name(),
             TRIAL_TAG: trial_id,
-            "ray.trial_dir": str(trial_dir),
+            # Where the trial's results are stored (the sweep's storage), not the node's staging
+            # folder that Tune syncs from.
+            "ray.trial_dir": f"{tracking['experiment_dir']}/{trial_dir.name}",
             "ray.node_id": ray.get_runtime_context().get_node_id(),
             "gensweep.sweep": tracking["sweep"],
             "gensweep.model": tracking["model"],
