@@ -36,13 +36,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.mlflow_runs import SWEEP_DIR_TAG, default_tracking_uri, read_mlflow
-from analysis.ranking import MODEL_METRICS
+from analysis.mlflow_runs import read_mlflow
 from analysis.ray_folder import read_ray_folder
 from analysis.records import LoadError, Sweep, build_sweep
+from genmodels import names
 
-__all__ = ["SWEEP_DIR_TAG", "LoadError", "Sweep", "default_tracking_uri", "load_history",
-           "load_sweep", "load_trials"]
+__all__ = ["LoadError", "Sweep", "load_history", "load_sweep", "load_trials"]
 
 
 def load_sweep(results: str | Path | None = None, *, experiment: str | None = None,
@@ -58,12 +57,12 @@ def load_sweep(results: str | Path | None = None, *, experiment: str | None = No
                          "experiment=<MLflow experiment name>")
     if results is not None:
         records, options = read_ray_folder(results)
-        model = next((m for m, names in MODEL_METRICS.items() if options.get("metric") in names),
-                     None)
+        model = next((m for m, metrics in names.MODEL_METRICS.items()
+                      if options.get("metric") in metrics), None)
         return build_sweep(records, Path(results).name, model, metric or options.get("metric"),
                            mode, {"results": str(Path(results).expanduser().resolve()),
                                   "options": options})
-    uri = tracking_uri or default_tracking_uri()
+    uri = names.tracking_uri(tracking_uri)
     records, model, source = read_mlflow(experiment, uri)
     return build_sweep(records, experiment, model, metric or source.get("metric"), mode, source)
 

@@ -4,19 +4,24 @@ run per trial, as sweeps/tracking.py and trainables/tracking.py write them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from analysis.ranking import STATUSES
 from analysis.records import ERROR_CHARS, LoadError, TrialRecord
-
-PARENT_TAG = "mlflow.parentRunId"
-SWEEP_DIR_TAG = "gensweep.sweep_dir"  # on the parent run: the sweep's Ray results folder
-
-
-def default_tracking_uri() -> str:
-    """The sweeps' default: $MLFLOW_TRACKING_URI, else ./mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+from genmodels.names import (
+    DIVERGED,
+    FAILED,
+    FAILURE_TAG,
+    FINISHED,
+    MODEL_TAG,
+    PARENT_RUN_TAG,
+    STATUS_TAG,
+    STATUSES,
+    SWEEP_DIR_TAG,
+    TRIAL_DIR_TAG,
+    TRIAL_ID_TAG,
+    UNFINISHED,
+)
+from sweeps.search_space import SPACES  # the one definition of what a sweep searches
 
 
 def parse_param(text: str):
@@ -52,18 +57,16 @@ def all_runs(client, experiment_id: str) -> list:
 
 def searched_keys(model: str, params: dict) -> list[str]:
     """The hyperparameters the sweep searched (the runs also log the fixed ones and `train.*`)."""
-    from sweeps.search_space import SPACES  # the one definition of what a sweep searches
-
     return [k for k in SPACES[model] if k in params]
 
 
 def mlflow_status(run) -> str:
-    tag = run.data.tags.get("gensweep.status")
+    tag = run.data.tags.get(STATUS_TAG)
     if run.info.status == "FAILED":
-        return "diverged" if tag == "diverged" else "failed"
+        return DIVERGED if tag == DIVERGED else FAILED
     if run.info.status in ("RUNNING", "SCHEDULED", "KILLED"):
-        return "unfinished"
-    return tag if tag in STATUSES else "finished"
+        return UNFINISHED
+    return tag if tag in STATUSES else FINISHED
 
 
 def trial_folder(trial_dir: str | None, sweep_dir: str | None) -> str | None:
@@ -81,12 +84,12 @@ def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialReco
             epochs.setdefault(int(point.step), {"epoch": int(point.step)})[name] = point.value
     params = run.data.params
     tags = run.data.tags
-    error = tags.get("gensweep.failure_reason")
+    error = tags.get(FAILURE_TAG)
     return TrialRecord(
-        trial_id=tags.get("ray.trial_id", run.info.run_id), status=mlflow_status(run),
+        trial_id=tags.get(TRIAL_ID_TAG, run.info.run_id), status=mlflow_status(run),
         config={k: parse_param(params[k]) for k in searched_keys(model, params)},
         history=[epochs[e] for e in sorted(epochs)],
-        figures_dir=trial_folder(tags.get("ray.trial_dir"), sweep_dir),
+        figures_dir=trial_folder(tags.get(TRIAL_DIR_TAG), sweep_dir),
         run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None)
 
 
@@ -98,17 +101,17 @@ def read_mlflow(experiment: str, uri: str) -> tuple[list[TrialRecord], str | Non
         raise LoadError(f"no MLflow experiment {experiment!r} in {uri}; it has {names}. The "
                         "experiment is the sweep's --name")
     runs = all_runs(client, found.experiment_id)
-    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
-    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    parents = [r for r in runs if PARENT_RUN_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_RUN_TAG in r.data.tags]
     if not children:
         raise LoadError(f"MLflow experiment {experiment!r} has no trial runs yet")
-    models = {r.data.tags.get("gensweep.model") for r in runs} - {None}
+    models = {r.data.tags.get(MODEL_TAG) for r in runs} - {None}
     if len(models) > 1:
         raise LoadError(f"experiment {experiment!r} mixes models {sorted(models)}")
     model = models.pop() if models else None
     if model is None:
         raise LoadError(f"experiment {experiment!r} was not written by a gensweep sweep "
-                        "(no gensweep.model tag)")
+                        f"(no {MODEL_TAG} tag)")
     parent = max(parents, key=lambda r: r.info.start_time, default=None)
     source = {"experiment": experiment, "uri": uri, "experiment_id": found.experiment_id,
               "parent_run_id": parent.info.run_id if parent else None,

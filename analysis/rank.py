@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from analysis.load import SWEEP_DIR_TAG, LoadError, Sweep, default_tracking_uri, load_sweep  # noqa: E402
-from analysis.ranking import DIRECTIONS, rank_trials, summary_columns  # noqa: E402
+from analysis.load import LoadError, Sweep, load_sweep  # noqa: E402
+from analysis.ranking import rank_trials, summary_columns  # noqa: E402
+from genmodels.names import DIRECTIONS, SWEEP_DIR_TAG, tracking_uri  # noqa: E402
 
 TOP_ROWS = 10
 REPORTS_DIR = "reports"
@@ -63,7 +64,7 @@ def parent_run(sweep: Sweep, uri: str | None) -> tuple[str, str]:
     if sweep.source.get("parent_run_id"):
         return sweep.source["uri"], sweep.source["parent_run_id"]
     options = sweep.source.get("options", {})
-    uri = uri or options.get("mlflow_uri") or default_tracking_uri()
+    uri = tracking_uri(uri or options.get("mlflow_uri"))
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(options.get("name", sweep.name))
     runs = [] if experiment is None else client.search_runs(

@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-# metric -> "max" | "min" for the metrics that have a better direction. Metrics not named here
-# (test_kl, the GAN's losses and D outputs, timings) are diagnostics: they get a final value only.
-DIRECTIONS: dict[str, str] = {
-    "test_elbo": "max", "test_iwae": "max", "test_recon": "max", "train_loss": "min",
-    "fcd": "min", "inception_score": "max", "precision": "max", "recall": "max",
-}
-# The metrics each model reports every epoch (or on evaluation epochs); the first is the default
-# objective. They are always columns of the table, NaN where a trial never reported them.
-MODEL_METRICS: dict[str, tuple[str, ...]] = {
-    "vae": ("test_elbo", "test_recon", "test_kl", "train_loss", "test_iwae"),
-    "gan": ("fcd", "inception_score", "inception_score_std", "precision", "recall",
-            "loss_d", "loss_g", "d_real", "d_fake"),
-}
-TIMING_METRICS = ("train_seconds", "epoch_seconds")
-# Trial statuses. A usable trial ran as asked (ASHA stopping it early is a normal end).
-USABLE = ("finished", "stopped_early")
-STATUSES = ("finished", "stopped_early", "failed", "diverged", "unfinished")
+# The metrics (always columns of the table, NaN where a trial never reported them), their
+# directions and the trial statuses are the sweeps' own names, defined once in genmodels.names.
+from genmodels.names import DIRECTIONS, MODEL_METRICS, USABLE
+
+__all__ = ["DIRECTIONS", "MODEL_METRICS", "USABLE", "best_trial", "default_metric", "direction",
+           "rank_trials", "summary_columns"]
 
 
 def default_metric(model: str) -> str:

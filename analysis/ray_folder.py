@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 from analysis.records import ERROR_CHARS, LoadError, TrialRecord
+from genmodels.files import read_status
+from genmodels.names import DIVERGED, FAILED, FINISHED, OPTIONS_FILE, STOPPED_EARLY, UNFINISHED
 
 # Fields Ray Tune adds to every reported result: not metrics of the model.
 RAY_RESULT_FIELDS = {
@@ -19,8 +21,6 @@ RAY_RESULT_FIELDS = {
     "time_since_restore", "iterations_since_restore", "epoch", "experiment_tag", "episodes_total",
     "timesteps_total", "timesteps_since_restore", "warmup_time",
 }
-OPTIONS_FILE = "gensweep_options.json"  # written by sweeps/runner.py: the sweep's options
-STATUS_FILE = "status.json"  # written by trainables/trainable.py: finished | diverged
 ERROR_FILE = "error.txt"  # written by Ray for a trial that raised
 
 
@@ -53,17 +53,17 @@ def ray_statuses(folder: Path) -> dict[str, str]:
 
 def trial_status(status_file: dict, error: bool, ray_status: str | None, epochs: int,
                  target_epochs: int | None) -> str:
-    if status_file.get("status") == "diverged":
-        return "diverged"
+    if status_file.get("status") == DIVERGED:
+        return DIVERGED
     if error or ray_status == "ERROR":
-        return "failed"
-    if status_file.get("status") == "finished":
-        return "finished"
+        return FAILED
+    if status_file.get("status") == FINISHED:
+        return FINISHED
     if ray_status in ("RUNNING", "PENDING", "PAUSED"):
-        return "unfinished"  # the sweep was interrupted; --resume continues it
+        return UNFINISHED  # the sweep was interrupted; --resume continues it
     if target_epochs is not None and epochs >= target_epochs:
-        return "finished"
-    return "stopped_early"  # ended by the scheduler before the last epoch
+        return FINISHED
+    return STOPPED_EARLY  # ended by the scheduler before the last epoch
 
 
 def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | None) -> TrialRecord:
@@ -75,14 +75,13 @@ def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | No
                    if k not in RAY_RESULT_FIELDS and isinstance(v, (int, float))
                    and not isinstance(v, bool)}}
                for row in rows]
-    status_path = folder / STATUS_FILE
-    status_file = json.loads(status_path.read_text()) if status_path.exists() else {}
+    status_file = read_status(folder)
     error_path = folder / ERROR_FILE
     epochs = max((h["epoch"] for h in history), default=0)
     status = trial_status(status_file, error_path.exists(), ray_status, epochs, target_epochs)
     error = None
-    if status == "diverged":
-        error = status_file.get("message", "diverged")
+    if status == DIVERGED:
+        error = status_file.get("message") or DIVERGED
     elif error_path.exists():
         lines = [line for line in error_path.read_text().splitlines() if line.strip()]
         error = lines[-1] if lines else "failed"

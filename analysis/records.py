@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.ranking import DIRECTIONS, MODEL_METRICS, TIMING_METRICS, default_metric, direction
+from analysis.ranking import default_metric, direction
+from genmodels.names import DIRECTIONS, MODEL_METRICS, TIMING_METRICS
 
 ERROR_CHARS = 500  # an error message is cut to this in the table; the full text stays on disk
 HISTORY_COLUMNS = {"trial_id": "string", "epoch": "Int64", "metric": "string", "value": "float64"}

@@ -25,6 +25,7 @@ from torch import nn
 
 from genmodels.data import DATASETS, ImageData, iterate_batches, load_dataset, to_unit_interval
 from genmodels.device import resolve_device
+from genmodels.files import atomic_write
 from genmodels.scores import (
     PR_MAX_SAMPLES,
     SCORE_BATCH,
@@ -160,9 +161,8 @@ def ensure_classifier(dataset: str, data: ImageData, cache_dir: str | os.PathLik
             return path
         print(f"training the scoring classifier for {dataset} (cached at {path})", flush=True)
         model, test_accuracy = train_classifier(data, epochs, device)
-        tmp = path.with_suffix(".tmp")
-        torch.save(build_cache(model, data, test_accuracy), tmp)
-        os.replace(tmp, path)
+        cache = build_cache(model, data, test_accuracy)
+        atomic_write(path, lambda tmp: torch.save(cache, tmp))
         print(f"scoring classifier test accuracy: {test_accuracy:.4f}", flush=True)
     return path
 

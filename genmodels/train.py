@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from genmodels.classifier import CACHE_ENV, ensure_classifier, load_scorer
 from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, load_dataset
 from genmodels.device import PRECISIONS, resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
+from genmodels.files import write_json, write_status
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED
 from genmodels.tasks import TASKS
 from genmodels.training import (
     EpochReport,
@@ -35,7 +36,6 @@ from genmodels.training import (
     load_checkpoint_configs,
 )
 
-CHECKPOINT_NAME = "checkpoint.pt"
 # Options that may differ on --resume: everything else comes from the checkpoint.
 RESUME_OVERRIDES = ("epochs", "device", "num_threads", "eval_every")
 # TrainConfig fields whose command-line option is spelled out by hand below.
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default=None,
                          help="output folder (default: runs/<model>-<dataset>-<time>)")
         sub.add_argument("--resume", action="store_true",
-                         help=f"continue the run in --out from its {CHECKPOINT_NAME}")
+                         help=f"continue the run in --out from its {CHECKPOINT_FILE}")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "gan":
             sub.add_argument("--no-scores", action="store_true",
@@ -94,9 +94,9 @@ def configs_from_args(args: argparse.Namespace, out: Path):
     cfg_class, _ = TASKS[args.model]
     values = vars(args)
     if args.resume:
-        checkpoint = out / CHECKPOINT_NAME
+        checkpoint = out / CHECKPOINT_FILE
         if not checkpoint.exists():
-            raise FileNotFoundError(f"--resume: no {CHECKPOINT_NAME} in {out}; pass the --out of "
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT_FILE} in {out}; pass the --out of "
                                     "the run to continue")
         model, model_values, train_values = load_checkpoint_configs(checkpoint)
         if model != args.model:
@@ -104,12 +104,6 @@ def configs_from_args(args: argparse.Namespace, out: Path):
         train_values.update({k: values[k] for k in RESUME_OVERRIDES})
         return cfg_class(**model_values), TrainConfig(**train_values)
     return _pick(cfg_class, values), _pick(TrainConfig, values)
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             scorer = load_scorer(path, resolve_device(train_cfg.device))
         trainer = Trainer.create(args.model, model_cfg, train_cfg, data, scorer=scorer)
         if args.resume:
-            trainer.resume(out / CHECKPOINT_NAME)
+            trainer.resume(out / CHECKPOINT_FILE)
     except (ValueError, TypeError, FileNotFoundError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -140,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_epoch(report: EpochReport) -> None:
         save_sample_grid(report.samples, out / "samples" / f"epoch_{report.epoch:03d}.png")
         write_json(out / "metrics.json", trainer.history)
-        trainer.save_checkpoint(out / CHECKPOINT_NAME)
+        trainer.save_checkpoint(out / CHECKPOINT_FILE)
         shown = {k: round(v, 4) for k, v in report.metrics.items() if k != "epoch"}
         print(f"epoch {report.epoch:>3}/{train_cfg.epochs}  {shown}", flush=True)
 
@@ -148,12 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit(on_epoch, progress=not args.no_progress)
     except TrainingDiverged as err:
         write_json(out / "metrics.json", trainer.history)
-        write_json(out / "status.json", {"status": "diverged", "epoch": err.epoch,
-                                         "step": err.step, "message": str(err)})
+        write_status(out, DIVERGED, err.epoch, str(err))
         print(f"diverged: {err}", file=sys.stderr)
         return 1
     figures = save_run_figures(trainer, out)
-    write_json(out / "status.json", {"status": "finished", "epoch": trainer.epoch})
+    write_status(out, FINISHED, trainer.epoch)
     print(f"done: {trainer.epoch} epochs; metrics in {out / 'metrics.json'}; figures: "
           + ", ".join(str(p) for p in figures.values()))
     return 0

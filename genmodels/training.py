@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from genmodels.data import ImageData, check_dataset_name, iterate_batches
 from genmodels.device import PRECISIONS, autocast_factory, setup_device
+from genmodels.files import atomic_write
 from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS
 
@@ -232,12 +233,8 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename): a crash mid-write never leaves a torn file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        state = self.state_dict()
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def resume(self, path: str | os.PathLike) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)

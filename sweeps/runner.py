@@ -15,30 +15,19 @@ import sys
 from pathlib import Path
 
 from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, check_dataset_files, load_dataset
+from genmodels.files import write_json
+from genmodels.names import DIRECTIONS, OBJECTIVES, OPTIONS_FILE, tracking_uri
 from genmodels.tasks import TASKS
 from genmodels.training import TrainConfig
 from sweeps import search_space as spaces
-from sweeps.tracking import (
-    TrackingError,
-    TrialStatusCallback,
-    check_reachable,
-    close_sweep,
-    open_sweep,
-    tracking_uri,
-)
+from sweeps.tracking import TrackingError, check_reachable, close_sweep, open_sweep
 
-# metric -> mode, per model. The first is the default objective.
-METRICS = {
-    "vae": {"test_elbo": "max", "test_iwae": "max"},
-    "gan": {"fcd": "min", "inception_score": "max"},
-}
 SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "num_samples": 4, "epochs": 2, "train_subset": 512, "batch_size": 64, "max_concurrent": 2,
     "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2,
 }
 ASHA_REDUCTION = 2  # keep the better half at each rung
 TABLE_ROWS = 5
-OPTIONS_FILE = "gensweep_options.json"  # the sweep's own options, reused by --resume
 RESUME_OVERRIDES = ("address", "resume", "storage_path", "name", "max_concurrent")
 
 
@@ -50,7 +39,7 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python sweeps/{model}_sweep.py",
                                 description=f"Hyperparameter sweep of the {model.upper()} on Ray "
                                             "Tune, searched with Optuna (TPE).")
-    metrics = list(METRICS[model])
+    metrics = list(OBJECTIVES[model])
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (e.g. 'auto' after `ray start --head`); default: "
                         "start a local Ray")
@@ -242,7 +231,7 @@ def _run(model: str, argv: list[str] | None) -> int:
     check_dataset_files(args.dataset, args.data_dir)  # before Ray starts: seconds, not minutes
     mlflow_uri = tracking_uri(args.mlflow_uri)
     check_reachable(mlflow_uri)
-    mode = METRICS[model][args.metric]
+    mode = DIRECTIONS[args.metric]
 
     import ray
     from optuna.samplers import TPESampler
@@ -250,6 +239,8 @@ def _run(model: str, argv: list[str] | None) -> int:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from sweeps.callbacks import TrialStatusCallback
+    from sweeps.tuner import to_tune
     from trainables.trainable import train_trial
 
     start_ray(args.address)
@@ -257,7 +248,7 @@ def _run(model: str, argv: list[str] | None) -> int:
         resources = check_resources(args)
         if local and not args.resume:
             Path(experiment).mkdir(parents=True, exist_ok=True)
-            (Path(experiment) / OPTIONS_FILE).write_text(json.dumps(vars(args), indent=2))
+            write_json(Path(experiment) / OPTIONS_FILE, vars(args))
         data = load_dataset(args.dataset, args.data_dir)
         scorer_cache = None
         if model == "gan":
@@ -285,7 +276,7 @@ def _run(model: str, argv: list[str] | None) -> int:
                          if args.scheduler == "asha" else FIFOScheduler())
             tuner = tune.Tuner(
                 trainable,
-                param_space=spaces.to_tune(space),
+                param_space=to_tune(space),
                 tune_config=tune.TuneConfig(
                     metric=args.metric, mode=mode, num_samples=args.num_samples,
                     search_alg=OptunaSearch(sampler=TPESampler(seed=args.seed)),

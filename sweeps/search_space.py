@@ -10,6 +10,8 @@ An override file (YAML or JSON) maps a hyperparameter to the fields it changes, 
 
 A range is checked by building the model's config at both ends, so an invalid value (a dropout of 1,
 a latent size of 0, a negative learning rate) is the model's own clear error, before Ray starts.
+Plain data: no Ray here (sweeps/tuner.py turns a space into Tune's distributions), so the analysis
+and `--print-space` never start or import it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from ray import tune
-
-from genmodels.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,6 @@ class Range:
             raise ValueError(f"range low={self.low} must be below high={self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
-
-    def to_tune(self):
-        if self.integer:
-            # Tune's integer upper bounds are exclusive; ours are inclusive.
-            sample = tune.lograndint if self.log else tune.randint
-            return sample(int(self.low), int(self.high) + 1)
-        return (tune.loguniform if self.log else tune.uniform)(self.low, self.high)
 
     def describe(self) -> str:
         kind = "int" if self.integer else "float"
@@ -91,6 +83,8 @@ def search_space(model: str, overrides: dict[str, dict] | None = None) -> dict[s
             space[name] = dataclasses.replace(space[name], **fields)
         except (TypeError, ValueError) as err:
             raise ValueError(f"search space for {model}, {name}: {err}") from err
+    from genmodels.tasks import TASKS  # torch: only to validate, never to read the ranges
+
     cfg_class, _ = TASKS[model]
     for end in ("low", "high"):
         values = {name: getattr(r, end) for name, r in space.items()}
@@ -100,10 +94,6 @@ def search_space(model: str, overrides: dict[str, dict] | None = None) -> dict[s
         except ValueError as err:
             raise ValueError(f"search space for {model}, at the {end} end: {err}") from err
     return space
-
-
-def to_tune(space: dict[str, Range]) -> dict:
-    return {name: r.to_tune() for name, r in space.items()}
 
 
 def describe(model: str, space: dict[str, Range]) -> str:

@@ -4,8 +4,7 @@
   (artifacts in `mlruns/` beside it), so `mlflow ui` shows the sweep with no server.
 - A remote server must answer before anything starts; its artifacts are proxied
   (`mlflow server --serve-artifacts`), so no record depends on a node's disk.
-- `TrialStatusCallback` closes what a trial cannot close itself: a trial that ASHA stopped early is
-  FINISHED and tagged `stopped_early`; an errored trial is FAILED.
+- `sweeps/callbacks.py` closes what a trial cannot close itself (early stops, errors).
 - `close_sweep` marks the parent FINISHED, or, after Ctrl-C, the parent and every still-RUNNING
   child KILLED, so nothing stays RUNNING.
 """
@@ -22,22 +21,22 @@ from urllib.request import urlopen
 
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from ray import tune
 
-from trainables.tracking import find_trial_run, retry
+from genmodels.names import (
+    CHECKPOINT_FILE,
+    MODEL_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    SWEEP_DIR_TAG,
+    TRACKING_URI_ENV,
+)
+from trainables.tracking import retry
 
 REACH_TIMEOUT_SECONDS = 5
-SWEEP_TAG = "gensweep.sweep_dir"
 
 
 class TrackingError(RuntimeError):
     pass
-
-
-def tracking_uri(option: str | None) -> str:
-    uri = option or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def check_reachable(uri: str) -> None:
@@ -70,51 +69,20 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
     parent_id = None
     if resume:
         runs = retry(lambda: client.search_runs(
-            [experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{experiment_dir}'",
+            [experiment_id], filter_string=f"tags.`{SWEEP_DIR_TAG}` = '{experiment_dir}'",
             max_results=1))
         if runs:
             parent_id = runs[0].info.run_id
             retry(lambda: client.update_run(parent_id, status="RUNNING"))
     if parent_id is None:
         run = retry(lambda: client.create_run(experiment_id, tags={
-            MLFLOW_RUN_NAME: name, SWEEP_TAG: experiment_dir, "gensweep.model": model}))
+            RUN_NAME_TAG: name, SWEEP_DIR_TAG: experiment_dir, MODEL_TAG: model}))
         parent_id = run.info.run_id
         retry(lambda: client.log_batch(parent_id, params=[
             Param(k, str(v)) for k, v in options.items()]))
         retry(lambda: client.log_text(parent_id, space_text, "search_space.txt"))
     return {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
             "sweep": name, "model": model, "experiment_dir": experiment_dir}
-
-
-class TrialStatusCallback(tune.Callback):
-    """Driver-side corrections of child-run statuses that a trial cannot make itself."""
-
-    def __init__(self, tracking: dict, epochs: int):
-        self.tracking, self.epochs = tracking, epochs
-
-    def _run_id(self, trial) -> str | None:
-        client = MlflowClient(self.tracking["uri"])
-        return find_trial_run(client, self.tracking["experiment_id"], trial.trial_id)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
-        client = MlflowClient(self.tracking["uri"])
-        done = (trial.last_result or {}).get("training_iteration", 0)
-        if done < self.epochs:  # the scheduler stopped it: a true, finished, shorter run
-            retry(lambda: client.set_tag(run_id, "gensweep.status", "stopped_early"))
-            retry(lambda: client.set_terminated(run_id, "FINISHED"))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
-        client = MlflowClient(self.tracking["uri"])
-        if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
-            retry(lambda: client.set_tag(run_id, "gensweep.failure_reason",
-                                         str(getattr(trial, "error_file", "") or "trial error")))
-            retry(lambda: client.set_terminated(run_id, "FAILED"))
 
 
 def log_best_model(tracking: dict, checkpoint) -> None:
@@ -127,14 +95,14 @@ def log_best_model(tracking: dict, checkpoint) -> None:
     from genmodels.vae import VAE, VAEConfig
 
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     if state["model"] == "vae":
         model = VAE.from_config(VAEConfig(**state["model_config"]))
         model.load_state_dict(state["modules"]["model"])
     else:
         model = Generator(state["model_config"]["latent_dim"])
         model.load_state_dict(state["modules"]["generator"])
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    before = os.environ.get(TRACKING_URI_ENV)
     mlflow.set_tracking_uri(tracking["uri"])
     try:
         with mlflow.start_run(run_id=tracking["parent_run_id"]):
@@ -145,7 +113,7 @@ def log_best_model(tracking: dict, checkpoint) -> None:
                                      pip_requirements=[f"torch=={torch.__version__}"])
     finally:
         if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            os.environ.pop(TRACKING_URI_ENV, None)
 
 
 def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: str) -> None:
@@ -176,7 +144,7 @@ def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: s
     if interrupted:
         children = retry(lambda: client.search_runs(
             [tracking["experiment_id"]],
-            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"))
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}' and attributes.status = 'RUNNING'"))
         for run in children:
             retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
     retry(lambda: client.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))

@@ -136,7 +136,7 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
     assert all(p["gpu_ids"] == ["0"] for p in places)  # both trials share the one logical GPU
     assert all(p["device"] == "cpu" for p in places)  # no CUDA here: each fell back to the CPU
     starts = [p["started_at"] for p in places]
-    ends = [json.loads((t / "status.json").read_text())["finished_at"] for t in trials]
+    ends = [json.loads((t / "status.json").read_text())["ended_at"] for t in trials]
     assert max(starts) < min(ends), "the two trials did not overlap in time"
 
 

@@ -17,12 +17,24 @@ from typing import TypeVar
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from PIL import Image
+
+from genmodels.names import (
+    FAILED,
+    FAILURE_TAG,
+    MODEL_TAG,
+    NODE_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_DIR_TAG,
+    TRIAL_ID_TAG,
+)
 
 RETRIES = 8
 RETRY_BASE_SECONDS = 0.25  # doubled after each failed try
-TRIAL_TAG = "ray.trial_id"
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag's value (8000 on some stores): keep the start
 T = TypeVar("T")
 
 
@@ -40,7 +52,7 @@ def retry(call: Callable[[], T]) -> T:
 
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
     runs = retry(lambda: client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1))
+        [experiment_id], filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'", max_results=1))
     return runs[0].info.run_id if runs else None
 
 
@@ -61,15 +73,15 @@ class TrialTracker:
             retry(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
             return cls(client, run_id)
         tags = {
-            MLFLOW_PARENT_RUN_ID: tracking["parent_run_id"],
-            MLFLOW_RUN_NAME: context.get_trial_name(),
-            TRIAL_TAG: trial_id,
+            PARENT_RUN_TAG: tracking["parent_run_id"],
+            RUN_NAME_TAG: context.get_trial_name(),
+            TRIAL_ID_TAG: trial_id,
             # Where the trial's results are stored (the sweep's storage), not the node's staging
             # folder that Tune syncs from.
-            "ray.trial_dir": f"{tracking['experiment_dir']}/{trial_dir.name}",
-            "ray.node_id": ray.get_runtime_context().get_node_id(),
-            "gensweep.sweep": tracking["sweep"],
-            "gensweep.model": tracking["model"],
+            TRIAL_DIR_TAG: f"{tracking['experiment_dir']}/{trial_dir.name}",
+            NODE_TAG: ray.get_runtime_context().get_node_id(),
+            SWEEP_TAG: tracking["sweep"],
+            MODEL_TAG: tracking["model"],
         }
         run = retry(lambda: client.create_run(tracking["experiment_id"], tags=tags))
         tracker = cls(client, run.info.run_id)
@@ -90,10 +102,10 @@ class TrialTracker:
 
     def finish(self, status: str) -> None:
         """`status`: finished, or stopped_early (by the scheduler)."""
-        retry(lambda: self.client.set_tag(self.run_id, "gensweep.status", status))
+        retry(lambda: self.client.set_tag(self.run_id, STATUS_TAG, status))
         retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
 
-    def fail(self, reason: str, status: str = "failed") -> None:
-        tags = [RunTag("gensweep.status", status), RunTag("gensweep.failure_reason", reason[:5000])]
+    def fail(self, reason: str, status: str = FAILED) -> None:
+        tags = [RunTag(STATUS_TAG, status), RunTag(FAILURE_TAG, reason[:MAX_TAG_CHARS])]
         retry(lambda: self.client.log_batch(self.run_id, tags=tags))
         retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))

@@ -10,7 +10,6 @@ continues exactly. Per-epoch sample grids and the end-of-run figures go to the t
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +20,10 @@ from genmodels.classifier import scorer_from_cache
 from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
+from genmodels.files import write_json, write_status
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE
 from genmodels.tasks import TASKS
 from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
-
-CHECKPOINT_FILE = "checkpoint.pt"
-STATUS_FILE = "status.json"  # finished | diverged, read by the analysis
-PLACEMENT_FILE = "placement.json"
 
 
 def model_config_from_tune(model: str, values: dict):
@@ -49,7 +46,7 @@ def write_placement(trial_dir: Path, trainer: Trainer) -> None:
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(trainer.device),
                  "threads": trainer.train_cfg.num_threads, "started_at": time.time()}
-    (trial_dir / PLACEMENT_FILE).write_text(json.dumps(placement))
+    write_json(trial_dir / PLACEMENT_FILE, placement)
 
 
 def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
@@ -81,8 +78,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         if tracker:
             tracker.log_epoch(report.epoch, report.metrics, grid, figures)
         if report.is_last:
-            (trial_dir / STATUS_FILE).write_text(json.dumps({"status": "finished",
-                                                             "finished_at": time.time()}))
+            write_status(trial_dir, FINISHED, report.epoch)
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             tune.report(report.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -90,8 +86,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
     try:
         trainer.fit(on_epoch)
     except TrainingDiverged as err:
-        (trial_dir / STATUS_FILE).write_text(json.dumps(
-            {"status": "diverged", "epoch": err.epoch, "message": str(err)}))
+        write_status(trial_dir, DIVERGED, err.epoch, str(err))
         if tracker:
             tracker.fail(str(err), status="diverged")
         raise  # Tune marks the trial ERROR with this message; Optuna records it as failed

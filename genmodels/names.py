@@ -1,0 +1,73 @@
+"""Every name that more than one module must agree on, in one place: the metrics and their better
+directions, the files a run or a sweep writes, the MLflow tags, the default tracking store.
+
+Plain data and the standard library only, so `analysis/`, `--print-space` and `--help` read it
+without importing torch, Ray or MLflow.
+
+    python -c "from genmodels import names; print(names.OBJECTIVES)"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# ---- metrics -----------------------------------------------------------------------------------
+# metric -> "max" | "min" for the metrics that have a better direction. Metrics not named here
+# (test_kl, the GAN's losses and D outputs, timings) are diagnostics: they get a final value only.
+DIRECTIONS: dict[str, str] = {
+    "test_elbo": "max", "test_iwae": "max", "test_recon": "max", "train_loss": "min",
+    "fcd": "min", "inception_score": "max", "precision": "max", "recall": "max",
+}
+# The metrics each model reports every epoch (or on evaluation epochs); the first is the default
+# objective.
+MODEL_METRICS: dict[str, tuple[str, ...]] = {
+    "vae": ("test_elbo", "test_recon", "test_kl", "train_loss", "test_iwae"),
+    "gan": ("fcd", "inception_score", "inception_score_std", "precision", "recall",
+            "loss_d", "loss_g", "d_real", "d_fake"),
+}
+# What a sweep may optimize (--metric); the first is the default. Only metrics reported on every
+# evaluation qualify: Tune and ASHA need the objective in each report, so not the VAE's
+# last-epoch-only test_iwae (analysis/rank.py can still rank by it afterwards).
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "vae": ("test_elbo",),
+    "gan": ("fcd", "inception_score"),
+}
+TIMING_METRICS = ("train_seconds", "epoch_seconds")
+
+# ---- statuses ----------------------------------------------------------------------------------
+# A trial's or run's end. A usable one ran as asked (ASHA stopping it early is a normal end).
+FINISHED, STOPPED_EARLY, FAILED, DIVERGED, UNFINISHED = (
+    "finished", "stopped_early", "failed", "diverged", "unfinished")
+USABLE = (FINISHED, STOPPED_EARLY)
+STATUSES = (FINISHED, STOPPED_EARLY, FAILED, DIVERGED, UNFINISHED)
+
+# ---- files -------------------------------------------------------------------------------------
+CHECKPOINT_FILE = "checkpoint.pt"  # Trainer.save_checkpoint: weights, optimizers, RNG, history
+STATUS_FILE = "status.json"  # how a run or trial ended: genmodels.files.write_status
+OPTIONS_FILE = "gensweep_options.json"  # a sweep's own options, in its folder; --resume reuses them
+PLACEMENT_FILE = "placement.json"  # where a trial ran: node, GPU ids, device
+SWEEP_LOG_FILE = "sweep.log"  # Ray's and MLflow's own output during a sweep, in its folder
+
+# ---- MLflow tags -------------------------------------------------------------------------------
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: a trial's run -> the sweep's run
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's own
+SWEEP_DIR_TAG = "gensweep.sweep_dir"  # on the parent run: the sweep's Ray results folder
+SWEEP_TAG = "gensweep.sweep"  # on every trial's run: the sweep's name
+MODEL_TAG = "gensweep.model"  # vae | gan, on every run
+STATUS_TAG = "gensweep.status"  # one of STATUSES, on a trial's run once it ends
+FAILURE_TAG = "gensweep.failure_reason"  # why a trial failed or diverged
+TRIAL_ID_TAG = "ray.trial_id"  # finds a trial's run again when the trial is restored
+TRIAL_DIR_TAG = "ray.trial_dir"  # the trial's folder in the sweep's storage
+NODE_TAG = "ray.node_id"
+
+# ---- tracking ----------------------------------------------------------------------------------
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_STORE = "mlflow.db"  # SQLite in the working folder, artifacts in mlruns/ beside it
+
+
+def tracking_uri(option: str | None = None) -> str:
+    """Where runs are recorded: `option` (--mlflow-uri), else $MLFLOW_TRACKING_URI, else
+    ./mlflow.db, so `mlflow ui` in the same folder shows the sweep with no server."""
+    uri = option or os.environ.get(TRACKING_URI_ENV)
+    return uri or f"sqlite:///{Path.cwd().resolve() / DEFAULT_STORE}"
