@@ -10,24 +10,24 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from genmodels.names import FAILURE_TAG, STATUS_TAG, STOPPED_EARLY
-from trainables.tracking import find_trial_run, retry
+from trainables.tracking import SweepRecords, find_trial_run, retry
 
 
 class TrialStatusCallback(tune.Callback):
     """Driver-side corrections of child-run statuses that a trial cannot make itself."""
 
-    def __init__(self, tracking: dict, epochs: int):
+    def __init__(self, tracking: SweepRecords, epochs: int):
         self.tracking, self.epochs = tracking, epochs
 
     def _run_id(self, trial) -> str | None:
-        client = MlflowClient(self.tracking["uri"])
-        return find_trial_run(client, self.tracking["experiment_id"], trial.trial_id)
+        client = MlflowClient(self.tracking.uri)
+        return find_trial_run(client, self.tracking.experiment_id, trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_id(trial)
         if run_id is None:
             return
-        client = MlflowClient(self.tracking["uri"])
+        client = MlflowClient(self.tracking.uri)
         done = (trial.last_result or {}).get("training_iteration", 0)
         if done < self.epochs:  # the scheduler stopped it: a true, finished, shorter run
             retry(lambda: client.set_tag(run_id, STATUS_TAG, STOPPED_EARLY))
@@ -37,7 +37,7 @@ class TrialStatusCallback(tune.Callback):
         run_id = self._run_id(trial)
         if run_id is None:
             return
-        client = MlflowClient(self.tracking["uri"])
+        client = MlflowClient(self.tracking.uri)
         if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
             retry(lambda: client.set_tag(run_id, FAILURE_TAG,
                                          str(getattr(trial, "error_file", "") or "trial error")))

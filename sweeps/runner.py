@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, check_dataset_files, load_dataset
@@ -26,7 +27,6 @@ SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "num_samples": 4, "epochs": 2, "train_subset": 512, "batch_size": 64, "max_concurrent": 2,
     "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2,
 }
-ASHA_REDUCTION = 2  # keep the better half at each rung
 TABLE_ROWS = 5
 RESUME_OVERRIDES = ("address", "resume", "storage_path", "name", "max_concurrent")
 
@@ -209,109 +209,147 @@ def restore_options(args: argparse.Namespace, experiment: Path) -> argparse.Name
     return argparse.Namespace(**options)
 
 
+@dataclass
+class SweepPlan:
+    """Everything decided before Ray starts: the options, the search space, where results go."""
+
+    model: str
+    args: argparse.Namespace
+    space: dict[str, spaces.Range]
+    settings: dict  # TrainConfig fields shared by every trial
+    storage: str  # Ray's storage: a resolved local folder or a URI
+    mlflow_uri: str
+
+    @property
+    def experiment(self) -> str:
+        """The sweep's own folder (or URI) in the storage."""
+        return f"{self.storage}/{self.args.name}"
+
+    @property
+    def local(self) -> bool:
+        return "://" not in self.storage
+
+    @property
+    def mode(self) -> str:
+        return DIRECTIONS[self.args.metric]
+
+    @property
+    def fixed_values(self) -> dict:
+        return fixed_model_values(self.model, self.space)
+
+
 def _run(model: str, argv: list[str] | None) -> int:
-    args = parse_options(model, argv)
-    storage = storage_uri(args.storage_path)
-    experiment = f"{storage}/{args.name}"
-    local = "://" not in storage
-    if args.resume and local:
-        if not Path(experiment).exists():
-            raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
-                             "--storage-path")
-        args = restore_options(args, Path(experiment))
-    if not args.resume and local and (Path(experiment) / "tuner.pkl").exists():
-        raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
-                         "to continue it, or another --name")
-    overrides = spaces.load_overrides(args.space) if args.space else None
-    space = spaces.search_space(model, overrides)
-    print(spaces.describe(model, space))
-    if args.print_space:
+    plan = prepare(model, parse_options(model, argv))
+    print(spaces.describe(model, plan.space))
+    if plan.args.print_space:
         return 0
-    settings = train_settings(args)
-    check_dataset_files(args.dataset, args.data_dir)  # before Ray starts: seconds, not minutes
-    mlflow_uri = tracking_uri(args.mlflow_uri)
-    check_reachable(mlflow_uri)
-    mode = DIRECTIONS[args.metric]
+    check_inputs(plan)
 
     import ray
-    from optuna.samplers import TPESampler
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    from sweeps.callbacks import TrialStatusCallback
-    from sweeps.tuner import to_tune
-    from trainables.trainable import train_trial
+    from sweeps.tuner import build_tuner  # Ray's side: imported once the checks have passed
 
-    start_ray(args.address)
+    start_ray(plan.args.address)
     try:
-        resources = check_resources(args)
-        if local and not args.resume:
-            Path(experiment).mkdir(parents=True, exist_ok=True)
-            write_json(Path(experiment) / OPTIONS_FILE, vars(args))
-        data = load_dataset(args.dataset, args.data_dir)
-        scorer_cache = None
-        if model == "gan":
-            from genmodels.classifier import EPOCHS, ensure_classifier, load_cache
-
-            # Trained once per sweep (cached across sweeps) and shipped to trials via Ray.
-            scoring_data = data.subset(args.train_subset) if args.smoke else data
-            path = ensure_classifier(args.dataset, scoring_data, args.cache_dir,
-                                     epochs=args.classifier_epochs or EPOCHS)
-            scorer_cache = load_cache(path)
-        tracking = open_sweep(mlflow_uri, args.name, model, experiment, vars(args),
-                              spaces.describe(model, space), args.resume)
-        print(f"MLflow: experiment {args.name!r} at {mlflow_uri}")
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, model=model, data=data, train_settings=settings,
-                                 fixed=fixed_model_values(model, space), scorer_cache=scorer_cache,
-                                 tracking=tracking),
-            resources)
-        if args.resume:
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
-        else:
-            scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
-                                       reduction_factor=ASHA_REDUCTION)
-                         if args.scheduler == "asha" else FIFOScheduler())
-            tuner = tune.Tuner(
-                trainable,
-                param_space=to_tune(space),
-                tune_config=tune.TuneConfig(
-                    metric=args.metric, mode=mode, num_samples=args.num_samples,
-                    search_alg=OptunaSearch(sampler=TPESampler(seed=args.seed)),
-                    scheduler=scheduler, max_concurrent_trials=args.max_concurrent),
-                run_config=tune.RunConfig(
-                    name=args.name, storage_path=storage,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[TrialStatusCallback(tracking, args.epochs)],
-                    verbose=1),
-            )
-        try:
-            results = tuner.fit()
-        except KeyboardInterrupt:
-            close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=mode)
-            print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
-            return 130
-        unfinished = unfinished_trials(results, args.num_samples)
-        close_sweep(tracking, results, unfinished > 0, args.metric, mode)
-        if unfinished:
-            print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
-                  f"--name {args.name}")
-        print(f"\nbest trials by {args.metric} ({mode}):")
-        print(best_table(results, args.metric, mode, space))
-        errors = sum(1 for r in results if r.error)
-        if errors:
-            print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
-        print(f"results, checkpoints and per-trial figures: {experiment}")
-        print(f"MLflow runs: experiment {args.name!r} in {mlflow_uri} "
-              f"(`mlflow ui --backend-store-uri {mlflow_uri}`)")
+        resources = check_resources(plan.args)
+        save_options(plan)
+        data, scorer_cache = load_inputs(plan)
+        tracking = open_records(plan)
+        tuner = build_tuner(plan, data, scorer_cache, tracking, resources)
+        results = fit(plan, tuner, tracking)
+        if results is None:
+            return 130  # Ctrl-C during the run: the sweep continues with --resume
+        report(plan, results, tracking)
         return 0
     finally:
         ray.shutdown()
 
 
+def prepare(model: str, args: argparse.Namespace) -> SweepPlan:
+    """Resolve --resume and the storage, build and check the search space and the training
+    settings: everything that needs neither the data, Ray nor MLflow."""
+    storage = storage_uri(args.storage_path)
+    experiment = Path(storage) / args.name
+    local = "://" not in storage
+    if args.resume and local:
+        if not experiment.exists():
+            raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
+                             "--storage-path")
+        args = restore_options(args, experiment)
+    if not args.resume and local and (experiment / "tuner.pkl").exists():
+        raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
+                         "to continue it, or another --name")
+    overrides = spaces.load_overrides(args.space) if args.space else None
+    space = spaces.search_space(model, overrides)
+    return SweepPlan(model=model, args=args, space=space, settings=train_settings(args),
+                     storage=storage, mlflow_uri=tracking_uri(args.mlflow_uri))
+
+
+def check_inputs(plan: SweepPlan) -> None:
+    """The data on disk and the tracking server answering: before Ray starts, seconds not minutes."""
+    check_dataset_files(plan.args.dataset, plan.args.data_dir)
+    check_reachable(plan.mlflow_uri)
+
+
+def save_options(plan: SweepPlan) -> None:
+    """The sweep's options in its folder: what --resume reuses."""
+    if plan.local and not plan.args.resume:
+        write_json(Path(plan.experiment) / OPTIONS_FILE, vars(plan.args))
+
+
+def open_records(plan: SweepPlan):
+    """The sweep's MLflow experiment and parent run (on --resume, the same parent)."""
+    args = plan.args
+    tracking = open_sweep(plan.mlflow_uri, args.name, plan.model, plan.experiment, vars(args),
+                          spaces.describe(plan.model, plan.space), args.resume)
+    print(f"MLflow: experiment {args.name!r} at {plan.mlflow_uri}")
+    return tracking
+
+
+def load_inputs(plan: SweepPlan) -> tuple:
+    """The data set, loaded once, and for the GAN the scoring classifier (trained once per data
+    set and cached across sweeps); both reach the trials through Ray's object store."""
+    args = plan.args
+    data = load_dataset(args.dataset, args.data_dir)
+    if plan.model != "gan":
+        return data, None
+    from genmodels.classifier import EPOCHS, ensure_classifier, load_cache
+
+    scoring_data = data.subset(args.train_subset) if args.smoke else data
+    path = ensure_classifier(args.dataset, scoring_data, args.cache_dir,
+                             epochs=args.classifier_epochs or EPOCHS)
+    return data, load_cache(path)
+
+
+def fit(plan: SweepPlan, tuner, tracking):
+    """Run the trials; None when Ctrl-C reached us (the records are closed KILLED)."""
+    args = plan.args
+    try:
+        return tuner.fit()
+    except KeyboardInterrupt:
+        close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=plan.mode)
+        print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
+        return None
+
+
+def report(plan: SweepPlan, results, tracking) -> None:
+    """Close the MLflow records and print the best trials and where everything is."""
+    args = plan.args
+    unfinished = unfinished_trials(results, args.num_samples)
+    close_sweep(tracking, results, unfinished > 0, args.metric, plan.mode)
+    if unfinished:
+        print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
+              f"--name {args.name}")
+    print(f"\nbest trials by {args.metric} ({plan.mode}):")
+    print(best_table(results, args.metric, plan.mode, plan.space))
+    errors = sum(1 for r in results if r.error)
+    if errors:
+        print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
+    print(f"results, checkpoints and per-trial figures: {plan.experiment}")
+    print(f"MLflow runs: experiment {args.name!r} in {plan.mlflow_uri} "
+          f"(`mlflow ui --backend-store-uri {plan.mlflow_uri}`)")
+
+
 def main(model: str) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     sys.exit(run(model, sys.argv[1:]))
-

@@ -30,7 +30,7 @@ from genmodels.names import (
     SWEEP_DIR_TAG,
     TRACKING_URI_ENV,
 )
-from trainables.tracking import retry
+from trainables.tracking import SweepRecords, retry
 
 REACH_TIMEOUT_SECONDS = 5
 
@@ -54,7 +54,7 @@ def check_reachable(uri: str) -> None:
 
 
 def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: dict,
-               space_text: str, resume: bool) -> dict:
+               space_text: str, resume: bool) -> SweepRecords:
     """The experiment (one per sweep name) and the parent run; on --resume, the same parent."""
     check_reachable(uri)
     client = MlflowClient(uri)
@@ -81,11 +81,11 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
         retry(lambda: client.log_batch(parent_id, params=[
             Param(k, str(v)) for k, v in options.items()]))
         retry(lambda: client.log_text(parent_id, space_text, "search_space.txt"))
-    return {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
-            "sweep": name, "model": model, "experiment_dir": experiment_dir}
+    return SweepRecords(uri=uri, experiment_id=experiment_id, parent_run_id=parent_id, sweep=name,
+                        model=model, experiment_dir=experiment_dir)
 
 
-def log_best_model(tracking: dict, checkpoint) -> None:
+def log_best_model(tracking: SweepRecords, checkpoint) -> None:
     """The best trial's network (the VAE, or the GAN's generator) with `mlflow.pytorch`."""
     import mlflow
     import mlflow.pytorch
@@ -103,9 +103,9 @@ def log_best_model(tracking: dict, checkpoint) -> None:
         model = Generator(state["model_config"]["latent_dim"])
         model.load_state_dict(state["modules"]["generator"])
     before = os.environ.get(TRACKING_URI_ENV)
-    mlflow.set_tracking_uri(tracking["uri"])
+    mlflow.set_tracking_uri(tracking.uri)
     try:
-        with mlflow.start_run(run_id=tracking["parent_run_id"]):
+        with mlflow.start_run(run_id=tracking.parent_run_id):
             # Naming the requirement skips MLflow's slow inference of the environment.
             # Pickled whole: loading it needs this package (`pip install gensweep`) importable.
             mlflow.pytorch.log_model(model.eval(), name="best_model",
@@ -116,10 +116,10 @@ def log_best_model(tracking: dict, checkpoint) -> None:
             os.environ.pop(TRACKING_URI_ENV, None)
 
 
-def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: str) -> None:
+def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str, mode: str) -> None:
     """Leaderboard and best config on the parent; statuses made final (KILLED on interrupt)."""
-    client = MlflowClient(tracking["uri"])
-    parent = tracking["parent_run_id"]
+    client = MlflowClient(tracking.uri)
+    parent = tracking.parent_run_id
     if results is not None:
         frame = results.get_dataframe()
         if not frame.empty and metric in frame:
@@ -143,7 +143,7 @@ def close_sweep(tracking: dict, results, interrupted: bool, metric: str, mode: s
                           file=sys.stderr)
     if interrupted:
         children = retry(lambda: client.search_runs(
-            [tracking["experiment_id"]],
+            [tracking.experiment_id],
             filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}' and attributes.status = 'RUNNING'"))
         for run in children:
             retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))

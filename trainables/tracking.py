@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +51,19 @@ def retry(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class SweepRecords:
+    """Where a sweep's trials record themselves (sweeps/tracking.py:open_sweep makes it; every
+    trial gets it with its inputs)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep: str  # the sweep's name, also its MLflow experiment
+    model: str
+    experiment_dir: str  # the sweep's folder in Ray's storage
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
     runs = retry(lambda: client.search_runs(
         [experiment_id], filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'", max_results=1))
@@ -57,33 +71,35 @@ def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> s
 
 
 class TrialTracker:
+    """One trial's MLflow run: `log_epoch` each epoch, then `finish` or `fail` once."""
+
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
 
     @classmethod
-    def start(cls, tracking: dict, trial_dir: Path, model_cfg, train_cfg) -> TrialTracker:
+    def start(cls, tracking: SweepRecords, trial_dir: Path, model_cfg, train_cfg) -> TrialTracker:
         import ray
         from ray import tune
 
         context = tune.get_context()
-        client = MlflowClient(tracking["uri"])
+        client = MlflowClient(tracking.uri)
         trial_id = context.get_trial_id()
-        run_id = find_trial_run(client, tracking["experiment_id"], trial_id)
+        run_id = find_trial_run(client, tracking.experiment_id, trial_id)
         if run_id is not None:  # restored or retried: continue the same run
             retry(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
             return cls(client, run_id)
         tags = {
-            PARENT_RUN_TAG: tracking["parent_run_id"],
+            PARENT_RUN_TAG: tracking.parent_run_id,
             RUN_NAME_TAG: context.get_trial_name(),
             TRIAL_ID_TAG: trial_id,
             # Where the trial's results are stored (the sweep's storage), not the node's staging
             # folder that Tune syncs from.
-            TRIAL_DIR_TAG: f"{tracking['experiment_dir']}/{trial_dir.name}",
+            TRIAL_DIR_TAG: f"{tracking.experiment_dir}/{trial_dir.name}",
             NODE_TAG: ray.get_runtime_context().get_node_id(),
-            SWEEP_TAG: tracking["sweep"],
-            MODEL_TAG: tracking["model"],
+            SWEEP_TAG: tracking.sweep,
+            MODEL_TAG: tracking.model,
         }
-        run = retry(lambda: client.create_run(tracking["experiment_id"], tags=tags))
+        run = retry(lambda: client.create_run(tracking.experiment_id, tags=tags))
         tracker = cls(client, run.info.run_id)
         params = {**model_cfg.to_dict(), **{f"train.{k}": v for k, v in train_cfg.to_dict().items()}}
         retry(lambda: client.log_batch(tracker.run_id, params=[
@@ -109,3 +125,24 @@ class TrialTracker:
         tags = [RunTag(STATUS_TAG, status), RunTag(FAILURE_TAG, reason[:MAX_TAG_CHARS])]
         retry(lambda: self.client.log_batch(self.run_id, tags=tags))
         retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))
+
+
+class NoTracker:
+    """The do-nothing stand-in for a trial run without MLflow (`tracking=None`): the trainable
+    calls the same three methods either way."""
+
+    def log_epoch(self, epoch: int, metrics: dict, grid: Path, figures: dict[str, Path]) -> None:
+        pass
+
+    def finish(self, status: str) -> None:
+        pass
+
+    def fail(self, reason: str, status: str = FAILED) -> None:
+        pass
+
+
+def start_tracker(tracking: SweepRecords | None, trial_dir: Path, model_cfg,
+                  train_cfg) -> TrialTracker | NoTracker:
+    if tracking is None:
+        return NoTracker()
+    return TrialTracker.start(tracking, trial_dir, model_cfg, train_cfg)

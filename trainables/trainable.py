@@ -21,9 +21,10 @@ from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import write_json, write_status
-from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE, STOPPED_EARLY
 from genmodels.tasks import TASKS
 from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
+from trainables.tracking import SweepRecords, start_tracker
 
 
 def model_config_from_tune(model: str, values: dict):
@@ -50,7 +51,8 @@ def write_placement(trial_dir: Path, trainer: Trainer) -> None:
 
 
 def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
-                fixed: dict, scorer_cache: dict | None, tracking: dict | None = None) -> None:
+                fixed: dict, scorer_cache: dict | None,
+                tracking: SweepRecords | None = None) -> None:
     """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
     model_cfg = model_config_from_tune(model, {**fixed, **config})
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
@@ -66,17 +68,12 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         with checkpoint.as_directory() as folder:
             trainer.resume(Path(folder) / CHECKPOINT_FILE)
 
-    tracker = None
-    if tracking:
-        from trainables.tracking import TrialTracker  # MLflow only where tracking is on
-
-        tracker = TrialTracker.start(tracking, trial_dir, model_cfg, train_cfg)
+    tracker = start_tracker(tracking, trial_dir, model_cfg, train_cfg)
 
     def on_epoch(report: EpochReport) -> None:
         grid = save_sample_grid(report.samples, trial_dir / "samples" / f"epoch_{report.epoch:03d}.png")
         figures = save_run_figures(trainer, trial_dir) if report.is_last else {}
-        if tracker:
-            tracker.log_epoch(report.epoch, report.metrics, grid, figures)
+        tracker.log_epoch(report.epoch, report.metrics, grid, figures)
         if report.is_last:
             write_status(trial_dir, FINISHED, report.epoch)
         with tempfile.TemporaryDirectory() as folder:
@@ -87,18 +84,14 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         trainer.fit(on_epoch)
     except TrainingDiverged as err:
         write_status(trial_dir, DIVERGED, err.epoch, str(err))
-        if tracker:
-            tracker.fail(str(err), status="diverged")
+        tracker.fail(str(err), status=DIVERGED)
         raise  # Tune marks the trial ERROR with this message; Optuna records it as failed
     except SystemExit:
         # How Tune ends a trial's function: after its final report, or when the scheduler (ASHA)
         # stops it early. Both are normal ends of a true, finished run.
-        if tracker:
-            tracker.finish("finished" if trainer.epoch >= train_cfg.epochs else "stopped_early")
+        tracker.finish(FINISHED if trainer.epoch >= train_cfg.epochs else STOPPED_EARLY)
         raise
     except BaseException as err:
-        if tracker:
-            tracker.fail(f"{type(err).__name__}: {err}")
+        tracker.fail(f"{type(err).__name__}: {err}")
         raise
-    if tracker:
-        tracker.finish("finished")
+    tracker.finish(FINISHED)
