@@ -26,6 +26,7 @@ from torch import nn
 from genmodels.data import DATASETS, ImageData, iterate_batches, load_dataset, to_unit_interval
 from genmodels.device import resolve_device
 from genmodels.files import atomic_write
+from genmodels.names import CACHE_ENV
 from genmodels.scores import (
     PR_MAX_SAMPLES,
     SCORE_BATCH,
@@ -34,7 +35,6 @@ from genmodels.scores import (
     feature_statistics,
 )
 
-CACHE_ENV = "GENSWEEP_CACHE_DIR"
 CACHE_FORMAT = 1
 FEATURE_DIM = 128  # penultimate layer: the space of fcd and precision/recall
 EPOCHS = 8

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-DATA_DIR_ENV = "GENSWEEP_DATA_DIR"
+from genmodels.names import DATA_DIR_ENV
+
 DEFAULT_DATA_DIR = "data"
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

@@ -61,6 +61,10 @@ TRIAL_ID_TAG = "ray.trial_id"  # finds a trial's run again when the trial is res
 TRIAL_DIR_TAG = "ray.trial_dir"  # the trial's folder in the sweep's storage
 NODE_TAG = "ray.node_id"
 
+# ---- environment -------------------------------------------------------------------------------
+DATA_DIR_ENV = "GENSWEEP_DATA_DIR"  # default --data-dir
+CACHE_ENV = "GENSWEEP_CACHE_DIR"  # default --cache-dir of the scoring classifier
+
 # ---- tracking ----------------------------------------------------------------------------------
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_STORE = "mlflow.db"  # SQLite in the working folder, artifacts in mlruns/ beside it

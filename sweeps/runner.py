@@ -104,6 +104,8 @@ def parse_options(model: str, argv: list[str] | None) -> argparse.Namespace:
     if args.gpus_per_trial < 0 or (args.gpus_per_trial > 1 and not args.gpus_per_trial.is_integer()):
         raise SweepError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got "
                          f"{args.gpus_per_trial}")
+    if args.epochs < 1:  # before the grace period, whose message would blame the wrong option
+        raise SweepError(f"--epochs must be a positive integer, got {args.epochs}")
     if args.scheduler == "asha" and not 1 <= args.grace_period <= args.epochs:
         raise SweepError(f"--grace-period must be between 1 and --epochs ({args.epochs})")
     return args

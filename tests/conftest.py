@@ -1,15 +1,47 @@
-"""Shared fixtures: the committed MNIST / Fashion-MNIST subsets, copied to a temporary data folder.
+"""Shared fixtures: every test isolated from the user's folders, the committed MNIST /
+Fashion-MNIST subsets copied to a temporary data folder.
 
     pytest -q            # everything (CI runs this)
     pytest -q -m "not slow"
 """
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from genmodels.names import CACHE_ENV, DATA_DIR_ENV, TRACKING_URI_ENV
+
+REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = Path(__file__).parent / "data"
+TINY_SCORER_IMAGES = 256
+SESSION_CACHE = tempfile.mkdtemp(prefix="gensweep-test-cache-")  # removed at the session's end
+
+
+def pytest_configure(config):
+    """No user setting leaks into the tests or their subprocesses: no tracking server, data folder
+    or classifier cache of the user's (a session cache instead of ~/.cache/gensweep), and
+    subprocesses import this checkout's code. Set here, before test modules build their
+    environments, for the whole session."""
+    for name in (TRACKING_URI_ENV, DATA_DIR_ENV):
+        os.environ.pop(name, None)
+    os.environ[CACHE_ENV] = SESSION_CACHE
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, as a user runs a command in theirs: default outputs
+    (runs/sweeps, mlflow.db, mlruns/, reports/, ./data) land in tmp_path, never in the checkout or
+    the folder pytest was started from."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +52,18 @@ def data_dir(tmp_path_factory) -> Path:
     for folder in ("MNIST", "FashionMNIST"):
         shutil.copytree(TEST_DATA / folder, root / folder)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_path(data_dir, tmp_path_factory) -> Path:
+    """A scoring classifier trained one epoch on the committed subset, once per session: for tests
+    that need a working scorer, not its accuracy (tests/test_scores.py checks that, slow)."""
+    from genmodels.classifier import ensure_classifier
+    from genmodels.data import load_dataset
+
+    data = load_dataset("mnist", data_dir).subset(TINY_SCORER_IMAGES)
+    return ensure_classifier("mnist", data, tmp_path_factory.mktemp("tiny_scorer"), epochs=1,
+                             device="cpu")
 
 
 def mlflow_runs(uri: str, experiment: str):

@@ -106,14 +106,16 @@ def write_mlflow(uri: str, sweep_dir: Path, trials: dict = VAE_TRIALS) -> str:
     return parent
 
 
-@pytest.fixture
-def ray_folder(tmp_path) -> Path:
-    return write_ray_folder(tmp_path / "ray")
+@pytest.fixture(scope="module")
+def ray_folder(tmp_path_factory) -> Path:
+    """One hand-made sweep shared by the module's tests (they only read it)."""
+    return write_ray_folder(tmp_path_factory.mktemp("hand") / "ray")
 
 
-@pytest.fixture
-def mlflow_store(tmp_path, ray_folder) -> tuple[str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def mlflow_store(ray_folder) -> tuple[str, str]:
+    """The same sweep in an MLflow store, written once: a new SQLite store costs seconds."""
+    uri = f"sqlite:///{ray_folder.parent / 'mlflow.db'}"
     return uri, write_mlflow(uri, ray_folder)
 
 

@@ -29,11 +29,12 @@ def test_loads_both_datasets_as_uint8_tensors(data_dir):
     assert fashion.train_images.shape == (100, 28, 28) and fashion.test_images.shape[0] == 250
 
 
-def test_data_dir_from_environment(data_dir, monkeypatch):
+def test_data_dir_from_environment(data_dir, monkeypatch, tmp_path):
+    assert resolve_data_dir(None) == tmp_path.resolve() / "data"  # ./data when nothing is set
     monkeypatch.setenv(DATA_DIR_ENV, str(data_dir))
     assert resolve_data_dir(None) == data_dir.resolve()
     assert len(load_dataset("mnist").train_images) == 2000
-    assert resolve_data_dir("elsewhere") != data_dir.resolve()  # the argument wins
+    assert resolve_data_dir("elsewhere") == tmp_path.resolve() / "elsewhere"  # the argument wins
 
 
 def test_missing_data_names_folder_and_files(tmp_path):

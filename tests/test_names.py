@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def imported_modules(*command: str) -> set[str]:
     """Top-level packages a command imports, from Python's own import log (-X importtime)."""
     run = subprocess.run([sys.executable, "-X", "importtime", *command], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+                         text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [line.split("|")[-1] for line in run.stderr.splitlines() if line.startswith("import time:")]
     return {name.strip().split(".")[0] for name in lines}
@@ -68,8 +68,6 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_tracking_uri_order(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert tracking_uri() == "http://env:5000"

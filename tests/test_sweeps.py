@@ -183,23 +183,41 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, t
     assert set(runs["status"]) == {"FINISHED"}
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_OPTIONS = [
     (["--space", "SPACE", "--print-space"], "must be below"),
-    (["--epochs", "0"], "epochs"),
+    (["--epochs", "0"], "--epochs must be a positive integer"),
     (["--gpus-per-trial", "1.5"], "--gpus-per-trial"),
     (["--data-dir", "MISSING"], "train-images-idx3-ubyte"),
-])
-def test_bad_options_fail_before_ray_starts(args, message, data_dir, tmp_path, capsys):
+]
+
+
+def bad_command(args: list[str], data_dir: Path, tmp_path: Path) -> list[str]:
     space = tmp_path / "space.yaml"
     space.write_text("lr: {low: 0.01, high: 0.001}\n")
     args = [str(space) if a == "SPACE" else str(tmp_path / "nowhere") if a == "MISSING" else a
             for a in args]
-    if "--data-dir" not in args:
-        args += ["--data-dir", str(data_dir)]
-    start = time.time()
-    assert run("vae", [*args, "--storage-path", str(tmp_path)]) == 2
+    data = [] if "--data-dir" in args else ["--data-dir", str(data_dir)]
+    return [*args, *data, "--storage-path", str(tmp_path)]
+
+
+@pytest.mark.parametrize("args, message", BAD_OPTIONS)
+def test_bad_options_are_clear_errors(args, message, data_dir, tmp_path, capsys):
+    assert run("vae", bad_command(args, data_dir, tmp_path)) == 2
     assert message in capsys.readouterr().err
-    assert time.time() - start < 10  # no Ray was started
+
+
+def test_bad_options_fail_before_ray_is_imported(data_dir, tmp_path):
+    """Every check runs before Ray: a fresh interpreter that ran all the bad commands never
+    imported it (so never started it)."""
+    commands = [bad_command(args, data_dir, tmp_path) for args, _ in BAD_OPTIONS]
+    script = ("import json, sys; from sweeps.runner import run; "
+              f"codes = [run('vae', c) for c in {commands!r}]; "
+              "print(json.dumps({'codes': codes, 'ray': 'ray' in sys.modules}))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome == {"codes": [2] * len(BAD_OPTIONS), "ray": False}
 
 
 def test_dropout_of_one_in_the_space_is_the_models_error(data_dir, tmp_path, capsys):

@@ -14,6 +14,9 @@ from genmodels.vae import VAEConfig
 
 SUBSET = 512
 BATCH = 64
+# Two small batches: enough where a test is about mechanics (reports, resume, divergence), not
+# learning; a GAN step on a batch of 64 takes seconds on one CPU thread.
+SMALL = {"train_subset": 32, "batch_size": 16}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +26,10 @@ def mnist(data_dir):
 
 def make_trainer(model, mnist, epochs=2, model_cfg=None, **train):
     model_cfg = model_cfg or (VAEConfig() if model == "vae" else GANConfig(latent_dim=16))
-    train = {"device": "cpu", "num_threads": 1, **train}
-    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, train_subset=SUBSET, **train)
+    # No last-epoch IWAE (K importance samples of every test image): tests/test_scores.py checks it.
+    train = {"device": "cpu", "num_threads": 1, "train_subset": SUBSET, "batch_size": BATCH,
+             "iwae_samples": 0, **train}
+    cfg = TrainConfig(epochs=epochs, **train)
     return Trainer.create(model, model_cfg, cfg, mnist)
 
 
@@ -41,7 +46,7 @@ def test_vae_training_improves_the_test_elbo(mnist):
 
 def test_gan_epoch_reports_its_diagnostics(mnist):
     seen = []
-    trainer = make_trainer("gan", mnist, epochs=1)
+    trainer = make_trainer("gan", mnist, epochs=1, **SMALL)
     trainer.fit(on_epoch=seen.append)
     (report,) = seen
     assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(report.metrics)
@@ -53,14 +58,14 @@ def test_gan_epoch_reports_its_diagnostics(mnist):
 @pytest.mark.parametrize("model", ["vae", "gan"])
 def test_resume_continues_exactly(model, mnist, tmp_path):
     """2 epochs straight == 1 epoch, checkpoint, a fresh process-like restart, 1 more epoch."""
-    straight = make_trainer(model, mnist, epochs=2, seed=3)
+    straight = make_trainer(model, mnist, epochs=2, seed=3, **SMALL)
     straight.fit()
 
-    first = make_trainer(model, mnist, epochs=2, seed=3)
+    first = make_trainer(model, mnist, epochs=2, seed=3, **SMALL)
     first.run_epoch()
     path = first.save_checkpoint(tmp_path / "ckpt.pt")
     torch.manual_seed(999)  # whatever happened in between must not matter
-    resumed = make_trainer(model, mnist, epochs=2, seed=3)
+    resumed = make_trainer(model, mnist, epochs=2, seed=3, **SMALL)
     resumed.resume(path)
     assert resumed.epoch == 1
     resumed.fit()
@@ -74,14 +79,16 @@ def test_resume_continues_exactly(model, mnist, tmp_path):
 
 
 def test_diverging_gan_stops_with_a_clear_status(mnist):
-    trainer = make_trainer("gan", mnist, epochs=2, model_cfg=GANConfig(lr_g=1e30, lr_d=1e30))
+    trainer = make_trainer("gan", mnist, epochs=2, model_cfg=GANConfig(lr_g=1e30, lr_d=1e30),
+                           **SMALL)
     with pytest.raises(TrainingDiverged, match="diverged") as err:
         trainer.fit()
     assert err.value.epoch == 1
 
 
 def test_bf16_autocast_runs_on_cpu(mnist):
-    history = make_trainer("vae", mnist, epochs=1, precision="bf16").fit()
+    history = make_trainer("vae", mnist, epochs=1, precision="bf16",
+                           **SMALL).fit()
     assert torch.isfinite(torch.tensor(history[0]["test_elbo"]))
 
 
