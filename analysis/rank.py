@@ -1,5 +1,6 @@
 """Rank a sweep's trials and write its report, in one command.
 
+    gensweep-rank --results runs/sweeps/vae-sweep                    # the installed command
     python analysis/rank.py --results runs/sweeps/vae-sweep          # Ray Tune's results folder
     python analysis/rank.py --experiment gan-sweep                   # MLflow (./mlflow.db by default)
     python analysis/rank.py --experiment gan-sweep --metric inception_score --log-to-mlflow
@@ -15,11 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from analysis.load import LoadError, Sweep, load_sweep  # noqa: E402
-from analysis.ranking import rank_trials, summary_columns  # noqa: E402
-from genmodels.names import DIRECTIONS, SWEEP_DIR_TAG, tracking_uri  # noqa: E402
+try:
+    from analysis.load import LoadError, Sweep, load_sweep
+except ModuleNotFoundError as err:  # run as a file from a checkout that was never installed
+    if err.name != "analysis":
+        raise
+    sys.exit("error: the gensweep package is not installed in this Python: run `pip install -e .` "
+             "in the checkout (or `python -m analysis.rank` from its root)")
+from analysis.ranking import rank_trials, summary_columns
+from genmodels.names import DIRECTIONS, SWEEP_DIR_TAG, tracking_uri
 
 TOP_ROWS = 10
 REPORTS_DIR = "reports"

@@ -1,16 +1,25 @@
 """Sweep the GAN's hyperparameters on Ray Tune with Optuna; see README.md for every option.
 
-    python sweeps/gan_sweep.py --smoke --data-dir ../shared/data     # a one-minute check
+    gensweep-gan --smoke --data-dir ../shared/data       # a one-minute check (installed command)
+    python sweeps/gan_sweep.py --smoke --data-dir ../shared/data   # the same, as a file
     python sweeps/gan_sweep.py --data-dir ../shared/data --num-samples 32 --epochs 10
     python sweeps/gan_sweep.py --address auto --gpus-per-trial 0.25 --storage-path /shared/sweeps
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+try:
+    from sweeps.runner import main as sweep
+except ModuleNotFoundError as err:  # run as a file from a checkout that was never installed
+    if err.name != "sweeps":
+        raise
+    sys.exit("error: the gensweep package is not installed in this Python: run `pip install -e .` "
+             "in the checkout (or `python -m sweeps.gan_sweep` from its root)")
 
-from sweeps.runner import main  # noqa: E402
+
+def main() -> None:
+    sweep("gan")
+
 
 if __name__ == "__main__":
-    main("gan")
+    main()

@@ -72,3 +72,22 @@ def test_tracking_uri_order(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert tracking_uri() == "http://env:5000"
     assert tracking_uri("http://option:5000") == "http://option:5000"
+
+
+def test_every_console_script_runs_its_command():
+    """`[project.scripts]` in pyproject.toml: each target imports and answers --help (one fresh
+    interpreter runs them all, as the installed wrappers would: `sys.exit(main())`)."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"gensweep-vae", "gensweep-gan", "gensweep-rank", "gensweep-train"} <= set(scripts)
+    calls = "\n".join(
+        f"sys.argv = [{name!r}, '--help']\n"
+        f"try:\n    import_module({target.split(':')[0]!r}).{target.split(':')[1]}()\n"
+        "except SystemExit as done:\n    codes.append(done.code)\n"
+        for name, target in scripts.items())
+    script = f"import sys\nfrom importlib import import_module\ncodes = []\n{calls}\nprint(codes)"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("usage:") == len(scripts)
+    assert run.stdout.splitlines()[-1] == str([0] * len(scripts))
