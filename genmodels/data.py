@@ -124,6 +124,27 @@ def check_dataset_files(name: str, data_dir: str | os.PathLike | None) -> Path:
     return raw
 
 
+def ensure_dataset_files(name: str, data_dir: str | os.PathLike | None,
+                         download: bool = False) -> Path:
+    """`check_dataset_files`, after letting torchvision fetch missing files when `download` (needs
+    internet; a failure there is a DataError naming the folder and the files expected)."""
+    check_dataset_name(name)
+    if download:
+        try:
+            return check_dataset_files(name, data_dir)
+        except DataError:
+            root = resolve_data_dir(data_dir)
+            try:
+                DATASETS[name](root=str(root), train=True, download=True)
+                DATASETS[name](root=str(root), train=False, download=True)
+            except Exception as err:
+                raise DataError(
+                    f"{name} is not in {raw_folder(name, root)} and downloading it failed ({err}). "
+                    f"Copy {', '.join(RAW_FILES)} there, or set --data-dir / ${DATA_DIR_ENV}."
+                ) from err
+    return check_dataset_files(name, data_dir)
+
+
 def _read_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     split = "train" if train else "test"
     try:
@@ -158,21 +179,8 @@ def load_dataset(
     With `download=True` and the files missing, torchvision fetches them (needs internet); any
     failure there becomes a DataError naming the folder and the files expected.
     """
-    check_dataset_name(name)
     root = resolve_data_dir(data_dir)
-    if download:
-        try:
-            check_dataset_files(name, root)
-        except DataError:
-            try:
-                DATASETS[name](root=str(root), train=True, download=True)
-                DATASETS[name](root=str(root), train=False, download=True)
-            except Exception as err:
-                raise DataError(
-                    f"{name} is not in {raw_folder(name, root)} and downloading it failed ({err}). "
-                    f"Copy {', '.join(RAW_FILES)} there, or set --data-dir / ${DATA_DIR_ENV}."
-                ) from err
-    check_dataset_files(name, root)
+    ensure_dataset_files(name, root, download)
     train_images, train_labels = _read_split(name, root, train=True)
     test_images, test_labels = _read_split(name, root, train=False)
     data = ImageData(name, train_images, train_labels, test_images, test_labels)

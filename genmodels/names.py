@@ -47,10 +47,16 @@ CHECKPOINT_FILE = "checkpoint.pt"  # Trainer.save_checkpoint: weights, optimizer
 STATUS_FILE = "status.json"  # how a run or trial ended: genmodels.files.write_status
 OPTIONS_FILE = "gensweep_options.json"  # a sweep's own options, in its folder; --resume reuses them
 PLACEMENT_FILE = "placement.json"  # where a trial ran: node, GPU ids, device
+MODEL_WEIGHTS_FILE = "weights.pt"  # a trained model's sampling network: its state_dict only
+MODEL_CONFIG_FILE = "model.json"  # ... and what rebuilds it: {"model", "model_config", "format"}
 SWEEP_LOG_FILE = "sweep.log"  # Ray's and MLflow's own output during a sweep, in its folder
 
 # ---- MLflow tags -------------------------------------------------------------------------------
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: a trial's run -> the sweep's run
+# MLflow's own experiment tag choosing the UI's layout: model training (runs, charts), not the GenAI
+# view (traces, evaluations) that MLflow 3 infers for an experiment without it.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: a run's description, shown on its page
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own
 SWEEP_DIR_TAG = "gensweep.sweep_dir"  # on the parent run: the sweep's Ray results folder
 SWEEP_TAG = "gensweep.sweep"  # on every trial's run: the sweep's name

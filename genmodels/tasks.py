@@ -45,12 +45,17 @@ def fixed_noise(seed: int, latent_dim: int, device: torch.device) -> torch.Tenso
 
 class VAETask:
     name = "vae"
+    sampler = "model"  # the module that draws samples: what a trained model is, after training
+
+    @staticmethod
+    def build_sampler(cfg: VAEConfig) -> VAE:
+        return VAE.from_config(cfg)
 
     def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
         self.iwae_samples = train_cfg.iwae_samples
-        self.model = VAE.from_config(cfg).to(device)
+        self.model = self.build_sampler(cfg).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.modules = {"model": self.model}
         self.optimizers = {"optimizer": self.optimizer}
@@ -121,13 +126,18 @@ class VAETask:
 
 class GANTask:
     name = "gan"
+    sampler = "generator"
+
+    @staticmethod
+    def build_sampler(cfg: GANConfig) -> Generator:
+        return Generator(cfg.latent_dim)
 
     def __init__(self, cfg: GANConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
         self.scorer = scorer  # classifier-based scores of generated images (None: skip them)
         self.eval_samples = train_cfg.eval_samples
-        self.generator = Generator(cfg.latent_dim).to(device)
+        self.generator = self.build_sampler(cfg).to(device)
         self.discriminator = Discriminator(cfg.dropout).to(device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=betas)

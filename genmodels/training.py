@@ -11,6 +11,7 @@ weights, optimizer moments, the epoch, every random-number state and the history
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 
 from genmodels.data import ImageData, check_dataset_name, iterate_batches
 from genmodels.device import PRECISIONS, autocast_factory, setup_device
-from genmodels.files import atomic_write
+from genmodels.files import atomic_write, write_json
+from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS
 
@@ -247,3 +249,43 @@ def load_checkpoint_configs(path: str | os.PathLike) -> tuple[str, dict, dict]:
     """(model name, model config dict, train config dict) stored in a checkpoint."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state["model"], state["model_config"], state["train_config"]
+
+
+def export_model(checkpoint: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """The trained sampling network of `checkpoint` (the VAE, or the GAN's generator) as two plain
+    files in `folder`: `weights.pt`, its state_dict (tensors only: `torch.load(...,
+    weights_only=True)` reads it, no pickled code), and `model.json`, what rebuilds it.
+    `load_model(folder)` reads them back."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    _, task_class = TASKS[state["model"]]
+    folder = Path(folder)
+    weights = state["modules"][task_class.sampler]
+    atomic_write(folder / MODEL_WEIGHTS_FILE, lambda tmp: torch.save(weights, tmp))
+    write_json(folder / MODEL_CONFIG_FILE, {"format": CHECKPOINT_FORMAT, "model": state["model"],
+                                            "model_config": state["model_config"]})
+    return folder
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A trained sampling network in eval mode, from a `checkpoint.pt` or a folder written by
+    `export_model` (e.g. the `best_model` artifacts a sweep logs to MLflow):
+
+        from genmodels.training import load_model
+        vae = load_model("runs/vae/checkpoint.pt")
+        images = vae.sample(torch.randn(64, vae.latent_dim))          # [64, 1, 28, 28] in [0, 1]
+        generator = load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path="best_model"))
+        images = (generator(torch.randn(64, generator.latent_dim)) + 1) / 2
+    """
+    path = Path(path)
+    if path.is_dir():
+        saved = json.loads((path / MODEL_CONFIG_FILE).read_text())
+        weights = torch.load(path / MODEL_WEIGHTS_FILE, map_location=device, weights_only=True)
+    else:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        weights = saved["modules"][TASKS[saved["model"]][1].sampler]
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} has format {saved.get('format')}, not {CHECKPOINT_FORMAT}")
+    cfg_class, task_class = TASKS[saved["model"]]
+    network = task_class.build_sampler(cfg_class(**saved["model_config"]))
+    network.load_state_dict(weights)
+    return network.to(device).eval()

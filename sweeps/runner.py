@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, check_dataset_files, load_dataset
+from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, ensure_dataset_files, load_dataset
 from genmodels.files import write_json
-from genmodels.names import DIRECTIONS, OBJECTIVES, OPTIONS_FILE, tracking_uri
+from genmodels.names import DIRECTIONS, OBJECTIVES, OPTIONS_FILE, SWEEP_LOG_FILE, tracking_uri
 from genmodels.tasks import TASKS
 from genmodels.training import TrainConfig
 from sweeps import search_space as spaces
+from sweeps.console import send_library_output_to, setup_lines
 from sweeps.tracking import TrackingError, check_reachable, close_sweep, open_sweep
 
 SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
@@ -58,6 +58,9 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", default=None,
                    help=f"folder with MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
+    p.add_argument("--download", action="store_true",
+                   help="let torchvision download the data set into the data folder if it is "
+                        "missing (needs internet; done before Ray starts)")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N images")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -236,6 +239,12 @@ class SweepPlan:
         return DIRECTIONS[self.args.metric]
 
     @property
+    def log_file(self) -> Path:
+        """Ray's and MLflow's own messages: in the sweep's folder, or here for remote storage."""
+        folder = Path(self.experiment) if self.local else Path.cwd()
+        return folder / (SWEEP_LOG_FILE if self.local else f"{self.args.name}-{SWEEP_LOG_FILE}")
+
+    @property
     def fixed_values(self) -> dict:
         return fixed_model_values(self.model, self.space)
 
@@ -251,6 +260,8 @@ def _run(model: str, argv: list[str] | None) -> int:
 
     from sweeps.tuner import build_tuner  # Ray's side: imported once the checks have passed
 
+    print(setup_lines(plan), flush=True)
+    send_library_output_to(plan.log_file)
     start_ray(plan.args.address)
     try:
         resources = check_resources(plan.args)
@@ -289,7 +300,9 @@ def prepare(model: str, args: argparse.Namespace) -> SweepPlan:
 
 def check_inputs(plan: SweepPlan) -> None:
     """The data on disk and the tracking server answering: before Ray starts, seconds not minutes."""
-    check_dataset_files(plan.args.dataset, plan.args.data_dir)
+    # getattr: the options saved by a sweep from before --download existed lack it (--resume)
+    ensure_dataset_files(plan.args.dataset, plan.args.data_dir,
+                         download=getattr(plan.args, "download", False))
     check_reachable(plan.mlflow_uri)
 
 
@@ -302,10 +315,8 @@ def save_options(plan: SweepPlan) -> None:
 def open_records(plan: SweepPlan):
     """The sweep's MLflow experiment and parent run (on --resume, the same parent)."""
     args = plan.args
-    tracking = open_sweep(plan.mlflow_uri, args.name, plan.model, plan.experiment, vars(args),
-                          spaces.describe(plan.model, plan.space), args.resume)
-    print(f"MLflow: experiment {args.name!r} at {plan.mlflow_uri}")
-    return tracking
+    return open_sweep(plan.mlflow_uri, args.name, plan.model, plan.experiment, vars(args),
+                      spaces.describe(plan.model, plan.space), args.resume)
 
 
 def load_inputs(plan: SweepPlan) -> tuple:
@@ -353,5 +364,4 @@ def report(plan: SweepPlan, results, tracking) -> None:
 
 
 def main(model: str) -> None:
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     sys.exit(run(model, sys.argv[1:]))

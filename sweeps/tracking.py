@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,15 +23,23 @@ from mlflow.tracking import MlflowClient
 
 from genmodels.names import (
     CHECKPOINT_FILE,
+    EXPERIMENT_KIND_TAG,
     MODEL_TAG,
+    MODEL_TRAINING_KIND,
+    NOTE_TAG,
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
     SWEEP_DIR_TAG,
-    TRACKING_URI_ENV,
 )
 from trainables.tracking import SweepRecords, retry
 
 REACH_TIMEOUT_SECONDS = 5
+SWEEP_NOTE = (
+    "The sweep. Its trials are the child runs below it (expand this run, or select them) with "
+    "their hyperparameters as params and `{metric}` per epoch: the Chart view compares them; "
+    "each trial's `samples` image steps through its epochs. Here: the options, "
+    "search_space.txt, leaderboard.csv, best_config.json and the best model (best_model/).")
+BEST_MODEL_DIR = "best_model"  # the parent run's artifacts: weights.pt and model.json
 
 
 class TrackingError(RuntimeError):
@@ -63,7 +70,8 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
         location = None
         if uri.startswith("sqlite:"):  # absolute, so trials in other folders write beside the db
             location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / name).as_uri()
-        experiment_id = retry(lambda: client.create_experiment(name, artifact_location=location))
+        experiment_id = retry(lambda: client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}))
     else:
         experiment_id = experiment.experiment_id
     parent_id = None
@@ -76,7 +84,8 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
             retry(lambda: client.update_run(parent_id, status="RUNNING"))
     if parent_id is None:
         run = retry(lambda: client.create_run(experiment_id, tags={
-            RUN_NAME_TAG: name, SWEEP_DIR_TAG: experiment_dir, MODEL_TAG: model}))
+            RUN_NAME_TAG: f"{name} (sweep)", SWEEP_DIR_TAG: experiment_dir, MODEL_TAG: model,
+            NOTE_TAG: SWEEP_NOTE.format(metric=options.get("metric"))}))
         parent_id = run.info.run_id
         retry(lambda: client.log_batch(parent_id, params=[
             Param(k, str(v)) for k, v in options.items()]))
@@ -86,34 +95,15 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
 
 
 def log_best_model(tracking: SweepRecords, checkpoint) -> None:
-    """The best trial's network (the VAE, or the GAN's generator) with `mlflow.pytorch`."""
-    import mlflow
-    import mlflow.pytorch
-    import torch
+    """The best trial's network (the VAE, or the GAN's generator) on the parent run under
+    `best_model/`: its weights and config as plain files, no pickle; `genmodels.training.load_model`
+    rebuilds it (README, "Tracking with MLflow")."""
+    from genmodels.training import export_model
 
-    from genmodels.gan import Generator
-    from genmodels.vae import VAE, VAEConfig
-
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    if state["model"] == "vae":
-        model = VAE.from_config(VAEConfig(**state["model_config"]))
-        model.load_state_dict(state["modules"]["model"])
-    else:
-        model = Generator(state["model_config"]["latent_dim"])
-        model.load_state_dict(state["modules"]["generator"])
-    before = os.environ.get(TRACKING_URI_ENV)
-    mlflow.set_tracking_uri(tracking.uri)
-    try:
-        with mlflow.start_run(run_id=tracking.parent_run_id):
-            # Naming the requirement skips MLflow's slow inference of the environment.
-            # Pickled whole: loading it needs this package (`pip install gensweep`) importable.
-            mlflow.pytorch.log_model(model.eval(), name="best_model",
-                                     serialization_format="pickle",
-                                     pip_requirements=[f"torch=={torch.__version__}"])
-    finally:
-        if before is None:
-            os.environ.pop(TRACKING_URI_ENV, None)
+    client = MlflowClient(tracking.uri)
+    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
+        export_model(Path(folder) / CHECKPOINT_FILE, out)
+        retry(lambda: client.log_artifacts(tracking.parent_run_id, out, BEST_MODEL_DIR))
 
 
 def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str, mode: str) -> None:

@@ -11,7 +11,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.callbacks import TrialStatusCallback
+from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
+from sweeps.console import Progress
 from sweeps.search_space import Range
 from trainables.tracking import SweepRecords
 from trainables.trainable import train_trial
@@ -62,6 +63,8 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         run_config=tune.RunConfig(
             name=args.name, storage_path=plan.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialStatusCallback(tracking, args.epochs)],
-            verbose=1),
+            callbacks=[ConsoleCallback(Progress(args.num_samples, args.epochs, args.metric,
+                                                plan.mode)),
+                       TrialStatusCallback(tracking, args.epochs)],
+            verbose=0),  # our own lines instead of Tune's tables (sweeps/console.py)
     )

@@ -15,6 +15,8 @@ import pytest
 from conftest import mlflow_runs
 from mlflow.tracking import MlflowClient
 
+from genmodels.training import load_model
+from genmodels.vae import VAE
 from sweeps.runner import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,12 +41,15 @@ def check_sweep_records(uri: str, name: str, trials: int, epochs: int = 2) -> No
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert len(parents) == 1 and len(children) == trials
     parent_id = parents.run_id.iloc[0]
+    experiment = client.get_experiment(runs.experiment_id.iloc[0])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
     assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
     assert set(runs["status"]) == {"FINISHED"}
     assert {"leaderboard.csv", "best_config.json", "search_space.txt"} <= {
         a.path for a in client.list_artifacts(parent_id)}
-    assert client.search_logged_models(experiment_ids=[runs.experiment_id.iloc[0]],
-                                       filter_string="name = 'best_model'")
+    # The best trial's network as plain files that load_model rebuilds (no pickle).
+    best = load_model(client.download_artifacts(parent_id, "best_model"))
+    assert isinstance(best, VAE) and not best.training
     for run_id in children.run_id:
         run_ = client.get_run(run_id)
         assert {"dropout", "latent_dim", "lr", "hidden_dim", "train.epochs"} <= set(run_.data.params)

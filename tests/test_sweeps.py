@@ -236,4 +236,18 @@ def test_impossible_resource_requests_fail_at_once(args, message, data_dir, tmp_
     run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path), *args,
                  cwd=tmp_path)
     assert run_.returncode == 2 and message in run_.stderr
-    assert not (tmp_path / "vae-sweep").exists()  # nothing started
+    started = tmp_path / "vae-sweep"  # only Ray's log of its start is there: no sweep began
+    assert not list(started.glob("train_trial_*")) and not (started / "gensweep_options.json").exists()
+
+
+def test_download_is_tried_before_ray_and_its_failure_is_clear(tmp_path, capsys, monkeypatch):
+    import torchvision
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    # The real torchvision class, with its download step failing as it does offline.
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    assert run("vae", ["--download", "--data-dir", str(tmp_path / "fresh")]) == 2
+    err = capsys.readouterr().err
+    assert "downloading it failed" in err and "network is unreachable" in err

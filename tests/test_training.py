@@ -9,7 +9,7 @@ import torch
 
 from genmodels.data import load_dataset
 from genmodels.gan import GANConfig
-from genmodels.training import TrainConfig, Trainer, TrainingDiverged
+from genmodels.training import TrainConfig, Trainer, TrainingDiverged, export_model, load_model
 from genmodels.vae import VAEConfig
 
 SUBSET = 512
@@ -76,6 +76,24 @@ def test_resume_continues_exactly(model, mnist, tmp_path):
             assert torch.equal(a, b), f"{name}.{key} differs after resume"
     drop_timing = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
     assert drop_timing(resumed.history) == drop_timing(straight.history)
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_a_trained_model_loads_from_its_checkpoint_and_from_plain_files(model, mnist, tmp_path):
+    trainer = make_trainer(model, mnist, epochs=1, **SMALL)
+    trainer.fit()
+    checkpoint = trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    exported = export_model(checkpoint, tmp_path / "best_model")
+    assert sorted(p.name for p in exported.iterdir()) == ["model.json", "weights.pt"]
+    torch.load(exported / "weights.pt", weights_only=True)  # tensors only: no pickled code
+    trained = trainer.task.modules[trainer.task.sampler].eval()
+    noise = torch.randn(8, trained.latent_dim)
+    expected = trained.sample(noise) if model == "vae" else trained(noise)
+    for source in (checkpoint, exported):
+        network = load_model(source)
+        assert type(network) is type(trained) and not network.training
+        drawn = network.sample(noise) if model == "vae" else network(noise)
+        assert torch.equal(drawn, expected)
 
 
 def test_diverging_gan_stops_with_a_clear_status(mnist):

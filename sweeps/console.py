@@ -1,0 +1,153 @@
+"""What a sweep prints, and where the libraries' own output goes instead.
+
+A sweep prints its resolved setup, one line per trial event (started, each epoch's objective,
+finished / stopped early / failed with the reason), a summary line every `SUMMARY_EVERY_SECONDS`
+(done, running, pending, the best so far, elapsed, an estimate of what remains) and the final
+table. Ray's, MLflow's and Optuna's own log records and Python warnings go to `sweep.log` in the
+sweep's folder, where they are kept for a look when something goes wrong.
+
+No Ray here: `sweeps/callbacks.py` feeds Tune's events to `Progress`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "py.warnings")
+SUMMARY_EVERY_SECONDS = 30
+REASON_CHARS = 160  # a failure's reason on the console; the whole text is in the trial's error.txt
+LIBRARY_ENV = {
+    # Tune's own progress tables: off, `Progress` prints the lines we want (Tune's RunConfig
+    # verbose=0 keeps the old reporter silent, and this keeps the new one off).
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Tune warns when a forced experiment-state snapshot follows another within seconds: that is
+    # CheckpointConfig(num_to_keep=1) doing its job (the state on disk always names a checkpoint
+    # that still exists, so --resume is exact), and on a local disk a snapshot costs milliseconds.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def send_library_output_to(log_file: Path) -> None:
+    """Ray's, MLflow's, Optuna's and Alembic's log records, and Python warnings, go to `log_file`
+    instead of the console. Call after importing them (each installs its own console handler on
+    import) and before starting Ray."""
+    for name, value in LIBRARY_ENV.items():
+        os.environ.setdefault(name, value)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.captureWarnings(True)
+
+
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+def short_config(config: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in config.items())
+
+
+class Progress:
+    """The sweep's console lines, from trial events; `now` is injectable for tests."""
+
+    def __init__(self, num_trials: int, epochs: int, metric: str, mode: str, now=time.monotonic):
+        self.num_trials, self.epochs, self.metric, self.mode = num_trials, epochs, metric, mode
+        self.now = now
+        self.started_at = now()
+        self.last_summary = self.started_at
+        self.running: set[str] = set()
+        self.done: dict[str, str] = {}  # trial id -> finished | stopped_early | failed
+        self.best: tuple[float, str] | None = None  # (value, trial id)
+
+    def __setstate__(self, state: dict) -> None:
+        """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
+        process, whose clock starts now."""
+        self.__dict__.update(state)
+        self.started_at = self.last_summary = self.now()
+
+    def say(self, text: str) -> None:
+        print(f"[{clock(self.now() - self.started_at)}] {text}", flush=True)
+
+    def started(self, trial_id: str, config: dict) -> None:
+        self.running.add(trial_id)
+        self.say(f"{trial_id} started    {short_config(config)}")
+
+    def epoch(self, trial_id: str, epoch: int, result: dict) -> None:
+        value = result.get(self.metric)
+        shown = f"{self.metric} {value:.4g}" if isinstance(value, (int, float)) else "no score"
+        self.say(f"{trial_id} epoch {epoch}/{self.epochs}  {shown}")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = self.best is None or (value > self.best[0] if self.mode == "max"
+                                           else value < self.best[0])
+            if better:
+                self.best = (value, trial_id)
+
+    def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
+        self.running.discard(trial_id)
+        if reason is not None:
+            self.done[trial_id] = "failed"
+            self.say(f"{trial_id} failed     {reason[:REASON_CHARS]}")
+        elif epochs_done < self.epochs:
+            self.done[trial_id] = "stopped_early"
+            self.say(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")
+        else:
+            self.done[trial_id] = "finished"
+            self.say(f"{trial_id} finished   after {epochs_done} epochs")
+
+    def maybe_summary(self) -> None:
+        if self.now() - self.last_summary >= SUMMARY_EVERY_SECONDS:
+            self.summary()
+
+    def summary(self) -> None:
+        self.last_summary = self.now()
+        elapsed = self.now() - self.started_at
+        done = len(self.done)
+        pending = max(0, self.num_trials - done - len(self.running))
+        best = (f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})" if self.best
+                else f"no {self.metric} yet")
+        # Trials so far took elapsed / done each, in parallel slots: a rough but honest estimate.
+        left = f"~{clock(elapsed / done * (self.num_trials - done))} left" if 0 < done < \
+            self.num_trials else ("done" if done >= self.num_trials else "? left")
+        self.say(f"{done} done, {len(self.running)} running, {pending} pending; {best}; "
+                 f"{clock(elapsed)} elapsed, {left}")
+
+
+def reason_of(error_file: str | None) -> str:
+    """The last line of a trial's error.txt (the exception and its message)."""
+    if not error_file or not Path(error_file).exists():
+        return "trial error (no error file)"
+    lines = [line.strip() for line in Path(error_file).read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else "trial error"
+
+
+def setup_lines(plan) -> str:
+    """The resolved sweep, printed before anything runs. `plan`: the runner's SweepPlan."""
+    a = plan.args
+    data = f"{a.dataset} from {a.data_dir or 'the default data folder'}" + (
+        f", first {a.train_subset} training images" if a.train_subset else "")
+    at_once = a.max_concurrent or "as many as fit"
+    scheduler = (f"ASHA (grace {a.grace_period} epoch(s), max {a.epochs})" if a.scheduler == "asha"
+                 else "FIFO (every trial runs all epochs)")
+    lines = [
+        f"sweep      {a.name}: {a.num_samples} {plan.model.upper()} trials x {a.epochs} epochs, "
+        f"{at_once} at once, {a.cpus_per_trial:g} CPU / {a.gpus_per_trial:g} GPU each"
+        + (" (--smoke)" if a.smoke else ""),
+        f"objective  {a.metric} ({'higher' if plan.mode == 'max' else 'lower'} is better), "
+        f"Optuna TPE (seed {a.seed}), {scheduler}",
+        f"data       {data}; batch {a.batch_size}, {a.precision}",
+        f"results    {plan.experiment}" + (" (resumed)" if a.resume else ""),
+        f"MLflow     {plan.mlflow_uri}",
+        f"log        {plan.log_file} (Ray's and MLflow's own messages)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The README's first command, `python sweeps/gan_sweep.py --smoke`, for both models, as a user
+runs it in an empty folder (on the committed data subset): it succeeds and its console is short,
+readable and free of warnings; Ray's and MLflow's own messages are in the sweep's log. And the
+console lines themselves, from made-up trial events.
+
+    pytest tests/test_smoke.py -q
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeps.console import SUMMARY_EVERY_SECONDS, Progress
+
+REPO = Path(__file__).resolve().parent.parent
+MAX_LINES = 60
+SMOKE_TRIALS = 4
+TRIAL_LINE = re.compile(r"^\[\d\d:\d\d\] \w+ (started|epoch \d/2|finished|stopped early|failed)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, metric", [("gan", "fcd"), ("vae", "test_elbo")])
+def test_readme_smoke_sweep_is_quiet_and_complete(model, metric, data_dir, tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "sweeps" / f"{model}_sweep.py"), "--smoke",
+                          "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=900)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    lines = output.splitlines()
+    assert len(lines) < MAX_LINES, output
+    assert "warning" not in output.lower(), output
+    assert f"best trials by {metric}" in run.stdout
+    events = [line for line in lines if TRIAL_LINE.match(line)]
+    assert sum(" started " in line for line in events) == SMOKE_TRIALS, output
+    assert sum(" finished " in line or " stopped early " in line for line in events) == SMOKE_TRIALS
+    assert any("done, 0 running, 0 pending" in line for line in lines), output  # the last summary
+    sweep = tmp_path / "runs" / "sweeps" / f"{model}-sweep"
+    assert "Started a local Ray instance" in (sweep / "sweep.log").read_text()
+    assert (tmp_path / "mlflow.db").exists()
+
+
+def test_console_lines_follow_the_trials():
+    clock = [0.0]
+    lines = []
+    progress = Progress(num_trials=3, epochs=2, metric="fcd", mode="min", now=lambda: clock[0])
+    progress.say = lines.append  # the text without the elapsed-time prefix
+    progress.started("t1", {"lr": 0.00123456, "latent_dim": 32})
+    progress.started("t2", {"lr": 0.01, "latent_dim": 8})
+    progress.epoch("t1", 1, {"fcd": 50.0})
+    progress.epoch("t2", 1, {"fcd": 40.0})
+    progress.ended("t2", 1)  # ASHA stopped it
+    clock[0] = SUMMARY_EVERY_SECONDS - 1
+    progress.maybe_summary()
+    progress.epoch("t1", 2, {"fcd": 30.0})
+    progress.ended("t1", 2)
+    clock[0] = SUMMARY_EVERY_SECONDS
+    progress.maybe_summary()
+    assert lines == [
+        "t1 started    lr=0.00123 latent_dim=32",
+        "t2 started    lr=0.01 latent_dim=8",
+        "t1 epoch 1/2  fcd 50",
+        "t2 epoch 1/2  fcd 40",
+        "t2 stopped early after epoch 1 (ASHA)",
+        "t1 epoch 2/2  fcd 30",
+        "t1 finished   after 2 epochs",
+        "2 done, 0 running, 1 pending; best fcd 30 (t1); 00:30 elapsed, ~00:15 left",
+    ]
+    progress.started("t3", {"lr": 1e6})
+    progress.epoch("t3", 1, {"fcd": float("nan")})
+    progress.ended("t3", 1, "TrainingDiverged: training diverged at epoch 1")
+    progress.summary()
+    assert lines[-2] == "t3 failed     TrainingDiverged: training diverged at epoch 1"
+    assert lines[-1] == "3 done, 0 running, 0 pending; best fcd 30 (t1); 00:30 elapsed, done"
