@@ -1,10 +1,11 @@
 """What a sweep prints, and where the libraries' own output goes instead.
 
 A sweep prints its resolved setup, one line per trial event (started, each epoch's objective,
-finished / stopped early / failed with the reason), a summary line every `SUMMARY_EVERY_SECONDS`
-(done, running, pending, the best so far, elapsed, an estimate of what remains) and the final
-table. Ray's, MLflow's and Optuna's own log records and Python warnings go to `sweep.log` in the
-sweep's folder, where they are kept for a look when something goes wrong.
+finished / stopped early / failed with the reason), a summary line (done, running, pending, the best
+so far, elapsed, an estimate of what remains) every `SUMMARY_EVERY_SECONDS` when trials moved on, or
+every `QUIET_SUMMARY_SECONDS` as a sign of life while long epochs run, and the final table.
+Ray's, MLflow's and Optuna's own log records and Python warnings go to `sweep.log` in the sweep's
+folder, where they are kept for a look when something goes wrong.
 
 No Ray here: `sweeps/callbacks.py` feeds Tune's events to `Progress`.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "py.warnings")
 SUMMARY_EVERY_SECONDS = 30
+QUIET_SUMMARY_SECONDS = 300
 REASON_CHARS = 160  # a failure's reason on the console; the whole text is in the trial's error.txt
 LIBRARY_ENV = {
     # Tune's own progress tables: off, `Progress` prints the lines we want (Tune's RunConfig
@@ -69,6 +71,7 @@ class Progress:
         self.running: set[str] = set()
         self.done: dict[str, str] = {}  # trial id -> finished | stopped_early | failed
         self.best: tuple[float, str] | None = None  # (value, trial id)
+        self.events_since_summary = 0
 
     def __setstate__(self, state: dict) -> None:
         """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
@@ -79,14 +82,18 @@ class Progress:
     def say(self, text: str) -> None:
         print(f"[{clock(self.now() - self.started_at)}] {text}", flush=True)
 
+    def event(self, text: str) -> None:
+        self.events_since_summary += 1
+        self.say(text)
+
     def started(self, trial_id: str, config: dict) -> None:
         self.running.add(trial_id)
-        self.say(f"{trial_id} started    {short_config(config)}")
+        self.event(f"{trial_id} started    {short_config(config)}")
 
     def epoch(self, trial_id: str, epoch: int, result: dict) -> None:
         value = result.get(self.metric)
         shown = f"{self.metric} {value:.4g}" if isinstance(value, (int, float)) else "no score"
-        self.say(f"{trial_id} epoch {epoch}/{self.epochs}  {shown}")
+        self.event(f"{trial_id} epoch {epoch}/{self.epochs}  {shown}")
         if isinstance(value, (int, float)) and math.isfinite(value):
             better = self.best is None or (value > self.best[0] if self.mode == "max"
                                            else value < self.best[0])
@@ -97,20 +104,22 @@ class Progress:
         self.running.discard(trial_id)
         if reason is not None:
             self.done[trial_id] = "failed"
-            self.say(f"{trial_id} failed     {reason[:REASON_CHARS]}")
+            self.event(f"{trial_id} failed     {reason[:REASON_CHARS]}")
         elif epochs_done < self.epochs:
             self.done[trial_id] = "stopped_early"
-            self.say(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")
+            self.event(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")
         else:
             self.done[trial_id] = "finished"
-            self.say(f"{trial_id} finished   after {epochs_done} epochs")
+            self.event(f"{trial_id} finished   after {epochs_done} epochs")
 
     def maybe_summary(self) -> None:
-        if self.now() - self.last_summary >= SUMMARY_EVERY_SECONDS:
+        since = self.now() - self.last_summary
+        if since >= QUIET_SUMMARY_SECONDS or (since >= SUMMARY_EVERY_SECONDS
+                                              and self.events_since_summary):
             self.summary()
 
     def summary(self) -> None:
-        self.last_summary = self.now()
+        self.last_summary, self.events_since_summary = self.now(), 0
         elapsed = self.now() - self.started_at
         done = len(self.done)
         pending = max(0, self.num_trials - done - len(self.running))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.console import SUMMARY_EVERY_SECONDS, Progress
+from sweeps.console import QUIET_SUMMARY_SECONDS, SUMMARY_EVERY_SECONDS, Progress
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_LINES = 60
@@ -46,30 +46,39 @@ def test_console_lines_follow_the_trials():
     lines = []
     progress = Progress(num_trials=3, epochs=2, metric="fcd", mode="min", now=lambda: clock[0])
     progress.say = lines.append  # the text without the elapsed-time prefix
+
+    def at(seconds: float) -> None:
+        clock[0] = seconds
+        progress.maybe_summary()
+
+    at(SUMMARY_EVERY_SECONDS)  # nothing happened yet: no summary
     progress.started("t1", {"lr": 0.00123456, "latent_dim": 32})
     progress.started("t2", {"lr": 0.01, "latent_dim": 8})
     progress.epoch("t1", 1, {"fcd": 50.0})
     progress.epoch("t2", 1, {"fcd": 40.0})
     progress.ended("t2", 1)  # ASHA stopped it
-    clock[0] = SUMMARY_EVERY_SECONDS - 1
-    progress.maybe_summary()
+    at(40)  # trials moved on, and 30 s since the start
     progress.epoch("t1", 2, {"fcd": 30.0})
     progress.ended("t1", 2)
-    clock[0] = SUMMARY_EVERY_SECONDS
-    progress.maybe_summary()
+    at(50)  # too soon after the last summary
+    at(80)
+    at(120)  # nothing new since: no summary
     assert lines == [
         "t1 started    lr=0.00123 latent_dim=32",
         "t2 started    lr=0.01 latent_dim=8",
         "t1 epoch 1/2  fcd 50",
         "t2 epoch 1/2  fcd 40",
         "t2 stopped early after epoch 1 (ASHA)",
+        "1 done, 1 running, 1 pending; best fcd 40 (t2); 00:40 elapsed, ~01:20 left",
         "t1 epoch 2/2  fcd 30",
         "t1 finished   after 2 epochs",
-        "2 done, 0 running, 1 pending; best fcd 30 (t1); 00:30 elapsed, ~00:15 left",
+        "2 done, 0 running, 1 pending; best fcd 30 (t1); 01:20 elapsed, ~00:40 left",
     ]
+    at(80 + QUIET_SUMMARY_SECONDS)  # a sign of life while long epochs run
+    assert lines[-1] == "2 done, 0 running, 1 pending; best fcd 30 (t1); 06:20 elapsed, ~03:10 left"
     progress.started("t3", {"lr": 1e6})
     progress.epoch("t3", 1, {"fcd": float("nan")})
     progress.ended("t3", 1, "TrainingDiverged: training diverged at epoch 1")
     progress.summary()
     assert lines[-2] == "t3 failed     TrainingDiverged: training diverged at epoch 1"
-    assert lines[-1] == "3 done, 0 running, 0 pending; best fcd 30 (t1); 00:30 elapsed, done"
+    assert lines[-1] == "3 done, 0 running, 0 pending; best fcd 30 (t1); 06:20 elapsed, done"
