@@ -25,7 +25,7 @@ from sweeps.tracking import TrackingError, check_reachable, close_sweep, open_sw
 
 SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "num_samples": 4, "epochs": 2, "train_subset": 512, "batch_size": 64, "max_concurrent": 2,
-    "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2,
+    "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2, "iwae_samples": 5,
 }
 TABLE_ROWS = 5
 RESUME_OVERRIDES = ("address", "resume", "storage_path", "name", "max_concurrent")
@@ -82,6 +82,11 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                    help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup; "
                         "its GAN scores come from a classifier trained 2 epochs on those 512 "
                         "images, so they are not comparable with a real sweep's")
+    if model == "vae":
+        p.add_argument("--iwae-samples", type=int, default=TrainConfig.iwae_samples,
+                       help="importance samples K of the last epoch's test_iwae over the test set "
+                            f"(default {TrainConfig.iwae_samples}; about a minute on one CPU "
+                            "thread for 10k test images; 0 skips it)")
     if model == "gan":
         p.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples,
                        help="generated images scored per evaluation")
@@ -118,8 +123,9 @@ def train_settings(args: argparse.Namespace) -> dict:
     """TrainConfig fields shared by every trial (validated here, once, by building one)."""
     settings = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
                 "train_subset": args.train_subset, "seed": args.seed, "precision": args.precision}
-    if hasattr(args, "eval_samples"):
-        settings["eval_samples"] = args.eval_samples
+    for model_specific in ("eval_samples", "iwae_samples"):
+        if hasattr(args, model_specific):
+            settings[model_specific] = getattr(args, model_specific)
     try:
         TrainConfig(**settings)
     except ValueError as err:
