@@ -1,6 +1,11 @@
-"""Device, precision and CPU-thread choice, made once per run in one place.
+"""Device, precision, CPU-thread and GPU-path choices, made once per run in one place.
 
-    device, autocast = setup_device("auto", "fp32", num_threads=None)
+    device = setup_device("auto", "fp32", num_threads=None)
+    autocast = autocast_factory(device, "bf16")
+    forward = maybe_compile(model, "default")      # same parameters, compiled forward
+
+Each speed option (bf16 autocast, channels-last, torch.compile) is off by default and measured by
+`python bench/run.py --variants ...` before any becomes a default.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from contextlib import AbstractContextManager
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+# torch.compile modes of the train step ("off": eager). "reduce-overhead" adds CUDA graphs, which cut
+# the per-kernel launch cost that dominates these small models' steps on a GPU.
+COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
 def available_cpus() -> int:
@@ -54,3 +62,25 @@ def setup_device(device: str, precision: str, num_threads: int | None) -> torch.
     check_precision(resolved, precision)
     torch.set_num_threads(num_threads or available_cpus())
     return resolved
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {mode!r}")
+
+
+def maybe_compile(fn: Callable, mode: str) -> Callable:
+    """`fn` (a module or a loss function) compiled by torch.compile in `mode`, or `fn` itself when
+    mode is "off". A compiled module shares its parameters with the original, so checkpoints and
+    evaluation keep using the original module and its state_dict keys are unchanged. Shapes are
+    static: the loop drops the last partial batch, so one compilation serves the whole run."""
+    check_compile_mode(mode)
+    if mode == "off":
+        return fn
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """channels-last (NHWC) lets cuDNN pick its faster convolution kernels for bf16 / TF32;
+    it only changes 4-d tensors (convolutions), so it is a no-op for the VAE's MLP."""
+    return torch.channels_last if channels_last else torch.contiguous_format

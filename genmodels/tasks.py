@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 import torch
 
 from genmodels.data import ImageData, to_unit_interval
+from genmodels.device import maybe_compile, memory_format
 from genmodels.gan import (
     Discriminator,
     GANConfig,
@@ -31,6 +32,10 @@ NUM_FIXED_SAMPLES = 64  # an 8 x 8 grid per epoch
 NUM_COMPARISON = 16  # rows of the real-vs-model figures
 EVAL_BATCH = 1000  # test images per forward pass during evaluation
 TEST_BINARIZATION_SEED = 1234  # one fixed binarized test set, shared by every run and epoch
+# The VAE's evaluation subset: a seeded permutation of the test split, the same in every run, so
+# trials are compared on the same images (a random subset, not the first N: the two halves of
+# MNIST's t10k were written by different people and differ in difficulty).
+TEST_SUBSET_SEED = 2024
 SCORE_NOISE_SEED = 4321  # the same noise for the scored samples every epoch and in every run
 IWAE_BATCH_SAMPLES = 20_000  # images x K importance samples per IWAE forward pass
 
@@ -41,6 +46,12 @@ def fixed_noise(seed: int, latent_dim: int, device: torch.device) -> torch.Tenso
     """The same noise every epoch, so the per-epoch grids show one set of samples improving."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=generator).to(device)
+
+
+def test_subset(images: torch.Tensor, n: int) -> torch.Tensor:
+    """The first `n` images of the test split in a fixed seeded order (all if n >= its size)."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(TEST_SUBSET_SEED))
+    return images[order[:n].to(images.device)]
 
 
 class VAETask:
@@ -54,13 +65,16 @@ class VAETask:
     def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
-        self.iwae_samples = train_cfg.iwae_samples
+        self.iwae_samples, self.iwae_images = train_cfg.iwae_samples, train_cfg.iwae_images
         self.model = self.build_sampler(cfg).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.modules = {"model": self.model}
         self.optimizers = {"optimizer": self.optimizer}
         self.fixed_z = fixed_noise(train_cfg.seed, cfg.latent_dim, device)
+        # The whole loss in one compiled graph (one output, one backward); eval stays eager.
+        self._train_loss = maybe_compile(self._loss, train_cfg.compile_mode)
         self.test_targets = self._test_targets()
+        self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
 
     def _test_targets(self) -> torch.Tensor:
         x = to_unit_interval(self.data.test_images)
@@ -72,13 +86,16 @@ class VAETask:
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
 
-    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimizer step on float images [N, 1, 28, 28] in [0, 1]."""
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.binarize:
             x = torch.bernoulli(x)  # dynamic binarization: a fresh draw every time
-        self.model.train()
         with self.autocast():
-            loss = -elbo_terms(self.model, x)["elbo"].mean()  # negative ELBO, nats per image
+            return -elbo_terms(self.model, x)["elbo"].mean()  # negative ELBO, nats per image
+
+    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimizer step on float images [N, 1, 28, 28] in [0, 1]."""
+        self.model.train()
+        loss = self._train_loss(x)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -86,29 +103,37 @@ class VAETask:
 
     @torch.no_grad()
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
-        """Mean ELBO and its terms over the whole test split, dropout off."""
+        """Mean ELBO and its terms over the evaluation subset (`test_images`), dropout off; on the
+        last epoch also test_iwae (K = `iwae_samples` on the subset's first `iwae_images`)."""
+        metrics = self.test_elbo(self.eval_targets)
+        if last and self.iwae_samples > 0:
+            metrics["test_iwae"] = self.test_iwae(self.iwae_samples,
+                                                  self.eval_targets[:self.iwae_images])
+        return metrics
+
+    @torch.no_grad()
+    def test_elbo(self, targets: torch.Tensor) -> dict[str, float]:
+        """test_elbo, test_recon and test_kl: per-image means over `targets` (nats)."""
         self.model.eval()
         totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-        for x in self.test_targets.split(EVAL_BATCH):
+        for x in targets.split(EVAL_BATCH):
             with self.autocast():
                 terms = elbo_terms(self.model, x)
             for key in totals:
                 totals[key] += terms[key].sum().item()
-        n = len(self.test_targets)
-        metrics = {f"test_{key}": value / n for key, value in totals.items()}
-        if last and self.iwae_samples > 0:
-            metrics["test_iwae"] = self.test_iwae(self.iwae_samples)
-        return metrics
+        return {f"test_{key}": value / len(targets) for key, value in totals.items()}
 
     @torch.no_grad()
-    def test_iwae(self, k: int) -> float:
-        """Mean IWAE bound on log p(x) over the whole test split, K importance samples each."""
+    def test_iwae(self, k: int, targets: torch.Tensor | None = None) -> float:
+        """Mean IWAE bound on log p(x) over `targets` (default: the whole test split), K importance
+        samples each."""
         self.model.eval()
+        targets = self.test_targets if targets is None else targets
         total = 0.0
-        for x in self.test_targets.split(max(1, IWAE_BATCH_SAMPLES // k)):
+        for x in targets.split(max(1, IWAE_BATCH_SAMPLES // k)):
             with self.autocast():
                 total += iwae_bound(self.model, x, k).sum().item()
-        return total / len(self.test_targets)
+        return total / len(targets)
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
@@ -137,38 +162,55 @@ class GANTask:
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
         self.scorer = scorer  # classifier-based scores of generated images (None: skip them)
         self.eval_samples = train_cfg.eval_samples
-        self.generator = self.build_sampler(cfg).to(device)
-        self.discriminator = Discriminator(cfg.dropout).to(device)
+        self.memory_format = memory_format(train_cfg.channels_last)
+        self.generator = self.build_sampler(cfg).to(device, memory_format=self.memory_format)
+        self.discriminator = Discriminator(cfg.dropout).to(device,
+                                                           memory_format=self.memory_format)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d, betas=betas)
         self.modules = {"generator": self.generator, "discriminator": self.discriminator}
         self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
         self.fixed_h = fixed_noise(train_cfg.seed, cfg.latent_dim, device)
+        # Compiled: G's forward, and each step's D forwards plus loss. Not one graph for the whole
+        # step: G's output is backpropagated twice (through D's step, detached, and G's own), and a
+        # graph with several outputs has one backward.
+        mode = train_cfg.compile_mode
+        self._generate = maybe_compile(self.generator, mode)
+        self._d_loss = maybe_compile(self._discriminator_loss, mode)
+        self._g_loss = maybe_compile(self._generator_loss, mode)
+
+    def _discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor):
+        with self.autocast():
+            real_logits = self.discriminator(real)
+            fake_logits = self.discriminator(fake)
+            loss = discriminator_loss(real_logits, fake_logits)
+        return loss, real_logits.detach(), fake_logits.detach()
+
+    def _generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return generator_loss(self.discriminator(fake))
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
 
     def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D step and one G step on float images [N, 1, 28, 28] in [0, 1]."""
-        real = x * 2 - 1  # [0, 1] -> [-1, 1], the range of G's tanh
+        real = (x * 2 - 1).contiguous(memory_format=self.memory_format)  # [-1, 1]: G's tanh range
         h = torch.randn(len(real), self.cfg.latent_dim, device=self.device)
         self.generator.train()
         self.discriminator.train()
 
         # (1) update D: maximize log D(x) + log(1 - D(G(h)))
         with self.autocast():
-            fake = self.generator(h)
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(fake.detach())
-            loss_d = discriminator_loss(real_logits, fake_logits)
+            fake = self._generate(h)
+        loss_d, real_logits, fake_logits = self._d_loss(real, fake.detach())
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
         # (2) update G: maximize log D(G(h)) against the freshly updated D
-        with self.autocast():
-            loss_g = generator_loss(self.discriminator(fake))
+        loss_g = self._g_loss(fake)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -176,8 +218,8 @@ class GANTask:
         return {
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
-            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),  # D(x)
-            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),  # D(G(h)) before (1)
+            "d_real": torch.sigmoid(real_logits.float()).mean(),  # D(x)
+            "d_fake": torch.sigmoid(fake_logits.float()).mean(),  # D(G(h)) before (1)
         }
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:

@@ -9,8 +9,11 @@ samples/epoch_NNN.png (Figures 1 and 3), samples_across_epochs.png, real_vs_reco
 or real_vs_generated.png (GAN), checkpoint.pt (latest epoch) and status.json.
 
 The GAN is scored every --eval-every epochs (inception_score, inception_score_std, fcd, precision,
-recall on --eval-samples generated images) by a classifier trained once per data set and cached;
-the VAE's last epoch adds test_iwae (K = --iwae-samples).
+recall on --eval-samples generated images) by a classifier trained once per data set and cached.
+The VAE reports test_elbo / test_recon / test_kl on --test-images images (a fixed seeded subset of
+the test split, the same in every run) and, on the last epoch, test_iwae with K = --iwae-samples on
+the first --iwae-images of that subset. The literature's IWAE number is
+--iwae-samples 100 --iwae-images 10000 --test-images 10000 (the whole test split; minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from genmodels.classifier import CACHE_ENV, ensure_classifier, load_scorer
 from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, load_dataset
-from genmodels.device import PRECISIONS, resolve_device
+from genmodels.device import COMPILE_MODES, PRECISIONS, resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import write_json, write_status
 from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED
@@ -37,9 +40,10 @@ from genmodels.training import (
 )
 
 # Options that may differ on --resume: everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("epochs", "device", "num_threads", "eval_every")
+RESUME_OVERRIDES = ("epochs", "device", "num_threads", "eval_every", "compile_mode", "channels_last")
 # TrainConfig fields whose command-line option is spelled out by hand below.
-TRAIN_CHOICES = {"dataset": sorted(DATASETS), "precision": list(PRECISIONS)}
+TRAIN_CHOICES = {"dataset": sorted(DATASETS), "precision": list(PRECISIONS),
+                 "compile_mode": list(COMPILE_MODES)}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple = ()) -> None:

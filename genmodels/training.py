@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genmodels.data import ImageData, check_dataset_name, iterate_batches
-from genmodels.device import PRECISIONS, autocast_factory, setup_device
+from genmodels.device import PRECISIONS, autocast_factory, check_compile_mode, setup_device
 from genmodels.files import atomic_write, write_json
 from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.scores import MIN_SAMPLES
@@ -31,6 +31,17 @@ from genmodels.tasks import TASKS
 CHECKPOINT_FORMAT = 1
 DIVERGENCE_CHECK_EVERY = 50  # steps between finiteness checks (each one syncs with the device)
 EVAL_SEED = 0  # evaluation draws its own noise, so it never changes the training trajectory
+# Default evaluation sizes, chosen so that a default run spends at least 90% of its wall time
+# training (bench/run.py measures the share; bench/RESULTS.md has the numbers). The literature's
+# IWAE (K = 100 on the whole test split) is --iwae-samples 100 --iwae-images 10000: 50-90 s on one
+# CPU thread, more than ten MNIST epochs of training here.
+DEFAULT_TEST_IMAGES = 2_000  # VAE: test-ELBO images per evaluation (a fixed seeded subset)
+DEFAULT_IWAE_SAMPLES = 10  # VAE: K of the last epoch's test_iwae
+DEFAULT_IWAE_IMAGES = 1_000  # VAE: test_iwae images (the first of the same subset)
+# GAN: generated images scored per evaluation. 10,000 took 11 s against a 45 s epoch of the 10k
+# MNIST here (80% training); 2,000 (the precision/recall cap already) keeps it near 95%. Scores are
+# compared between trials at the same count (fcd's bias grows as the count shrinks).
+DEFAULT_EVAL_SAMPLES = 2_000
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,14 +65,26 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     num_threads: int | None = None  # torch CPU threads; None = every CPU this process may use
+    channels_last: bool = False  # NHWC images and conv weights (GAN; no-op for the VAE's MLP)
+    compile_mode: str = "off"  # torch.compile of the train step: off | default | reduce-overhead
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
-    eval_samples: int = 10_000  # GAN: generated images scored by the classifier per evaluation
-    iwae_samples: int = 100  # VAE: importance samples K of the last epoch's test_iwae (0: skip)
+    eval_samples: int = DEFAULT_EVAL_SAMPLES  # GAN: generated images scored per evaluation
+    # VAE test metrics (genmodels.tasks.VAETask.evaluate): test_elbo / test_recon / test_kl on a fixed
+    # seeded subset of `test_images` test images (>= the split's size: the whole split); the last
+    # epoch's test_iwae with K = `iwae_samples` (0: skip) on the first `iwae_images` of that subset.
+    test_images: int = DEFAULT_TEST_IMAGES
+    iwae_samples: int = DEFAULT_IWAE_SAMPLES
+    iwae_images: int = DEFAULT_IWAE_IMAGES
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
         if not isinstance(self.iwae_samples, int) or self.iwae_samples < 0:
             raise ValueError(f"iwae_samples must be 0 (off) or a positive integer, got {self.iwae_samples!r}")
+        for name in ("test_images", "iwae_images"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer (a value at least the test "
+                                 f"split's size uses all of it), got {value!r}")
         if not isinstance(self.eval_samples, int) or self.eval_samples < MIN_SAMPLES:
             raise ValueError(f"eval_samples must be an integer >= {MIN_SAMPLES}, got {self.eval_samples!r}")
         for name in ("epochs", "batch_size", "eval_every"):
@@ -74,6 +97,7 @@ class TrainConfig:
             raise ValueError(f"train_subset must be a positive integer, got {self.train_subset!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {self.num_threads!r}")
+        check_compile_mode(self.compile_mode)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -146,7 +170,8 @@ class Trainer:
             f"data       {self.data.name}: {len(self.data.train_images)} train / "
             f"{len(self.data.test_images)} test images on {self.device}",
             f"device     {self.device}, {self.train_cfg.precision}, "
-            f"{torch.get_num_threads()} CPU threads",
+            f"{torch.get_num_threads()} CPU threads, compile {self.train_cfg.compile_mode}, "
+            f"channels-last {self.train_cfg.channels_last}",
         ]
         for name, module in self.task.modules.items():
             params = sum(p.numel() for p in module.parameters())

@@ -83,10 +83,16 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                         "its GAN scores come from a classifier trained 2 epochs on those 512 "
                         "images, so they are not comparable with a real sweep's")
     if model == "vae":
+        p.add_argument("--test-images", type=int, default=TrainConfig.test_images,
+                       help="test_elbo's images each epoch: a fixed seeded subset of the test split "
+                            f"(default {TrainConfig.test_images}; 10000 for all of it)")
         p.add_argument("--iwae-samples", type=int, default=TrainConfig.iwae_samples,
-                       help="importance samples K of the last epoch's test_iwae over the test set "
-                            f"(default {TrainConfig.iwae_samples}; about a minute on one CPU "
-                            "thread for 10k test images; 0 skips it)")
+                       help=f"importance samples K of the last epoch's test_iwae (default "
+                            f"{TrainConfig.iwae_samples}; 0 skips it; 100 is the literature's)")
+        p.add_argument("--iwae-images", type=int, default=TrainConfig.iwae_images,
+                       help=f"test_iwae's images, the first of the test_elbo subset (default "
+                            f"{TrainConfig.iwae_images}). K=100 on all 10,000 is about a minute "
+                            "per trial on one CPU thread")
     if model == "gan":
         p.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples,
                        help="generated images scored per evaluation")
@@ -123,7 +129,7 @@ def train_settings(args: argparse.Namespace) -> dict:
     """TrainConfig fields shared by every trial (validated here, once, by building one)."""
     settings = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
                 "train_subset": args.train_subset, "seed": args.seed, "precision": args.precision}
-    for model_specific in ("eval_samples", "iwae_samples"):
+    for model_specific in ("eval_samples", "test_images", "iwae_samples", "iwae_images"):
         if hasattr(args, model_specific):
             settings[model_specific] = getattr(args, model_specific)
     try:

@@ -96,6 +96,29 @@ def test_a_trained_model_loads_from_its_checkpoint_and_from_plain_files(model, m
         assert torch.equal(drawn, expected)
 
 
+def test_vae_evaluates_on_a_fixed_seeded_test_subset(mnist):
+    trainer = make_trainer("vae", mnist, epochs=1, test_images=300, iwae_samples=3,
+                           iwae_images=100)
+    task = trainer.task
+    assert len(task.eval_targets) == 300
+    # The same images in every run, whatever its seed, and not simply the first 300.
+    other = make_trainer("vae", mnist, epochs=1, seed=5, test_images=300)
+    assert torch.equal(other.task.eval_targets, task.eval_targets)
+    assert not torch.equal(task.eval_targets, task.test_targets[:300])
+    rows = {tuple(row.flatten().tolist()) for row in task.test_targets[:, 0, :2]}
+    assert all(tuple(row.flatten().tolist()) in rows for row in task.eval_targets[:, 0, :2])
+
+    assert "test_iwae" not in task.evaluate(1, last=False)
+    metrics = task.evaluate(1, last=True)
+    assert {"test_elbo", "test_recon", "test_kl", "test_iwae"} <= set(metrics)
+    # IWAE (K = 3) bounds log p(x) at least as tightly as the ELBO on the same 100 images.
+    elbo_100 = task.test_elbo(task.eval_targets[:100])["test_elbo"]
+    assert metrics["test_iwae"] > elbo_100 - 2.0
+
+    whole = make_trainer("vae", mnist, epochs=1, test_images=10_000)
+    assert len(whole.task.eval_targets) == len(mnist.test_images)
+
+
 def test_diverging_gan_stops_with_a_clear_status(mnist):
     trainer = make_trainer("gan", mnist, epochs=2, model_cfg=GANConfig(lr_g=1e30, lr_d=1e30),
                            **SMALL)
@@ -119,6 +142,8 @@ def test_bf16_autocast_runs_on_cpu(mnist):
     (lambda: TrainConfig(epochs=0), "epochs"),
     (lambda: TrainConfig(dataset="cifar10"), "unknown dataset"),
     (lambda: TrainConfig(precision="fp8"), "precision"),
+    (lambda: TrainConfig(test_images=0), "test_images"),
+    (lambda: TrainConfig(iwae_images=-5), "iwae_images"),
 ])
 def test_bad_configs_are_clear_errors(build, message):
     with pytest.raises(ValueError, match=message):
