@@ -11,6 +11,7 @@ import pytest
 
 from sweeps import search_space as spaces
 from sweeps.runner import SweepError, fixed_model_values, parse_options, run
+from sweeps.tuner import to_tune, tune_distribution
 from trainables.trainable import model_config_from_tune
 
 SAMPLES = 200
@@ -35,7 +36,7 @@ def test_print_space_shows_every_range_and_needs_no_data(model, names, tmp_path,
 @pytest.mark.parametrize("model", ["vae", "gan"])
 def test_every_sample_of_the_default_space_builds_a_valid_config(model):
     space = spaces.search_space(model)
-    domains = spaces.to_tune(space)
+    domains = to_tune(space)
     rng = np.random.default_rng(0)
     fixed = fixed_model_values(model, space)
     for _ in range(SAMPLES):
@@ -46,7 +47,7 @@ def test_every_sample_of_the_default_space_builds_a_valid_config(model):
 
 
 def test_integer_ranges_include_both_ends():
-    domain = spaces.Range(2, 4, integer=True).to_tune()
+    domain = tune_distribution(spaces.Range(2, 4, integer=True))
     values = set(domain.sample(size=SAMPLES, random_state=np.random.default_rng(0)))
     assert values == {2, 3, 4}
 
