@@ -111,6 +111,10 @@ def _unpack_gzipped(raw: Path) -> None:
 def check_dataset_files(name: str, data_dir: str | os.PathLike | None) -> Path:
     """Fail early, before any training starts, if the files are not there (and say which)."""
     check_dataset_name(name)
+    root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the data folder {root} is a file, not a folder; point --data-dir / "
+                        f"${DATA_DIR_ENV} at the folder that holds '{DATASETS[name].__name__}/raw'")
     raw = raw_folder(name, data_dir)
     if raw.is_dir():
         _unpack_gzipped(raw)

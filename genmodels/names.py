@@ -46,6 +46,7 @@ STATUSES = (FINISHED, STOPPED_EARLY, FAILED, DIVERGED, UNFINISHED)
 CHECKPOINT_FILE = "checkpoint.pt"  # Trainer.save_checkpoint: weights, optimizers, RNG, history
 STATUS_FILE = "status.json"  # how a run or trial ended: genmodels.files.write_status
 OPTIONS_FILE = "gensweep_options.json"  # a sweep's own options, in its folder; --resume reuses them
+LOCK_FILE = ".gensweep.lock"  # in a sweep's folder, held by its driver: one driver per sweep
 PLACEMENT_FILE = "placement.json"  # where a trial ran: node, GPU ids, device
 MODEL_WEIGHTS_FILE = "weights.pt"  # a trained model's sampling network: its state_dict only
 MODEL_CONFIG_FILE = "model.json"  # ... and what rebuilds it: {"model", "model_config", "format"}

@@ -54,6 +54,11 @@ class TrainingDiverged(RuntimeError):
             "Lower the learning rates or try another seed."
         )
 
+    def __reduce__(self):
+        # Ray pickles a trial's error to the driver; the default (cls, self.args) would call
+        # __init__ with the message alone and fail, hiding this error behind a TypeError.
+        return type(self), (self.epoch, self.step, self.metrics)
+
 
 @dataclass
 class TrainConfig:

@@ -2,17 +2,47 @@
 
 `ConsoleCallback` turns Tune's trial events into the sweep's console lines (sweeps/console.py).
 `TrialStatusCallback` corrects child-run statuses in MLflow: a trial that ASHA stopped early is
-FINISHED and tagged `stopped_early`; an errored trial is FAILED with the reason.
+FINISHED and tagged `stopped_early`; a trial that errored for good (its retries used up) is FAILED
+with the error's message as `gensweep.failure_reason` and `gensweep.status` failed or diverged, and
+gets a run even if its worker died before it could make one.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from genmodels.names import FAILURE_TAG, STATUS_TAG, STOPPED_EARLY
+from genmodels.names import (
+    DIVERGED,
+    FAILED,
+    FAILURE_TAG,
+    MODEL_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    STATUS_TAG,
+    STOPPED_EARLY,
+    SWEEP_TAG,
+    TRIAL_ID_TAG,
+)
 from sweeps.console import Progress, reason_of
-from trainables.tracking import SweepRecords, find_trial_run, retry
+from trainables.tracking import MAX_TAG_CHARS, SweepRecords, find_trial_run, retry
+
+ERROR_SUFFIXES = ("Error", "Exception", "Diverged")  # exception class names in a traceback
+
+
+def error_summary(text: str) -> str:
+    """A trial's error from Ray's error.txt in one line: its last `SomeError: message` line (Ray
+    wraps it in a traceback), else its first line."""
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith("Failure #")]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.replace(".", "").isidentifier() and head.endswith(ERROR_SUFFIXES):
+            return line
+    return lines[0] if lines else "trial error"
 
 
 class ConsoleCallback(tune.Callback):
@@ -43,16 +73,20 @@ class ConsoleCallback(tune.Callback):
 
 
 class TrialStatusCallback(tune.Callback):
-    """Driver-side corrections of child-run statuses that a trial cannot make itself."""
+    """Driver-side corrections of child-run statuses that a trial cannot make itself. `stop` (the
+    runner's StopSignals) tells a trial that Ctrl-C ended from one the scheduler stopped."""
 
-    def __init__(self, tracking: SweepRecords, epochs: int):
-        self.tracking, self.epochs = tracking, epochs
+    def __init__(self, tracking: SweepRecords, epochs: int, stop=None):
+        self.tracking, self.epochs, self.stop = tracking, epochs, stop
 
     def _run_id(self, trial) -> str | None:
         client = MlflowClient(self.tracking.uri)
-        return find_trial_run(client, self.tracking.experiment_id, trial.trial_id)
+        return find_trial_run(client, self.tracking.experiment_id, trial.trial_id,
+                              self.tracking.parent_run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.stop is not None and self.stop.received is not None:
+            return  # interrupted, not finished: close_sweep marks it KILLED
         run_id = self._run_id(trial)
         if run_id is None:
             return
@@ -63,11 +97,22 @@ class TrialStatusCallback(tune.Callback):
             retry(lambda: client.set_terminated(run_id, "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
+        """Tune calls this once a trial has used up its retries (on_trial_recover before)."""
+        text = ""
+        if trial.error_file and Path(trial.error_file).exists():
+            text = Path(trial.error_file).read_text(errors="replace")
+        reason = error_summary(text)[:MAX_TAG_CHARS]
+        status = DIVERGED if "TrainingDiverged" in text else FAILED
         client = MlflowClient(self.tracking.uri)
+        run_id = self._run_id(trial)
+        if run_id is None:  # its worker died before the trial could start its run
+            run_id = retry(lambda: client.create_run(self.tracking.experiment_id, tags={
+                PARENT_RUN_TAG: self.tracking.parent_run_id, RUN_NAME_TAG: str(trial),
+                TRIAL_ID_TAG: trial.trial_id, SWEEP_TAG: self.tracking.sweep,
+                MODEL_TAG: self.tracking.model})).info.run_id
+            retry(lambda: client.log_batch(run_id, params=[
+                Param(k, str(v)) for k, v in trial.config.items()]))
         if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
-            retry(lambda: client.set_tag(run_id, FAILURE_TAG,
-                                         str(getattr(trial, "error_file", "") or "trial error")))
+            retry(lambda: client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status),
+                                                         RunTag(FAILURE_TAG, reason)]))
             retry(lambda: client.set_terminated(run_id, "FAILED"))

@@ -1,8 +1,10 @@
 """What `sweeps/vae_sweep.py` and `sweeps/gan_sweep.py` share: options, checks, the Tuner, the table.
 
-Order of work, so that mistakes cost seconds: parse and validate the options and the search space,
-check the data set is on disk, start (or join) Ray, check the resource request fits some node, load
-the data once, train or load the scoring classifier once, then run the trials.
+Order of work, so that mistakes cost seconds and write nothing: parse and validate the options and
+the search space, read and check the data set, check the tracking server answers (all before Ray
+starts, each a one-line `error: ...` and exit code 2), then take the sweep's lock, start (or join)
+Ray, check the resource request fits some node, train or load the scoring classifier once, and run
+the trials. Exit codes: EXIT_* below (README, "Faults, exit codes and signals").
 """
 
 from __future__ import annotations
@@ -10,13 +12,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, ensure_dataset_files, load_dataset
-from genmodels.files import write_json
-from genmodels.names import DIRECTIONS, OBJECTIVES, OPTIONS_FILE, SWEEP_LOG_FILE, tracking_uri
+from filelock import FileLock, Timeout
+
+from genmodels.data import (
+    DATA_DIR_ENV,
+    DATASETS,
+    DataError,
+    ensure_dataset_files,
+    load_dataset,
+    resolve_data_dir,
+)
+from genmodels.files import read_status, write_json
+from genmodels.names import (
+    DIRECTIONS,
+    DIVERGED,
+    LOCK_FILE,
+    OBJECTIVES,
+    OPTIONS_FILE,
+    SWEEP_LOG_FILE,
+    tracking_uri,
+)
 from genmodels.tasks import TASKS
 from genmodels.training import TrainConfig
 from sweeps import search_space as spaces
@@ -28,15 +49,33 @@ SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2, "iwae_samples": 5,
 }
 TABLE_ROWS = 5
-RESUME_OVERRIDES = ("address", "resume", "storage_path", "name", "max_concurrent")
+# On --resume the sweep keeps its own options (epochs, data set, space...). Its location and Ray
+# address are always this command's; these may be given anew; any other option given with another
+# value than the sweep's is an error naming both.
+RESUME_CURRENT = ("address", "resume", "storage_path", "name")
+RESUME_OVERRIDES = ("max_concurrent", "data_dir", "mlflow_uri", "max_failures", "download")
+DEFAULT_MAX_FAILURES = 2  # retries of a trial whose worker or node died, from its last checkpoint
+
+EXIT_OK = 0  # every requested trial finished, or was stopped early by the scheduler
+EXIT_BAD_INPUT = 2  # an option, the data, the tracking server, or the sweep already running
+EXIT_TRIALS_FAILED = 3  # the sweep ended, but some trials failed or diverged
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C: unfinished trials resumable, runs KILLED
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, SIGTERM (`timeout`, a cluster scheduler): the same
 
 
 class SweepError(RuntimeError):
     """A problem found before any trial starts; the message says how to fix it."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are our one-line `error: ...` (exit 2), not usage + a second line."""
+
+    def error(self, message: str):
+        raise SweepError(f"{message} (see --help)")
+
+
 def build_parser(model: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python sweeps/{model}_sweep.py",
+    p = _Parser(prog=f"python sweeps/{model}_sweep.py",
                                 description=f"Hyperparameter sweep of the {model.upper()} on Ray "
                                             "Tune, searched with Optuna (TPE).")
     metrics = list(OBJECTIVES[model])
@@ -70,6 +109,10 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--name", default=f"{model}-sweep", help="the sweep's name (its folder)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted sweep --name in --storage-path")
+    p.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES,
+                   help="times a trial is retried from its last checkpoint after its worker or "
+                        f"node died (default {DEFAULT_MAX_FAILURES}; a diverged trial is never "
+                        "retried)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial")
     p.add_argument("--metric", choices=metrics, default=metrics[0],
                    help=f"objective (default {metrics[0]})")
@@ -109,20 +152,64 @@ def parse_options(model: str, argv: list[str] | None) -> argparse.Namespace:
         for key, value in SMOKE.items():
             if hasattr(args, key) and parser.get_default(key) == getattr(args, key):
                 setattr(args, key, value)
-    if args.num_samples < 1:
-        raise SweepError(f"--num-samples must be at least 1, got {args.num_samples}")
+    check_options(args)
+    return args
+
+
+def given_options(model: str, argv: list[str] | None) -> set[str]:
+    """The options written on the command line (not defaulted): what --resume compares."""
+    parser = build_parser(model)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Each option's own range, the option named in the message."""
+    for option in ("num_samples", "epochs", "batch_size"):  # epochs before the grace period
+        value = getattr(args, option)
+        if value < 1:
+            flag = "--" + option.replace("_", "-")
+            raise SweepError(f"{flag} must be a positive integer, got {value}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
+    if args.train_subset is not None and args.train_subset < 1:
+        raise SweepError(f"--train-subset must be a positive integer, got {args.train_subset}")
+    if args.max_failures < 0:
+        raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
     if args.cpus_per_trial <= 0:
         raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
     if args.gpus_per_trial < 0 or (args.gpus_per_trial > 1 and not args.gpus_per_trial.is_integer()):
         raise SweepError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got "
                          f"{args.gpus_per_trial}")
-    if args.epochs < 1:  # before the grace period, whose message would blame the wrong option
-        raise SweepError(f"--epochs must be a positive integer, got {args.epochs}")
     if args.scheduler == "asha" and not 1 <= args.grace_period <= args.epochs:
-        raise SweepError(f"--grace-period must be between 1 and --epochs ({args.epochs})")
-    return args
+        raise SweepError(f"--grace-period must be between 1 and --epochs ({args.epochs}), got "
+                         f"{args.grace_period}")
+    check_name(args.name)
+
+
+def check_name(name: str) -> None:
+    """The sweep's name is one folder in --storage-path and an MLflow experiment's name."""
+    if not name or name == "." or ".." in name or any(sep in name for sep in ("/", "\\", os.sep)):
+        raise SweepError(f"--name must be a plain folder name (no '/', '\\' or '..'), got "
+                         f"{name!r}; choose where the sweep goes with --storage-path")
+
+
+def check_local_gpus(args: argparse.Namespace) -> None:
+    """A local Ray sees the GPUs torch sees: refuse a GPU request before Ray starts. (On a
+    cluster, --address, check_resources asks Ray once joined.)"""
+    if args.address or args.gpus_per_trial == 0:
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} asks for GPUs, but this "
+                         "machine has none that torch can use; use --gpus-per-trial 0 (CPU) or "
+                         "join a GPU cluster with --address")
+    if args.gpus_per_trial > count:
+        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} is more than this machine's "
+                         f"{count} GPU(s)")
 
 
 def train_settings(args: argparse.Namespace) -> dict:
@@ -210,20 +297,89 @@ def run(model: str, argv: list[str] | None = None) -> int:
     try:
         return _run(model, argv)
     except (SweepError, TrackingError, DataError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the cause
+        return EXIT_BAD_INPUT
 
 
-def restore_options(args: argparse.Namespace, experiment: Path) -> argparse.Namespace:
+def restore_options(args: argparse.Namespace, given: set[str], experiment: Path,
+                    parser: argparse.ArgumentParser) -> argparse.Namespace:
     """On --resume, the interrupted sweep's own options (data, epochs, space...), so every trial of
-    one sweep trains the same way; only where and how to connect may change."""
+    one sweep trains the same way; RESUME_CURRENT and RESUME_OVERRIDES say what may change."""
     saved = experiment / OPTIONS_FILE
     if not saved.exists():
         raise SweepError(f"--resume: {experiment} has no {OPTIONS_FILE}; it was not started by "
                          "this sweep tool, or never got past its checks")
     options = json.loads(saved.read_text())
-    options.update({k: getattr(args, k) for k in RESUME_OVERRIDES})
+    for key in sorted(given - set(RESUME_CURRENT) - set(RESUME_OVERRIDES)):
+        if key in options and options[key] != getattr(args, key):
+            flag = "--" + key.replace("_", "-")
+            raise SweepError(f"--resume: {flag} {getattr(args, key)!r} differs from the sweep's "
+                             f"{options[key]!r}; a resumed sweep keeps its own {flag} (drop it, or "
+                             "start a new sweep with another --name)")
+    for key in (*RESUME_CURRENT, *RESUME_OVERRIDES):
+        if key in RESUME_CURRENT or key in given or key not in options:
+            options[key] = getattr(args, key)
+    for key, value in vars(args).items():  # options added since the sweep was started
+        options.setdefault(key, value if key in given else parser.get_default(key))
     return argparse.Namespace(**options)
+
+
+def lock_sweep(experiment: Path) -> FileLock:
+    """One driver per sweep: a second run or --resume of a running sweep is refused, never run
+    twice into one folder. The OS releases the lock when the driver dies, even by SIGKILL."""
+    experiment.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(experiment / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SweepError(f"the sweep {experiment.name!r} in {experiment.parent} is running in "
+                         "another process (its lock is held); wait for it to end, or stop it and "
+                         "--resume") from None
+    return lock
+
+
+def diverged_trials(experiment: Path) -> frozenset[str]:
+    """Ids of the trials whose status.json says diverged: --resume does not retry them (they
+    would diverge again at the same step). A trial folder is train_trial_<id>_..."""
+    return frozenset(status.parent.name.split("_")[2]
+                     for status in experiment.glob("train_trial_*/status.json")
+                     if read_status(status.parent).get("status") == DIVERGED)
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM while the trials run: Tune stops gracefully (saves the
+    experiment state, unfinished trials stay resumable), and the exit code says which came.
+
+    Tune's own SIGINT handler stops the run but hides that it did; this one records the signal and
+    hands the stop to Tune through SIGUSR1, which Tune registers (same handler) during fit(). A
+    second signal, or one before fit() has started, stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __enter__(self) -> StopSignals:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if first and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune: end the run gracefully
+            return
+        raise KeyboardInterrupt
+
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.received == signal.SIGTERM else EXIT_INTERRUPTED
+
+    def __getstate__(self) -> dict:
+        # Tune pickles the callbacks that hold this (tuner.pkl); the handlers stay with the process.
+        return {"received": None}
 
 
 @dataclass
@@ -262,60 +418,85 @@ class SweepPlan:
 
 
 def _run(model: str, argv: list[str] | None) -> int:
-    plan = prepare(model, parse_options(model, argv))
+    plan = prepare(model, parse_options(model, argv), given_options(model, argv))
     print(spaces.describe(model, plan.space))
     if plan.args.print_space:
-        return 0
-    check_inputs(plan)
+        return EXIT_OK
+    data = check_inputs(plan)
+    skip = diverged_trials(Path(plan.experiment)) if plan.args.resume and plan.local else frozenset()
 
     import ray
 
     from sweeps.tuner import build_tuner  # Ray's side: imported once the checks have passed
 
+    # Up to here nothing was written. A --resume locks its (existing) folder before Ray starts.
+    lock = lock_sweep(Path(plan.experiment)) if plan.local and plan.args.resume else None
+    stop = StopSignals()
     print(setup_lines(plan), flush=True)
     send_library_output_to(plan.log_file)
-    start_ray(plan.args.address)
     try:
+        start_ray(plan.args.address)
         resources = check_resources(plan.args)
+        if plan.local and lock is None:
+            lock = lock_sweep(Path(plan.experiment))
         save_options(plan)
-        data, scorer_cache = load_inputs(plan)
+        data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
-        tuner = build_tuner(plan, data, scorer_cache, tracking, resources)
-        results = fit(plan, tuner, tracking)
+        tuner = build_tuner(plan, data, scorer_cache, tracking, resources, stop, skip)
+        results = fit(plan, tuner, tracking, stop)
         if results is None:
-            return 130  # Ctrl-C during the run: the sweep continues with --resume
-        report(plan, results, tracking)
-        return 0
+            return stop.exit_code()  # a second signal: the sweep continues with --resume
+        return report(plan, results, tracking, stop)
     finally:
         ray.shutdown()
+        if lock is not None:
+            lock.release()
 
 
-def prepare(model: str, args: argparse.Namespace) -> SweepPlan:
+def prepare(model: str, args: argparse.Namespace, given: set[str]) -> SweepPlan:
     """Resolve --resume and the storage, build and check the search space and the training
     settings: everything that needs neither the data, Ray nor MLflow."""
     storage = storage_uri(args.storage_path)
     experiment = Path(storage) / args.name
     local = "://" not in storage
     if args.resume and local:
-        if not experiment.exists():
+        if not (experiment / "tuner.pkl").exists():
             raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
                              "--storage-path")
-        args = restore_options(args, experiment)
+        args = restore_options(args, given, experiment, build_parser(model))
+        check_options(args)
     if not args.resume and local and (experiment / "tuner.pkl").exists():
         raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
                          "to continue it, or another --name")
     overrides = spaces.load_overrides(args.space) if args.space else None
     space = spaces.search_space(model, overrides)
+    # Saved resolved, so a --resume from another folder finds the same data and records.
+    args.mlflow_uri = tracking_uri(args.mlflow_uri)
+    args.data_dir = str(resolve_data_dir(args.data_dir))
     return SweepPlan(model=model, args=args, space=space, settings=train_settings(args),
-                     storage=storage, mlflow_uri=tracking_uri(args.mlflow_uri))
+                     storage=storage, mlflow_uri=args.mlflow_uri)
 
 
-def check_inputs(plan: SweepPlan) -> None:
-    """The data on disk and the tracking server answering: before Ray starts, seconds not minutes."""
+def check_inputs(plan: SweepPlan):
+    """Before Ray starts, in seconds, writing nothing (but a --download): a GPU request this
+    machine cannot meet, the data set (read and checked whole: a missing, empty or truncated file
+    is found here, and the trials get this very copy), and the tracking server answering. Returns
+    the data."""
+    args = plan.args
+    check_local_gpus(args)
     # getattr: the options saved by a sweep from before --download existed lack it (--resume)
-    ensure_dataset_files(plan.args.dataset, plan.args.data_dir,
-                         download=getattr(plan.args, "download", False))
+    ensure_dataset_files(args.dataset, args.data_dir, download=getattr(args, "download", False))
+    data = load_dataset(args.dataset, args.data_dir)
+    available = len(data.train_images)
+    if args.train_subset is not None and args.train_subset > available:
+        raise SweepError(f"--train-subset {args.train_subset} is more than the {available} "
+                         f"training images of {args.dataset}")
+    images = min(args.train_subset or available, available)
+    if args.batch_size > images:
+        raise SweepError(f"--batch-size {args.batch_size} is larger than the {images} training "
+                         "images; lower --batch-size or raise --train-subset")
     check_reachable(plan.mlflow_uri)
+    return data
 
 
 def save_options(plan: SweepPlan) -> None:
@@ -331,11 +512,10 @@ def open_records(plan: SweepPlan):
                       spaces.describe(plan.model, plan.space), args.resume)
 
 
-def load_inputs(plan: SweepPlan) -> tuple:
-    """The data set, loaded once, and for the GAN the scoring classifier (trained once per data
-    set and cached across sweeps); both reach the trials through Ray's object store."""
+def load_inputs(plan: SweepPlan, data) -> tuple:
+    """The data set (loaded once, by check_inputs) and for the GAN the scoring classifier (trained
+    once per data set and cached across sweeps); both reach the trials through Ray's object store."""
     args = plan.args
-    data = load_dataset(args.dataset, args.data_dir)
     if plan.model != "gan":
         return data, None
     from genmodels.classifier import EPOCHS, ensure_classifier, load_cache
@@ -346,25 +526,25 @@ def load_inputs(plan: SweepPlan) -> tuple:
     return data, load_cache(path)
 
 
-def fit(plan: SweepPlan, tuner, tracking):
-    """Run the trials; None when Ctrl-C reached us (the records are closed KILLED)."""
+def fit(plan: SweepPlan, tuner, tracking, stop: StopSignals):
+    """Run the trials; None when a second Ctrl-C cut Tune's own stop short (the records are
+    closed KILLED). A first Ctrl-C or SIGTERM ends fit() gracefully; `stop` remembers it."""
     args = plan.args
-    try:
-        return tuner.fit()
-    except KeyboardInterrupt:
-        close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=plan.mode)
-        print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
-        return None
+    with stop:
+        try:
+            return tuner.fit()
+        except KeyboardInterrupt:
+            close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=plan.mode)
+            print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
+            return None
 
 
-def report(plan: SweepPlan, results, tracking) -> None:
-    """Close the MLflow records and print the best trials and where everything is."""
+def report(plan: SweepPlan, results, tracking, stop: StopSignals) -> int:
+    """Close the MLflow records, print the best trials and where everything is; the exit code."""
     args = plan.args
     unfinished = unfinished_trials(results, args.num_samples)
-    close_sweep(tracking, results, unfinished > 0, args.metric, plan.mode)
-    if unfinished:
-        print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
-              f"--name {args.name}")
+    interrupted = stop.received is not None or unfinished > 0
+    close_sweep(tracking, results, interrupted, args.metric, plan.mode)
     print(f"\nbest trials by {args.metric} ({plan.mode}):")
     print(best_table(results, args.metric, plan.mode, plan.space))
     errors = sum(1 for r in results if r.error)
@@ -373,6 +553,11 @@ def report(plan: SweepPlan, results, tracking) -> None:
     print(f"results, checkpoints and per-trial figures: {plan.experiment}")
     print(f"MLflow runs: experiment {args.name!r} in {plan.mlflow_uri} "
           f"(`mlflow ui --backend-store-uri {plan.mlflow_uri}`)")
+    if interrupted:
+        print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
+              f"--name {args.name}", file=sys.stderr)
+        return stop.exit_code()
+    return EXIT_TRIALS_FAILED if errors else EXIT_OK
 
 
 def main(model: str) -> None:

@@ -63,7 +63,14 @@ def load_overrides(path: str | Path) -> dict[str, dict]:
     if not path.exists():
         raise FileNotFoundError(f"search-space file {path} does not exist")
     text = path.read_text()
-    raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        where = getattr(err, "problem_mark", None)  # YAML's line/column of the problem
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise ValueError(f"search-space file {path} is not valid {kind}{line}: {problem}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ValueError(f"{path}: expected a mapping of hyperparameter -> {{low, high, log}}")
     return raw

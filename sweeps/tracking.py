@@ -5,8 +5,8 @@
 - A remote server must answer before anything starts; its artifacts are proxied
   (`mlflow server --serve-artifacts`), so no record depends on a node's disk.
 - `sweeps/callbacks.py` closes what a trial cannot close itself (early stops, errors).
-- `close_sweep` marks the parent FINISHED, or, after Ctrl-C, the parent and every still-RUNNING
-  child KILLED, so nothing stays RUNNING.
+- `close_sweep` marks the parent FINISHED, or, after Ctrl-C / SIGTERM, the parent and every
+  still-RUNNING child KILLED (`gensweep.status` unfinished), so nothing stays RUNNING.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from genmodels.names import (
     NOTE_TAG,
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
+    STATUS_TAG,
     SWEEP_DIR_TAG,
+    UNFINISHED,
 )
 from trainables.tracking import SweepRecords, retry
 
@@ -54,9 +56,10 @@ def check_reachable(uri: str) -> None:
             response.read()
     except (URLError, OSError) as err:
         raise TrackingError(
-            f"the MLflow tracking server {uri} does not answer ({err}); start it with "
-            "`mlflow server --host 0.0.0.0 --port 5000 --serve-artifacts`, or drop --mlflow-uri "
-            "to record in the local mlflow.db"
+            f"the MLflow tracking server {uri} does not answer ({err}); start it (on this machine: "
+            "`mlflow server --host 127.0.0.1 --port 5000 --serve-artifacts`; for a cluster see the "
+            "README's Cluster section on protecting it), or drop --mlflow-uri to record in the "
+            "local mlflow.db"
         ) from err
 
 
@@ -136,5 +139,6 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
             [tracking.experiment_id],
             filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}' and attributes.status = 'RUNNING'"))
         for run in children:
+            retry(lambda r=run: client.set_tag(r.info.run_id, STATUS_TAG, UNFINISHED))
             retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
     retry(lambda: client.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))

@@ -34,22 +34,32 @@ def tune_distribution(r: Range):
 
 
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
-                resources: dict) -> tune.Tuner:
+                resources: dict, stop=None, skip_trials: frozenset[str] = frozenset()) -> tune.Tuner:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
     its resources, in a new Tuner (Optuna's TPE, ASHA or FIFO) or, on --resume, the restored one.
 
     `plan` is the runner's SweepPlan: the options, the search space and the training settings.
+    `stop` (the runner's StopSignals) tells the status callback an interrupt from an early stop;
+    `skip_trials`: trials that diverged before, which --resume ends at once instead of retrying.
+    A trial whose worker or node dies is retried from its last checkpoint (`--max-failures`).
     """
     args = plan.args
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, model=plan.model, data=data,
                              train_settings=plan.settings,
                              fixed=plan.fixed_values,
-                             scorer_cache=scorer_cache, tracking=tracking),
+                             scorer_cache=scorer_cache, tracking=tracking,
+                             skip_trials=skip_trials),
         resources)
+    callbacks = [ConsoleCallback(Progress(args.num_samples, args.epochs, args.metric, plan.mode)),
+                 TrialStatusCallback(tracking, args.epochs, stop)]
+    failure = tune.FailureConfig(max_failures=args.max_failures)
     if args.resume:
-        return tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        # Errored trials resume from their checkpoints too (a worker killed once retries ran out).
+        tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, restart_errored=False)
+        resume_settings(tuner, callbacks, failure, args.max_concurrent)
+        return tuner
     scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
                                reduction_factor=ASHA_REDUCTION)
                  if args.scheduler == "asha" else FIFOScheduler())
@@ -63,8 +73,18 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         run_config=tune.RunConfig(
             name=args.name, storage_path=plan.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ConsoleCallback(Progress(args.num_samples, args.epochs, args.metric,
-                                                plan.mode)),
-                       TrialStatusCallback(tracking, args.epochs)],
+            failure_config=failure, callbacks=callbacks,
             verbose=0),  # our own lines instead of Tune's tables (sweeps/console.py)
     )
+
+
+def resume_settings(tuner: tune.Tuner, callbacks: list, failure: tune.FailureConfig,
+                    max_concurrent: int | None) -> None:
+    """What a restored Tuner must take from this command, not from its pickle: the callbacks (they
+    hold this run's MLflow parent run), the retry policy and the concurrency. Tuner.restore takes
+    no argument for them, so they are set on its internal Tuner (Ray 2.x: `_local_tuner`)."""
+    internal = tuner._local_tuner
+    internal._run_config.callbacks = callbacks
+    internal._run_config.failure_config = failure
+    if max_concurrent is not None:
+        internal._tune_config.max_concurrent_trials = max_concurrent

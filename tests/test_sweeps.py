@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import mlflow_runs
 
-from sweeps.runner import run
+from sweeps.runner import EXIT_INTERRUPTED, run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "256", "--batch-size", "64", "--cpus-per-trial", "1", "--epochs", "1"]
@@ -157,12 +157,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, t
         time.sleep(0.5)
     assert done, "no trial finished in time"
     process.send_signal(signal.SIGINT)  # Ctrl-C
-    process.wait(timeout=120)
+    assert process.wait(timeout=120) == EXIT_INTERRUPTED  # 130, though Tune swallows the Ctrl-C
     finished_before = {t.name: len(results(t)) for t in trial_dirs(experiment)
                        if len(results(t)) == 2}
     assert 1 <= len(finished_before) < 4
     interrupted = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
     assert "RUNNING" not in set(interrupted["status"])  # Ctrl-C leaves nothing RUNNING
+    cut = interrupted[interrupted["tags.mlflow.parentRunId"].notna()
+                      & (interrupted["status"] == "KILLED")]
+    assert set(cut["tags.gensweep.status"]) <= {"unfinished"}  # not stopped_early: not usable
     assert (interrupted[interrupted["tags.mlflow.parentRunId"].isna()]["status"] == "KILLED").all()
 
     again = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
@@ -210,7 +213,7 @@ def test_bad_options_fail_before_ray_is_imported(data_dir, tmp_path):
     """Every check runs before Ray: a fresh interpreter that ran all the bad commands never
     imported it (so never started it)."""
     commands = [bad_command(args, data_dir, tmp_path) for args, _ in BAD_OPTIONS]
-    script = ("import json, sys; from sweeps.runner import run; "
+    script = ("import json, sys; from sweeps.runner import EXIT_INTERRUPTED, run; "
               f"codes = [run('vae', c) for c in {commands!r}]; "
               "print(json.dumps({'codes': codes, 'ray': 'ray' in sys.modules}))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

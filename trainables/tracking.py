@@ -2,10 +2,13 @@
 
 Each trial logs its own params, per-epoch metrics (`step=epoch`) and per-epoch sample grid
 (`log_image(key="samples", step=epoch)`), so the records travel from any node straight to the
-tracking store; a trial restored from a checkpoint finds its run by the `ray.trial_id` tag and
-continues it instead of creating a duplicate. SQLite allows one writer at a time: every call goes
-through `retry`, which waits out "database is locked" with backoff, and each epoch's metrics go in
-one `log_batch` call.
+tracking store; a trial restored from a checkpoint (retried after its worker died, or resumed)
+finds its run by the `ray.trial_id` tag under the sweep's parent run and continues it instead of
+creating a duplicate; epochs it retrains after the restore that it had logged before are not logged
+again, so each epoch's metrics and sample grid are in the run exactly once.
+
+SQLite allows one writer at a time: every call goes through `retry`, which waits out "database is
+locked" with backoff, and each epoch's metrics go in one `log_batch` call.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from genmodels.names import (
 )
 
 RETRIES = 8
+EPOCH_METRIC = "epoch_seconds"  # logged every epoch by both models: its steps are the epochs logged
+IMAGE_KEY = "samples"  # the per-epoch sample grid's log_image key
 RETRY_BASE_SECONDS = 0.25  # doubled after each failed try
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag's value (8000 on some stores): keep the start
 T = TypeVar("T")
@@ -64,17 +69,44 @@ class SweepRecords:
     experiment_dir: str  # the sweep's folder in Ray's storage
 
 
-def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
-    runs = retry(lambda: client.search_runs(
-        [experiment_id], filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'", max_results=1))
+def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str,
+                   parent_run_id: str | None = None) -> str | None:
+    """The trial's run, under the sweep's parent run when given: a copied sweep folder resumed
+    into a new parent never continues (or closes) the original sweep's runs."""
+    query = f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+    runs = retry(lambda: client.search_runs([experiment_id], filter_string=query, max_results=1))
     return runs[0].info.run_id if runs else None
+
+
+def image_step(artifact_path: str) -> int | None:
+    """The step of a `log_image(key=..., step=...)` file, images/samples+step+2+timestamp+...png
+    (older MLflow wrote % for +); the compressed .webp twin is not counted."""
+    name = Path(artifact_path).name
+    parts = name.replace("%", "+").split("+")
+    if (name.endswith(".png") and len(parts) > 2 and parts[0] == IMAGE_KEY
+            and parts[1] == "step" and parts[2].isdigit()):
+        return int(parts[2])
+    return None
 
 
 class TrialTracker:
     """One trial's MLflow run: `log_epoch` each epoch, then `finish` or `fail` once."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, metric_steps: set[int] | None = None,
+                 image_steps: set[int] | None = None):
         self.client, self.run_id = client, run_id
+        # Epochs already in a continued run: not logged twice.
+        self.metric_steps, self.image_steps = metric_steps or set(), image_steps or set()
+
+    @classmethod
+    def continued(cls, client: MlflowClient, run_id: str) -> TrialTracker:
+        history = retry(lambda: client.get_metric_history(run_id, EPOCH_METRIC))
+        images = retry(lambda: client.list_artifacts(run_id, "images"))
+        image_steps = {s for s in (image_step(a.path) for a in images) if s is not None}
+        retry(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
+        return cls(client, run_id, {m.step for m in history}, image_steps)
 
     @classmethod
     def start(cls, tracking: SweepRecords, trial_dir: Path, model_cfg, train_cfg) -> TrialTracker:
@@ -84,10 +116,9 @@ class TrialTracker:
         context = tune.get_context()
         client = MlflowClient(tracking.uri)
         trial_id = context.get_trial_id()
-        run_id = find_trial_run(client, tracking.experiment_id, trial_id)
+        run_id = find_trial_run(client, tracking.experiment_id, trial_id, tracking.parent_run_id)
         if run_id is not None:  # restored or retried: continue the same run
-            retry(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
-            return cls(client, run_id)
+            return cls.continued(client, run_id)
         tags = {
             PARENT_RUN_TAG: tracking.parent_run_id,
             RUN_NAME_TAG: context.get_trial_name(),
@@ -108,12 +139,16 @@ class TrialTracker:
 
     def log_epoch(self, epoch: int, metrics: dict, grid: Path, figures: dict[str, Path]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
-        with Image.open(grid) as image:
-            image.load()
-        retry(lambda: self.client.log_image(self.run_id, image, key="samples", step=epoch))
-        for path in figures.values():
+        if epoch not in self.metric_steps:
+            batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
+            retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+            self.metric_steps.add(epoch)
+        if epoch not in self.image_steps:
+            with Image.open(grid) as image:
+                image.load()
+            retry(lambda: self.client.log_image(self.run_id, image, key=IMAGE_KEY, step=epoch))
+            self.image_steps.add(epoch)
+        for path in figures.values():  # the same artifact path each time: rewritten, not copied
             retry(lambda p=path: self.client.log_artifact(self.run_id, str(p), "figures"))
 
     def finish(self, status: str) -> None:

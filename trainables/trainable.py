@@ -3,13 +3,17 @@
 Tune calls `train_trial(config)` with the sampled hyperparameters; everything else (the data set,
 the fixed training settings, the scoring classifier) arrives once per sweep through
 `tune.with_parameters`, i.e. Ray's object store, never re-read or re-downloaded per trial. Each
-epoch reports the metrics and a checkpoint; a restored trial resumes from its last checkpoint and
-continues exactly. Per-epoch sample grids and the end-of-run figures go to the trial's directory.
+epoch reports the metrics and a checkpoint; a restored trial (retried after its worker died, or
+resumed) continues exactly from its last checkpoint, and a checkpoint that cannot be loaded
+(truncated, corrupt, or a pickle that would run code: `weights_only=True` refuses it) ends the trial
+with that reason instead of training from a wrong state. Per-epoch sample grids and the end-of-run
+figures go to the trial's directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +25,14 @@ from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import write_json, write_status
-from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE, STOPPED_EARLY
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE
 from genmodels.tasks import TASKS
 from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
 from trainables.tracking import SweepRecords, start_tracker
+
+
+class CheckpointError(RuntimeError):
+    """The trial's checkpoint cannot be loaded; the trial ends with this reason (never a crash)."""
 
 
 def model_config_from_tune(model: str, values: dict):
@@ -41,19 +49,40 @@ def model_config_from_tune(model: str, values: dict):
 
 
 def write_placement(trial_dir: Path, trainer: Trainer) -> None:
-    """Where and how this trial ran: node, Ray's GPU ids, the device torch used, when."""
+    """Where and how this trial ran: node, Ray's GPU ids, the device torch used, when, and the
+    worker's pid (what a fault test kills)."""
     import ray
 
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(trainer.device),
-                 "threads": trainer.train_cfg.num_threads, "started_at": time.time()}
+                 "threads": trainer.train_cfg.num_threads, "started_at": time.time(),
+                 "pid": os.getpid()}
     write_json(trial_dir / PLACEMENT_FILE, placement)
+
+
+def resume_from(trainer: Trainer, checkpoint_file: Path) -> None:
+    try:
+        trainer.resume(checkpoint_file)
+    except Exception as err:  # UnpicklingError, a torn zip's RuntimeError, EOFError, KeyError...
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        # `from None`: the cause may be an unpicklable torch error; this message says it all.
+        raise CheckpointError(
+            f"cannot resume this trial: its checkpoint {checkpoint_file.name} is unreadable or "
+            f"unsafe ({type(err).__name__}: {first_line}); delete the trial's checkpoint_* "
+            "folder to retrain it from scratch"
+        ) from None
 
 
 def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
                 fixed: dict, scorer_cache: dict | None,
-                tracking: SweepRecords | None = None) -> None:
-    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
+                tracking: SweepRecords | None = None,
+                skip_trials: frozenset[str] = frozenset()) -> None:
+    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim).
+    `skip_trials`: ids of trials that diverged in an earlier run of this sweep; --resume retries
+    errored trials, but these would only diverge again, so they end at once."""
+    if tune.get_context().get_trial_id() in skip_trials:
+        raise RuntimeError("not resumed: this trial diverged in an earlier run of the sweep (its "
+                           "status.json and MLflow run say where)")
     model_cfg = model_config_from_tune(model, {**fixed, **config})
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     train_cfg = TrainConfig(**train_settings, num_threads=cpus)
@@ -66,7 +95,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            trainer.resume(Path(folder) / CHECKPOINT_FILE)
+            resume_from(trainer, Path(folder) / CHECKPOINT_FILE)
 
     tracker = start_tracker(tracking, trial_dir, model_cfg, train_cfg)
 
@@ -87,9 +116,11 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         tracker.fail(str(err), status=DIVERGED)
         raise  # Tune marks the trial ERROR with this message; Optuna records it as failed
     except SystemExit:
-        # How Tune ends a trial's function: after its final report, or when the scheduler (ASHA)
-        # stops it early. Both are normal ends of a true, finished run.
-        tracker.finish(FINISHED if trainer.epoch >= train_cfg.epochs else STOPPED_EARLY)
+        # How Tune ends a trial's function: after its final report, when the scheduler (ASHA)
+        # stops it early, or when the sweep is interrupted. Only the first is known here; the
+        # driver closes the other two (TrialStatusCallback: stopped_early; close_sweep: KILLED).
+        if trainer.epoch >= train_cfg.epochs:
+            tracker.finish(FINISHED)
         raise
     except BaseException as err:
         tracker.fail(f"{type(err).__name__}: {err}")
