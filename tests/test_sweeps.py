@@ -26,6 +26,9 @@ RAY_START_TIMEOUT = 120
 # `ray start --head` turns on token authentication (Ray >= 2.5x): every process that joins the
 # cluster reads the token from ~/.ray/auth_token when RAY_AUTH_MODE=token, as a user's would.
 CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+# The nodes themselves: no 30 s drain on SIGTERM (a Ray Serve courtesy this test does not need).
+NODE_ENV = {**CLUSTER_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+NODE_STOP_TIMEOUT = 60
 
 
 def sweep(model: str, *args: str, env: dict | None = None,
@@ -92,24 +95,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_node(log: Path, *args: str) -> subprocess.Popen:
+    """`ray start ... --block` as this test's own child, in its own process group: ending it stops
+    that node's processes and nobody else's (`ray stop` would stop every Ray on the machine,
+    including other test runs'). Returns once the node is up."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    with log.open("w") as out:
+        process = subprocess.Popen([ray_bin, "start", *args, "--block"], stdout=out,
+                                   stderr=subprocess.STDOUT, env=NODE_ENV, start_new_session=True)
+    deadline = time.time() + RAY_START_TIMEOUT
+    while "Ray runtime started" not in log.read_text():
+        if process.poll() is not None or time.time() > deadline:
+            stop_node(process)
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def stop_node(process: subprocess.Popen) -> None:
+    """SIGTERM: `ray start --block` then stops the processes it started; a node that does not end
+    in time is killed with its whole process group (only this node's)."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=NODE_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # leftovers of this node only
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory):
     """A real Ray cluster on this machine: a head with 1 CPU and 1 logical GPU, a worker with 1 CPU
     (started as a user would, with `ray start`)."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    logs = tmp_path_factory.mktemp("ray-nodes")
     port = free_port()
     address = f"127.0.0.1:{port}"
-    local = ["--node-ip-address=127.0.0.1"]
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=1",
-                    "--include-dashboard=false", *local],
-                   check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=CLUSTER_ENV)
+    local = "--node-ip-address=127.0.0.1"
+    head = start_node(logs / "head.log", "--head", f"--port={port}", "--num-cpus=1",
+                      "--num-gpus=1", "--include-dashboard=false", "--disable-usage-stats", local)
+    nodes = [head]
     try:
-        subprocess.run([ray_bin, "start", f"--address={address}", "--num-cpus=1", "--num-gpus=0",
-                        *local],
-                       check=True, capture_output=True, timeout=RAY_START_TIMEOUT, env=CLUSTER_ENV)
+        nodes.append(start_node(logs / "worker.log", f"--address={address}", "--num-cpus=1",
+                                "--num-gpus=0", "--disable-usage-stats", local))
         yield address
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            stop_node(node)
 
 
 @pytest.mark.slow
