@@ -84,3 +84,9 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     """channels-last (NHWC) lets cuDNN pick its faster convolution kernels for bf16 / TF32;
     it only changes 4-d tensors (convolutions), so it is a no-op for the VAE's MLP."""
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in fp32 at least: bf16 autocast outputs are upcast, fp64 stays fp64
+    (the fused-exactness tests run the GAN in fp64)."""
+    return t if t.dtype == torch.float64 else t.float()

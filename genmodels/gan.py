@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genmodels.device import at_least_fp32
+
 KERNEL = 5  # every conv and transposed conv is 5x5, stride 2 (Tables 3 and 4)
 STRIDE = 2
 LEAKY_SLOPE = 0.2  # DCGAN's LeakyReLU slope
@@ -140,12 +142,12 @@ class Generator(nn.Module):
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Eq. (2), D's side: maximize log D(x) + log(1 - D(G(h))), i.e. minimize the BCE of
     'real' on x and 'fake' on G(h) (Goodfellow et al. 2014, eq. 1)."""
-    real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits))
+    real = F.binary_cross_entropy_with_logits(at_least_fp32(real_logits), torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(at_least_fp32(fake_logits), torch.zeros_like(fake_logits))
     return real + fake
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Eq. (2), G's side, non-saturating: maximize log D(G(h)) rather than minimize
     log(1 - D(G(h))), which gives G strong gradients early on (Goodfellow et al. 2014, sec. 3)."""
-    return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits))
+    return F.binary_cross_entropy_with_logits(at_least_fp32(fake_logits), torch.ones_like(fake_logits))

@@ -108,11 +108,21 @@ class Scorer:
     def score(self, images: torch.Tensor,
               value_range: tuple[float, float] = (-1.0, 1.0)) -> dict[str, float]:
         """All scores of `images` whose pixels span `value_range` (default: the generator's tanh)."""
-        if len(images) < MIN_SAMPLES:
-            raise ValueError(f"scoring needs at least {MIN_SAMPLES} images, got {len(images)}")
+        return self.score_groups(images.unsqueeze(0), value_range)[0]
+
+    def score_groups(self, images: torch.Tensor,
+                     value_range: tuple[float, float] = (-1.0, 1.0)) -> list[dict[str, float]]:
+        """The scores of each group of images [K, N, 1, 28, 28] (e.g. a fused group's members),
+        with one classifier pass over all K * N images."""
+        if images.shape[1] < MIN_SAMPLES:
+            raise ValueError(f"scoring needs at least {MIN_SAMPLES} images, got {images.shape[1]}")
         low, high = value_range
         unit = ((images.float() - low) / (high - low)).clamp(0, 1)
-        features, probs = self.features_and_probs(unit)
+        features, probs = self.features_and_probs(unit.flatten(0, 1))
+        groups = len(images)
+        return [self._scores(f, p) for f, p in zip(features.chunk(groups), probs.chunk(groups))]
+
+    def _scores(self, features: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
         is_mean, is_std = inception_score(probs)
         mu, sigma = feature_statistics(features)
         precision, recall = precision_recall(self.ref_features, features[:PR_MAX_SAMPLES])

@@ -54,6 +54,15 @@ def test_subset(images: torch.Tensor, n: int) -> torch.Tensor:
     return images[order[:n].to(images.device)]
 
 
+def vae_test_targets(data: ImageData, binarize: bool, device: torch.device) -> torch.Tensor:
+    """The VAE's test targets: pixels in [0, 1], or one fixed binarization shared by every run."""
+    x = to_unit_interval(data.test_images)
+    if not binarize:
+        return x
+    generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+    return torch.bernoulli(x.cpu(), generator=generator).to(device)
+
+
 class VAETask:
     name = "vae"
     sampler = "model"  # the module that draws samples: what a trained model is, after training
@@ -73,29 +82,23 @@ class VAETask:
         self.fixed_z = fixed_noise(train_cfg.seed, cfg.latent_dim, device)
         # The whole loss in one compiled graph (one output, one backward); eval stays eager.
         self._train_loss = maybe_compile(self._loss, train_cfg.compile_mode)
-        self.test_targets = self._test_targets()
+        self.test_targets = vae_test_targets(data, cfg.binarize, device)
         self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
-
-    def _test_targets(self) -> torch.Tensor:
-        x = to_unit_interval(self.data.test_images)
-        if not self.cfg.binarize:
-            return x
-        generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
-        return torch.bernoulli(x.cpu(), generator=generator).to(self.device)
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
 
-    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.binarize:
             x = torch.bernoulli(x)  # dynamic binarization: a fresh draw every time
         with self.autocast():
-            return -elbo_terms(self.model, x)["elbo"].mean()  # negative ELBO, nats per image
+            return -elbo_terms(self.model, x, eps)["elbo"].mean()  # negative ELBO, nats per image
 
-    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimizer step on float images [N, 1, 28, 28] in [0, 1]."""
+    def update(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One optimizer step on float images [N, 1, 28, 28] in [0, 1] (`eps`: the
+        reparameterization noise, drawn unless given, e.g. to replay a fused member's)."""
         self.model.train()
-        loss = self._train_loss(x)
+        loss = self._train_loss(x, eps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -194,10 +197,12 @@ class GANTask:
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
 
-    def update(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One D step and one G step on float images [N, 1, 28, 28] in [0, 1]."""
+    def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One D step and one G step on float images [N, 1, 28, 28] in [0, 1]; the noise `h` is
+        drawn here unless given (e.g. to replay a fused member's noise)."""
         real = (x * 2 - 1).contiguous(memory_format=self.memory_format)  # [-1, 1]: G's tanh range
-        h = torch.randn(len(real), self.cfg.latent_dim, device=self.device)
+        if h is None:
+            h = torch.randn(len(real), self.cfg.latent_dim, device=self.device)
         self.generator.train()
         self.discriminator.train()
 

@@ -25,8 +25,12 @@ from genmodels.data import ImageData, check_dataset_name, iterate_batches
 from genmodels.device import PRECISIONS, autocast_factory, check_compile_mode, setup_device
 from genmodels.files import atomic_write, write_json
 from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
+from genmodels.fused.tasks import FUSED_TASKS
 from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS
+
+# Every task the loop trains: the two models, and fused groups of either (genmodels.fused).
+ALL_TASKS = {**TASKS, **FUSED_TASKS}
 
 CHECKPOINT_FORMAT = 1
 DIVERGENCE_CHECK_EVERY = 50  # steps between finiteness checks (each one syncs with the device)
@@ -124,6 +128,11 @@ class EpochReport:
         return self.epoch == self.trainer.train_cfg.epochs
 
 
+def _short(value: float | list[float]) -> str:
+    """A progress-bar number, or the members' numbers of a fused group."""
+    return f"{value:.3g}" if isinstance(value, float) else "/".join(f"{v:.3g}" for v in value)
+
+
 def _rng_state(device: torch.device, batch_generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "batches": batch_generator.get_state()}
     if device.type == "cuda":
@@ -155,9 +164,9 @@ class Trainer:
 
         `scorer` (optional) computes classifier-based scores of generated images each evaluation.
         """
-        if model not in TASKS:
-            raise ValueError(f"unknown model {model!r}; choose one of {sorted(TASKS)}")
-        cfg_class, task_class = TASKS[model]
+        if model not in ALL_TASKS:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(ALL_TASKS)}")
+        cfg_class, task_class = ALL_TASKS[model]
         if not isinstance(model_cfg, cfg_class):
             raise TypeError(f"model {model!r} takes a {cfg_class.__name__}, got {model_cfg!r}")
         device = setup_device(train_cfg.device, train_cfg.precision, train_cfg.num_threads)
@@ -196,10 +205,11 @@ class Trainer:
             for key, value in out.items():
                 sums[key] = sums.get(key, 0) + value
             if step % DIVERGENCE_CHECK_EVERY == 0 or step == len(batches):
-                means = {k: (v / step).item() for k, v in sums.items()}
-                if not all(torch.isfinite(torch.tensor(list(means.values())))):
+                # A float per metric, or a list of one per member for a fused group.
+                means = {k: (v / step).tolist() for k, v in sums.items()}
+                if not torch.isfinite(torch.tensor(list(means.values()))).all():
                     raise TrainingDiverged(epoch, step, means)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+                bar.set_postfix({k: _short(v) for k, v in means.items()})
         bar.close()
         return means
 

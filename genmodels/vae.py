@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genmodels.device import at_least_fp32
+
 PIXELS = 28 * 28
 
 
@@ -74,17 +76,22 @@ class VAE(nn.Module):
         return mu, logvar
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I): the sample stays differentiable in mu and sigma."""
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): the sample stays differentiable in mu and sigma.
+        `eps` may be given (e.g. to replay a fused member's noise); by default it is drawn."""
+        if eps is None:
+            eps = torch.randn_like(mu)
+        return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of the 784 pixels, shaped [N, 1, 28, 28]."""
         return self.decoder(z).view(-1, 1, 28, 28)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar)), mu, logvar
+        return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor) -> torch.Tensor:
@@ -100,20 +107,21 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x | z) per example, summed over pixels, from logits (stable for saturated pixels)."""
-    nll = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none")
+    nll = F.binary_cross_entropy_with_logits(at_least_fp32(logits), x, reduction="none")
     return -nll.flatten(1).sum(dim=1)
 
 
-def elbo_terms(model: VAE, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def elbo_terms(model: VAE, x: torch.Tensor,
+               eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-example terms of eq. (10) with one reparameterized sample (M = 1 at our batch size):
 
         ELBO = -KL(q(z|x) || p(z)) + log p(x | z),   z = mu + sigma * eps.
 
     Returns tensors of shape [N] in nats: `elbo`, `recon` (the log-likelihood) and `kl`.
     """
-    logits, mu, logvar = model(x)
+    logits, mu, logvar = model(x, eps)
     recon = bernoulli_log_likelihood(logits, x)
-    kl = gaussian_kl(mu.float(), logvar.float())
+    kl = gaussian_kl(at_least_fp32(mu), at_least_fp32(logvar))
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
 

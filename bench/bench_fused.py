@@ -1,0 +1,178 @@
+"""Trial-epochs per hour: fused groups of K members against unfused trials, on one device.
+
+    python bench/bench_fused.py                          # CPU, both models, K = 1 2 4 8 16
+    python bench/bench_fused.py --device cuda --quick    # the GPU run (torch + genmodels only)
+
+For each model it times, on the same device in one run:
+- fused groups of K = 1, 2, 4, 8, 16 members (one process, `genmodels.fused`), every member with
+  its own hyperparameters (different latent sizes, dropout and learning rates);
+- unfused trials: P separate processes, each training one standalone model (`genmodels.tasks`),
+  started together behind a barrier, P = 1 and as many as the device sensibly holds (`--procs`).
+A trial-epoch is one member (or one standalone trial) training over the whole training split once
+plus its per-epoch evaluation (VAE: test ELBO over the test split; GAN: its fixed-noise samples; the
+classifier scores are left out on both sides). Steps are timed after warm-up steps, and the
+per-epoch time is scaled from the timed steps, so a run takes seconds per row, not epochs.
+
+Imports torch, torchvision and genmodels only: it runs where Ray, Optuna and MLflow are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from genmodels.data import ImageData, load_dataset, to_unit_interval  # noqa: E402
+from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
+from genmodels.gan import GANConfig  # noqa: E402
+from genmodels.tasks import GANTask, VAETask  # noqa: E402
+from genmodels.training import TrainConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"
+BATCH = 128  # the training default
+MEMBER_SIZES = (1, 2, 4, 8, 16)
+SEED = 0
+
+
+def member_configs(model: str, k: int) -> list:
+    """K different configurations, as a sweep would sample them (sizes and rates vary)."""
+    from genmodels.vae import VAEConfig
+
+    if model == "vae":
+        return [VAEConfig(latent_dim=8 + 4 * (i % 6), dropout=0.05 * (i % 5), lr=1e-3 * (1 + i % 3))
+                for i in range(k)]
+    return [GANConfig(latent_dim=64 + 16 * (i % 4), lr_g=2e-4 * (1 + i % 3), lr_d=2e-4,
+                      dropout=0.0) for i in range(k)]
+
+
+def build_task(model: str, k: int | None, data: ImageData, device: torch.device):
+    """A fused task of k members, or (k None) one standalone trial's task."""
+    torch.manual_seed(SEED)
+    train_cfg = TrainConfig(device=str(device), iwae_samples=0)
+    cfgs = member_configs(model, k or 1)
+    if k is None:
+        task_class = VAETask if model == "vae" else GANTask
+        return task_class(cfgs[0], data, device, train_cfg, contextlib.nullcontext)
+    task_class = FusedVAETask if model == "vae" else FusedGANTask
+    return task_class(FusedConfig(cfgs), data, device, train_cfg, contextlib.nullcontext)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, warmup: int) -> float:
+    """Seconds of one trial-epoch of `task`: its steps over the training split (scaled from
+    `steps` timed steps) plus one evaluation (test ELBO for the VAE, samples for the GAN)."""
+    images = data.train_images
+    order = torch.randperm(len(images), device=device)
+    batches = [order[i * BATCH:(i + 1) * BATCH] for i in range(len(images) // BATCH)]
+    for i in range(warmup):
+        task.train_step(images[batches[i % len(batches)]])
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        task.train_step(images[batches[i % len(batches)]])
+    sync(device)
+    step_seconds = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    if isinstance(task, (VAETask, FusedVAETask)):
+        task.evaluate(epoch=1, last=False)
+    task.sample_images()
+    sync(device)
+    return step_seconds * len(batches) + (time.perf_counter() - start)
+
+
+def _unfused_worker(model, data, device, steps, warmup, threads, barrier, results) -> None:
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    data = data.to(device)
+    task = build_task(model, None, data, device)
+    time_trial_epoch(task, data, device, 2, 1)  # warm the process up (CUDA context, allocator)
+    barrier.wait()
+    results.put(time_trial_epoch(task, data, device, steps, warmup))
+
+
+def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, warmup: int,
+            threads: int) -> float:
+    """Trial-epochs per hour of `procs` standalone trials running at once as separate processes."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
+    workers = [ctx.Process(target=_unfused_worker, args=(model, data, device, steps, warmup,
+                                                         threads, barrier, results))
+               for _ in range(procs)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    # Each process reports the seconds of one trial-epoch while all of them run at once.
+    seconds = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(3600 / s for s in seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", choices=["vae", "gan", "both"], default="both")
+    p.add_argument("--members", type=int, nargs="+", default=list(MEMBER_SIZES))
+    p.add_argument("--procs", type=int, nargs="+", default=None,
+                   help="unfused processes at once (default: 1 and the CPU count on CPU; 1, 4, 8 on CUDA)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--quick", action="store_true", help="fewer steps (a GPU run in about 2 minutes)")
+    p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    threads = torch.get_num_threads()
+    steps = args.steps or ((20 if cuda else 6) if args.quick else (60 if cuda else 15))
+    warmup = 5 if cuda else 2
+    procs = args.procs or ([1, 4, 8] if cuda else sorted({1, threads}))
+    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
+    data = load_dataset("mnist", data_dir).to(device)
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
+    print(f"device {name}; {len(data.train_images)} training images, batch {BATCH}; "
+          f"{steps} timed steps per row")
+
+    rows = []
+    models = ["vae", "gan"] if args.model == "both" else [args.model]
+    for model in models:
+        reference = None
+        for n in procs:
+            # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
+            per_proc = max(1, threads // n) if not cuda else 1
+            rate = unfused(model, data.cpu(), str(device), n, steps, warmup, per_proc)
+            reference = reference or rate
+            rows.append({"model": model, "mode": f"unfused x{n}", "trial_epochs_per_hour": rate})
+            print(f"{model}  unfused, {n} process(es)   {rate:10.1f} trial-epochs/h   "
+                  f"{rate / reference:5.2f}x one trial", flush=True)
+        for k in args.members:
+            task = build_task(model, k, data, device)
+            seconds = time_trial_epoch(task, data, device, steps, warmup)
+            rate = k * 3600 / seconds
+            rows.append({"model": model, "mode": f"fused K={k}", "trial_epochs_per_hour": rate})
+            print(f"{model}  fused, K = {k:<2}            {rate:10.1f} trial-epochs/h   "
+                  f"{rate / reference:5.2f}x one trial", flush=True)
+            del task
+            if cuda:
+                torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

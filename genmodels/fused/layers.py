@@ -1,0 +1,190 @@
+"""Layers that hold K members' weights at once and run them as one operation (HFTA's idea).
+
+Every parameter and buffer has the member dimension first (`[K, ...]`), so one member's slice is
+`p[k]` everywhere: building a group from standalone modules, reading a member back out, and
+checkpoints all index the same way. Two activation layouts are used, each where it is cheapest:
+
+- member-major `[K, N, F]` for fully connected stacks: one batched matrix product (`baddbmm`);
+- channel-stacked `[N, K * C, H, W]` for convolutions: one grouped convolution (`groups=K`), and
+  BatchNorm over the K * C channels, so each member keeps its own batch statistics.
+
+Convolutions run either as one grouped call or as K plain calls whose outputs are concatenated
+(`grouped=False`): grouped convolutions are the fast path on GPUs, but on the CPU PyTorch's grouped
+(transposed) convolutions run up to 2x slower than K separate ones (bench/RESULTS.md), so the fused
+tasks pick per device.
+
+A shared input (the real images every member sees) enters without copies: `[N, F]` for a linear
+layer (one plain matrix product against all K weight matrices) and `[N, C, H, W]` for a conv
+(an ungrouped convolution producing K * C_out channels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def stacked(tensors: list[torch.Tensor], shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Stack members' tensors into `[K, *shape]`, each copied into the leading corner of a zero
+    block: padding rows/columns a smaller member lacks are exact zeros (no output, no gradient)."""
+    shape = shape or tuple(tensors[0].shape)
+    out = torch.zeros(len(tensors), *shape, dtype=tensors[0].dtype, device=tensors[0].device)
+    for k, t in enumerate(tensors):
+        out[(k, *(slice(0, n) for n in t.shape))] = t.detach()
+    return out
+
+
+class MemberLinear(nn.Module):
+    """K linear layers: weight [K, out, in], bias [K, out]. [K, N, in] or shared [N, in] -> [K, N, out]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias) if bias is not None else None
+
+    @classmethod
+    def from_linears(cls, layers: list[nn.Linear], in_features: int | None = None,
+                     out_features: int | None = None) -> MemberLinear:
+        out_f = out_features or layers[0].out_features
+        in_f = in_features or layers[0].in_features
+        bias = stacked([m.bias for m in layers], (out_f,)) if layers[0].bias is not None else None
+        return cls(stacked([m.weight for m in layers], (out_f, in_f)), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, out_f, in_f = self.weight.shape
+        if x.dim() == 2:  # shared input: one [N, in] x [in, K * out] product
+            flat_bias = None if self.bias is None else self.bias.flatten()
+            y = F.linear(x, self.weight.reshape(k * out_f, in_f), flat_bias)
+            return y.view(len(x), k, out_f).transpose(0, 1)
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+def member_state(layer: nn.Module, k: int, rows: int | None = None,
+                 cols: int | None = None) -> dict[str, torch.Tensor]:
+    """Member k's weight (its first `rows` outputs / `cols` inputs: a padded layer's own part)
+    and bias, named as in the standalone layer's state dict."""
+    state = {"weight": layer.weight[k][:rows, :cols] if cols else layer.weight[k][:rows]}
+    if layer.bias is not None:
+        state["bias"] = layer.bias[k][:rows]
+    return state
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}": value.detach().clone() for name, value in state.items()}
+
+
+def grouped_or_looped(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      groups: int, grouped: bool, **options) -> torch.Tensor:
+    """`conv` (F.conv2d or F.conv_transpose2d) of K members: one grouped call, or K calls."""
+    flat_bias = None if bias is None else bias.flatten()
+    if grouped or groups == 1:
+        return conv(x, weight.flatten(0, 1), flat_bias, groups=groups, **options)
+    outputs = [conv(xk, wk, None if bias is None else bk, **options)
+               for xk, wk, bk in zip(x.chunk(groups, dim=1), weight,
+                                     bias if bias is not None else [None] * groups)]
+    return torch.cat(outputs, dim=1)
+
+
+class MemberConv2d(nn.Module):
+    """K convolutions, weight [K, C_out, C_in, k, k]: [N, K*C_in, H, W] or shared [N, C_in, H, W]
+    -> [N, K*C_out, H', W']."""
+
+    def __init__(self, layers: list[nn.Conv2d], grouped: bool = True):
+        super().__init__()
+        first = layers[0]
+        self.grouped = grouped
+        self.stride, self.padding = first.stride, first.padding
+        self.weight = nn.Parameter(stacked([m.weight for m in layers]))
+        self.bias = nn.Parameter(stacked([m.bias for m in layers])) if first.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = x.shape[1] // self.weight.shape[2]  # 1 for a shared input, K otherwise
+        return grouped_or_looped(F.conv2d, x, self.weight, self.bias, groups, self.grouped,
+                                 stride=self.stride, padding=self.padding)
+
+
+class MemberConvTranspose2d(nn.Module):
+    """K transposed convolutions, weight [K, C_in, C_out, k, k]: [N, K*C_in, H, W] -> [N, K*C_out, ...]."""
+
+    def __init__(self, layers: list[nn.ConvTranspose2d], grouped: bool = True):
+        super().__init__()
+        first = layers[0]
+        self.grouped = grouped
+        self.stride, self.padding = first.stride, first.padding
+        self.output_padding = first.output_padding
+        self.weight = nn.Parameter(stacked([m.weight for m in layers]))
+        self.bias = nn.Parameter(stacked([m.bias for m in layers])) if first.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grouped_or_looped(F.conv_transpose2d, x, self.weight, self.bias,
+                                 self.weight.shape[0], self.grouped, stride=self.stride,
+                                 padding=self.padding, output_padding=self.output_padding)
+
+
+class MemberBatchNorm(nn.Module):
+    """K BatchNorms of C features over the channel-stacked layout [N, K*C, ...]: one
+    `F.batch_norm` over K*C channels, so every member normalizes by its own batch statistics and
+    keeps its own running mean and variance (views of the [K, C] buffers)."""
+
+    def __init__(self, layers: list[nn.BatchNorm1d | nn.BatchNorm2d]):
+        super().__init__()
+        first = layers[0]
+        self.eps, self.momentum = first.eps, first.momentum
+        self.weight = nn.Parameter(stacked([m.weight for m in layers]))
+        self.bias = nn.Parameter(stacked([m.bias for m in layers]))
+        self.register_buffer("running_mean", stacked([m.running_mean for m in layers]))
+        self.register_buffer("running_var", stacked([m.running_var for m in layers]))
+        self.register_buffer("num_batches_tracked", first.num_batches_tracked.clone())
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's entries, named as in its standalone BatchNorm's state dict."""
+        return {"weight": self.weight[k], "bias": self.bias[k], "running_mean": self.running_mean[k],
+                "running_var": self.running_var[k], "num_batches_tracked": self.num_batches_tracked}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.num_batches_tracked.add_(1)  # as nn.BatchNorm counts (unused with a momentum)
+        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1),
+                            self.weight.flatten(), self.bias.flatten(), self.training,
+                            self.momentum, self.eps)
+
+
+class MemberDropout(nn.Module):
+    """Dropout with each member's own drop probability `p` [K], as nn.Dropout draws it: keep with
+    probability 1 - p, scale the kept units by 1 / (1 - p). `channels` > 0 means the
+    channel-stacked layout [N, K*channels, ...]; 0 means member-major [K, N, ...].
+
+    `recorded`, when set to a list, receives every mask drawn (the exactness tests replay them in
+    standalone models)."""
+
+    def __init__(self, p: torch.Tensor, channels: int = 0):
+        super().__init__()
+        self.register_buffer("p", p.clone())
+        self.channels = channels
+        self.any_dropout = bool((p > 0).any())
+        self.recorded: list[torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.any_dropout:
+            return x
+        if self.channels:
+            p = self.p.repeat_interleave(self.channels).view(1, -1, *[1] * (x.dim() - 2))
+        else:
+            p = self.p.view(-1, *[1] * (x.dim() - 1))
+        keep = torch.rand_like(x) >= p
+        if self.recorded is not None:
+            self.recorded.append(keep)
+        return x * keep / (1 - p)
+
+
+def to_channels(x: torch.Tensor) -> torch.Tensor:
+    """Member-major [K, N, C, ...] -> channel-stacked [N, K*C, ...]."""
+    return x.transpose(0, 1).flatten(1, 2)
+
+
+def to_members(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Channel-stacked [N, K*C, ...] -> member-major [K, N, C, ...]."""
+    return x.unflatten(1, (k, -1)).transpose(0, 1)

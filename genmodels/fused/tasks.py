@@ -1,0 +1,303 @@
+"""Fused groups as tasks of the shared training loop (`genmodels.training.Trainer`).
+
+    cfg = FusedConfig([VAEConfig(latent_dim=8), VAEConfig(dropout=0.3), VAEConfig(lr=3e-4)])
+    trainer = Trainer.create("fused-vae", cfg, TrainConfig(epochs=3), data)
+    history = trainer.fit()   # each metric is a list with one value per member
+
+A fused task has the interface of `genmodels.tasks` (train_step, evaluate, sample_images,
+comparison_images, modules, optimizers), with one difference: every metric is a [K] tensor or a
+list of K floats, one per member, and images carry a leading member dimension.
+
+Divergence is per member and never syncs with the device: a member whose loss is NaN or infinite
+is marked inactive in the `active` buffer on the spot; from then on its updates are masked out of
+the optimizer step, its loss out of the sum, and its training metrics read 0. The other members'
+computations never read its values, so their trajectories are exactly what they would have been.
+When every member has diverged the metrics turn NaN and the loop stops with `TrainingDiverged`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from genmodels.data import ImageData, to_unit_interval
+from genmodels.fused.gan import (
+    FusedDiscriminator,
+    FusedGenerator,
+    fused_discriminator_loss,
+    fused_generator_loss,
+)
+from genmodels.fused.optim import StackedAdam
+from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
+from genmodels.gan import Discriminator, GANConfig, Generator
+from genmodels.tasks import (
+    EVAL_BATCH,
+    IWAE_BATCH_SAMPLES,
+    NUM_COMPARISON,
+    SCORE_NOISE_SEED,
+    fixed_noise,
+    test_subset,
+    vae_test_targets,
+)
+from genmodels.vae import VAE, VAEConfig
+
+# Fields members may differ in: the searched hyperparameters. Everything else fixes the network's
+# shape or the data and must be the same for the whole group.
+MEMBER_FIELDS = {"vae": {"latent_dim", "dropout", "lr"},
+                 "gan": {"latent_dim", "lr_g", "lr_d", "beta1", "beta2", "dropout"}}
+CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}
+
+
+@dataclass
+class FusedConfig:
+    """The members of one fused group, each a full model config (VAEConfig or GANConfig)."""
+
+    members: list
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("a fused group needs at least one member")
+        self.members = [CONFIG_CLASSES[self.model](**m) if isinstance(m, dict) else m
+                        for m in self.members]
+        model = self.model
+        if not all(isinstance(m, CONFIG_CLASSES[model]) for m in self.members):
+            raise ValueError("all members of a fused group must be configs of the same model")
+        shared = [f.name for f in fields(CONFIG_CLASSES[model]) if f.name not in MEMBER_FIELDS[model]]
+        for name in shared:
+            values = {getattr(m, name) for m in self.members}
+            if len(values) > 1:
+                raise ValueError(f"members of a fused group must share {name!r} (it fixes the "
+                                 f"network or the data), got {sorted(values)}")
+
+    @property
+    def model(self) -> str:
+        first = self.members[0]
+        if isinstance(first, dict):  # before __post_init__ converted it: VAE configs have 'lr'
+            return "vae" if "lr" in first else "gan"
+        return "vae" if isinstance(first, VAEConfig) else "gan"
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def build_members(build, cfgs: list, seed: int) -> list:
+    """Each member's standalone module, initialised exactly as a standalone run with `seed` would
+    (`Trainer.create` seeds, then the task builds its model)."""
+    members = []
+    for cfg in cfgs:
+        torch.manual_seed(seed)
+        members.append(build(cfg))
+    return members
+
+
+class MemberStatus(nn.Module):
+    """Which members still train, as buffers, so checkpoints carry them with the weights."""
+
+    def __init__(self, num_members: int):
+        super().__init__()
+        self.register_buffer("active", torch.ones(num_members, dtype=torch.bool))
+        self.register_buffer("diverged_step", torch.full((num_members,), -1, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # optimizer steps so far
+
+    def mark(self, loss: torch.Tensor) -> torch.Tensor:
+        """Deactivate members whose loss is not finite (no device sync); returns the new mask."""
+        finite = torch.isfinite(loss)
+        newly = self.active & ~finite
+        self.diverged_step.copy_(torch.where(newly, self.steps, self.diverged_step))
+        self.active &= finite
+        return self.active
+
+    def report(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inactive members read 0; NaN for everyone once no member is left (the loop stops)."""
+        nan = torch.full((), float("nan"), device=self.active.device)
+        alive = self.active.any()
+        return {k: torch.where(alive, torch.where(self.active, v.float(), 0.0), nan)
+                for k, v in metrics.items()}
+
+    def as_list(self) -> list[dict]:
+        """Per member: still training, and the step at which it diverged (-1: never)."""
+        return [{"active": bool(a), "diverged_step": int(s)}
+                for a, s in zip(self.active.tolist(), self.diverged_step.tolist())]
+
+
+class FusedVAETask:
+    name = "fused-vae"
+
+    def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
+                 autocast, scorer=None):
+        self.cfg, self.num_members = cfg, len(cfg)
+        self.data, self.device, self.autocast = data, device, autocast
+        self.status = MemberStatus(self.num_members).to(device)
+        self.binarize = cfg.members[0].binarize
+        self.iwae_samples, self.iwae_images = train_cfg.iwae_samples, train_cfg.iwae_images
+        standalone = build_members(VAE.from_config, cfg.members, train_cfg.seed)
+        self.model = FusedVAE(standalone, [m.dropout for m in cfg.members]).to(device)
+        self.optimizer = StackedAdam(self.model.parameters(), lr=[m.lr for m in cfg.members],
+                                     betas=([0.9] * len(cfg), [0.999] * len(cfg)))
+        self.modules = {"model": self.model, "members": self.status}
+        self.optimizers = {"optimizer": self.optimizer}
+        self.fixed_z = self.model.pad_latent(
+            [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in cfg.members])
+        self.test_targets = vae_test_targets(data, self.binarize, device)  # as the standalone task's
+        self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.update(to_unit_interval(batch))
+
+    def update(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One step of every active member on the shared images x [N, 1, 28, 28]."""
+        self.status.steps += 1
+        if self.binarize:  # each member draws its own binarization, as its standalone run would
+            x = torch.bernoulli(x.expand(self.num_members, *x.shape))
+        self.model.train()
+        with self.autocast():
+            loss = -fused_elbo_terms(self.model, x, eps)["elbo"].mean(dim=1)  # [K]
+        active = self.status.mark(loss.detach())
+        # Sum of member means: each member's gradient is its standalone gradient.
+        total = torch.where(active, loss, 0.0).sum()
+        self.optimizer.zero_grad()
+        total.backward()
+        self.optimizer.step(active)
+        return self.status.report({"train_loss": loss.detach()})
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int, last: bool) -> dict[str, list[float]]:
+        """Every member's test ELBO and its terms, in one pass over the evaluation subset (the
+        standalone task's `test_images`); on the last epoch test_iwae as the standalone task has it."""
+        self.model.eval()
+        totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+        for x in self.eval_targets.split(EVAL_BATCH):
+            with self.autocast():
+                terms = fused_elbo_terms(self.model, x)
+            for key in totals:
+                totals[key] = totals[key] + terms[key].sum(dim=1)
+        n = len(self.eval_targets)
+        metrics = {f"test_{key}": (value / n).tolist() for key, value in totals.items()}
+        if last and self.iwae_samples > 0:
+            metrics["test_iwae"] = self.test_iwae(self.iwae_samples,
+                                                  self.eval_targets[:self.iwae_images])
+        return metrics
+
+    @torch.no_grad()
+    def test_iwae(self, k: int, targets: torch.Tensor) -> list[float]:
+        """Every member's mean IWAE bound over `targets`, K importance samples each."""
+        self.model.eval()
+        total = 0.0
+        per_pass = max(1, IWAE_BATCH_SAMPLES // (k * self.num_members))
+        for x in targets.split(per_pass):
+            with self.autocast():
+                total = total + fused_iwae_bound(self.model, x, k).sum(dim=1)
+        return (total / len(targets)).tolist()
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        """[K, 64, 1, 28, 28] from each member's fixed noise."""
+        self.model.eval()
+        return self.model.sample(self.fixed_z).float()
+
+    @torch.no_grad()
+    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.eval()
+        real = self.test_targets[:NUM_COMPARISON]
+        mu, _ = self.model.encode(real)
+        return real, self.model.sample(mu).float()
+
+
+class FusedGANTask:
+    name = "fused-gan"
+
+    def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
+                 autocast, scorer=None):
+        self.cfg, self.num_members = cfg, len(cfg)
+        self.data, self.device, self.autocast = data, device, autocast
+        self.status = MemberStatus(self.num_members).to(device)
+        self.scorer = scorer
+        self.eval_samples = train_cfg.eval_samples
+        members = cfg.members
+        # A standalone GANTask builds G then D right after seeding: the same order here.
+        pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)),
+                              members, train_cfg.seed)
+        grouped = device.type == "cuda"  # grouped convolutions pay off on GPUs only (layers.py)
+        self.generator = FusedGenerator([g for g, _ in pairs], grouped).to(device)
+        self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
+                                                grouped).to(device)
+        betas = ([m.beta1 for m in members], [m.beta2 for m in members])
+        self.opt_g = StackedAdam(self.generator.parameters(), [m.lr_g for m in members], betas)
+        self.opt_d = StackedAdam(self.discriminator.parameters(), [m.lr_d for m in members], betas)
+        self.modules = {"generator": self.generator, "discriminator": self.discriminator,
+                        "members": self.status}
+        self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
+        self.fixed_h = self.generator.pad_latent(
+            [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in members])
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.update(to_unit_interval(batch))
+
+    def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One D step and one G step of every active member; the real batch is shared, each member
+        draws its own noise (h [K, N, L], drawn here unless given)."""
+        self.status.steps += 1
+        real = x * 2 - 1
+        if h is None:
+            h = torch.randn(self.num_members, len(real), self.generator.latent_dim, device=self.device)
+        self.generator.train()
+        self.discriminator.train()
+
+        # (1) update D: maximize log D(x) + log(1 - D(G(h)))
+        with self.autocast():
+            fake = self.generator(h)
+            real_logits = self.discriminator(real)
+            fake_logits = self.discriminator(fake.detach())
+            loss_d = fused_discriminator_loss(real_logits, fake_logits)
+        active = self.status.mark(loss_d.detach())
+        self.opt_d.zero_grad()
+        torch.where(active, loss_d, 0.0).sum().backward()
+        self.opt_d.step(active)
+
+        # (2) update G: maximize log D(G(h)) against the freshly updated D
+        with self.autocast():
+            loss_g = fused_generator_loss(self.discriminator(fake))
+        active = self.status.mark(loss_g.detach())
+        self.opt_g.zero_grad()
+        torch.where(active, loss_g, 0.0).sum().backward()
+        self.opt_g.step(active)
+
+        return self.status.report({
+            "loss_d": loss_d.detach(),
+            "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean(dim=1),
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(dim=1),
+        })
+
+    def evaluate(self, epoch: int, last: bool) -> dict[str, list[float]]:
+        """Every member's scores, its samples scored in one classifier pass for the whole group."""
+        if self.scorer is None:
+            return {}
+        generator = torch.Generator().manual_seed(SCORE_NOISE_SEED)
+        images = []
+        for n in torch.arange(self.eval_samples).split(EVAL_BATCH):
+            # The same noise for every member (each uses its own leading coordinates).
+            h = torch.randn(len(n), self.generator.latent_dim, generator=generator).to(self.device)
+            images.append(self.generate(h.expand(self.num_members, -1, -1)))
+        per_member = self.scorer.score_groups(torch.cat(images, dim=1), value_range=(0.0, 1.0))
+        return {key: [m[key] for m in per_member] for key in per_member[0]}
+
+    @torch.no_grad()
+    def generate(self, h: torch.Tensor) -> torch.Tensor:
+        """Images [K, N, 1, 28, 28] in [0, 1] from noise h [K, N, L] (BatchNorm in eval mode)."""
+        self.generator.eval()
+        with self.autocast():
+            images = self.generator(h)
+        return (images.float() + 1) / 2
+
+    def sample_images(self) -> torch.Tensor:
+        return self.generate(self.fixed_h)
+
+    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        real = to_unit_interval(self.data.test_images[:NUM_COMPARISON])
+        return real, self.generate(self.fixed_h[:, :NUM_COMPARISON])
+
+
+FUSED_TASKS = {"fused-vae": (FusedConfig, FusedVAETask), "fused-gan": (FusedConfig, FusedGANTask)}

@@ -1,0 +1,149 @@
+"""K VAEs of the seed report (Tables 1 and 2) trained as one: each member its own weights, dropout
+probability and latent size.
+
+Latent sizes differ, so latent tensors are padded to the largest size L. Member k's coordinates
+beyond its own L_k are forced to exactly zero with `torch.where` (a multiply by a 0 mask would keep
+a NaN): mu = log sigma^2 = 0 there, so those coordinates add exactly 0 to the KL, z = 0 there, and
+the decoder's padded input columns (zero weights) see zero input and get zero gradient. The padded
+rows and columns therefore stay zero forever, and each member computes what its standalone model
+computes. Each member's weights are copied from a standalone `VAE` built the usual way, so its
+initial weights are drawn exactly as the standalone model's are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genmodels.device import at_least_fp32
+
+from genmodels.fused.layers import MemberDropout, MemberLinear, member_state, prefixed, stacked
+from genmodels.vae import VAE
+
+
+class FusedVAE(nn.Module):
+    def __init__(self, members: list[VAE], dropouts: list[float]):
+        super().__init__()
+        self.num_members = len(members)
+        self.latent_dims = [m.latent_dim for m in members]
+        self.latent_dim = max(self.latent_dims)  # L, the padded size
+        active = torch.arange(self.latent_dim) < torch.tensor(self.latent_dims).unsqueeze(1)
+        self.register_buffer("latent_mask", active)  # [K, L]: True on a member's own coordinates
+        p = torch.tensor(dropouts, dtype=torch.float32)
+
+        def linears(modules: list[nn.Sequential], index: int) -> list[nn.Linear]:
+            return [m[index] for m in modules]
+
+        enc = [m.encoder for m in members]
+        dec = [m.decoder for m in members]
+        L = self.latent_dim
+        # Table 1: encoder (the last layer's mu rows are [0, L_k), its log-variance rows [L, L + L_k))
+        self.enc1, self.enc2 = MemberLinear.from_linears(linears(enc, 0)), MemberLinear.from_linears(linears(enc, 3))
+        heads = linears(enc, 6)
+        self.enc_mu = MemberLinear(stacked([h.weight[:h.out_features // 2] for h in heads], (L, heads[0].in_features)),
+                                   stacked([h.bias[:h.out_features // 2] for h in heads], (L,)))
+        self.enc_logvar = MemberLinear(stacked([h.weight[h.out_features // 2:] for h in heads], (L, heads[0].in_features)),
+                                       stacked([h.bias[h.out_features // 2:] for h in heads], (L,)))
+        # Table 2: decoder (its first layer's padded input columns are zero)
+        self.dec1 = MemberLinear.from_linears(linears(dec, 0), in_features=L)
+        self.dec2, self.dec3 = MemberLinear.from_linears(linears(dec, 3)), MemberLinear.from_linears(linears(dec, 6))
+        self.dec4 = MemberLinear.from_linears(linears(dec, 9))
+        self.drop = nn.ModuleList(MemberDropout(p) for _ in range(5))  # one per dropout layer, in order
+        self.hidden_dim = members[0].encoder[0].out_features
+
+    def member(self, k: int) -> VAE:
+        """Member k as a standalone `VAE` (its own weights, unpadded; for figures and exports)."""
+        latent = self.latent_dims[k]
+        vae = VAE(latent, float(self.drop[0].p[k]), self.hidden_dim).to(self.latent_mask.device)
+        mu, logvar = member_state(self.enc_mu, k, latent), member_state(self.enc_logvar, k, latent)
+        state = {
+            **prefixed("encoder.0", member_state(self.enc1, k)),
+            **prefixed("encoder.3", member_state(self.enc2, k)),
+            **prefixed("encoder.6", {name: torch.cat([mu[name], logvar[name]]) for name in mu}),
+            **prefixed("decoder.0", member_state(self.dec1, k, cols=latent)),
+            **prefixed("decoder.3", member_state(self.dec2, k)),
+            **prefixed("decoder.6", member_state(self.dec3, k)),
+            **prefixed("decoder.9", member_state(self.dec4, k)),
+        }
+        vae.load_state_dict(state)
+        return vae
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x shared [N, 1, 28, 28] or per member [K, N, 1, 28, 28] -> mu, log sigma^2 [K, N, L]."""
+        x = x.flatten(1) if x.dim() == 4 else x.flatten(2)
+        h = self.drop[0](F.elu(self.enc1(x)))
+        h = self.drop[1](torch.tanh(self.enc2(h)))
+        mask = self.latent_mask.unsqueeze(1)
+        zero = torch.zeros((), dtype=h.dtype, device=h.device)
+        return torch.where(mask, self.enc_mu(h), zero), torch.where(mask, self.enc_logvar(h), zero)
+
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return torch.where(self.latent_mask.unsqueeze(1), z, torch.zeros((), dtype=z.dtype, device=z.device))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits [K, N, 1, 28, 28] of latent codes z [K, N, L] (padded coordinates 0)."""
+        h = self.drop[2](torch.tanh(self.dec1(z)))
+        h = self.drop[3](F.elu(self.dec2(h)))
+        h = self.drop[4](F.elu(self.dec3(h)))
+        return self.dec4(h).view(self.num_members, -1, 1, 28, 28)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        mu, logvar = self.encode(x)
+        return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decode(z))
+
+    def pad_latent(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Members' own latent codes [N, L_k] -> one padded tensor [K, N, L]."""
+        return stacked(codes, (len(codes[0]), self.latent_dim))
+
+
+def member_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) [K, N] from logits [K, N, ...] and targets shared [N, ...] or [K, N, ...]."""
+    x = x.expand_as(logits) if x.dim() < logits.dim() else x
+    nll = F.binary_cross_entropy_with_logits(at_least_fp32(logits), x, reduction="none")
+    return -nll.flatten(2).sum(dim=2)
+
+
+def member_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) [K, N]; padded coordinates (mu = log sigma^2 = 0) add exactly 0."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=2)
+
+
+def fused_elbo_terms(model: FusedVAE, x: torch.Tensor,
+                     eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Eq. (10) per member and example, [K, N] in nats (see `genmodels.vae.elbo_terms`)."""
+    logits, mu, logvar = model(x, eps)
+    recon = member_log_likelihood(logits, x)
+    kl = member_kl(at_least_fp32(mu), at_least_fp32(logvar))
+    return {"elbo": recon - kl, "recon": recon, "kl": kl}
+
+
+def fused_iwae_bound(model: FusedVAE, x: torch.Tensor, k: int) -> torch.Tensor:
+    """The IWAE bound (Burda et al. 2016, eq. 8) per member and example, [K, N] in nats; the
+    densities sum over each member's own latent coordinates only."""
+    mu, logvar = model.encode(x)
+    mu, logvar = mu.float(), logvar.float()
+    std = torch.exp(0.5 * logvar)
+    members, n, _ = mu.shape
+    mask = model.latent_mask.unsqueeze(1)  # [K, 1, L]
+    z = mu + std * torch.randn(k, *mu.shape, device=mu.device)  # [S, K, N, L]
+    z = torch.where(mask, z, torch.zeros((), device=z.device))
+    log_q = torch.where(mask, -0.5 * ((z - mu) / std) ** 2 - std.log(), 0).sum(-1)
+    log_prior = torch.where(mask, -0.5 * z ** 2, 0).sum(-1)
+    # Both densities share the -log(2 pi) / 2 per coordinate, which cancels in log p - log q.
+    logits = model.decode(z.transpose(0, 1).flatten(1, 2).to(x.dtype))  # [K, S*N, 1, 28, 28]
+    targets = x.flatten(1).repeat(k, 1)  # [S*N, 784], sample-major like z
+    log_lik = member_log_likelihood(logits.flatten(2), targets).view(members, k, n).transpose(0, 1)
+    log_w = log_lik + log_prior - log_q  # [S, K, N]
+    return torch.logsumexp(log_w, dim=0) - math.log(k)
+

@@ -1,0 +1,308 @@
+"""Fused groups (genmodels.fused) compute exactly what their members' standalone models compute.
+
+Each member of a K = 3 group (different dropout, latent size and learning rates) is checked against
+the real standalone task (`VAETask` / `GANTask`, with `torch.optim.Adam`) trained from the same
+initial weights on the same batches with the same noise and the same dropout masks (recorded in
+the fused run and replayed in the standalone one): losses agree within 1e-4 relative at every
+step, and after 20 steps each weight tensor within 1e-4 relative (in norm), in train and in eval
+mode. A member driven to divergence is frozen without touching
+the others.
+
+    pytest tests/test_fused.py -q
+"""
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+from genmodels.data import load_dataset, to_unit_interval
+from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask
+from genmodels.gan import GANConfig
+from genmodels.tasks import GANTask, VAETask
+from genmodels.training import TrainConfig, Trainer, TrainingDiverged
+from genmodels.vae import VAEConfig
+
+STEPS = 20
+BATCH = 32
+RTOL = 1e-4
+HIDDEN = 128  # a narrower VAE keeps the test quick; the layers are the same
+SEED = 0
+
+VAE_MEMBERS = [VAEConfig(latent_dim=4, dropout=0.0, lr=1e-3, hidden_dim=HIDDEN),
+               VAEConfig(latent_dim=9, dropout=0.2, lr=3e-4, hidden_dim=HIDDEN),
+               VAEConfig(latent_dim=6, dropout=0.5, lr=2e-3, hidden_dim=HIDDEN)]
+GAN_MEMBERS = [GANConfig(latent_dim=8, lr_g=2e-4, lr_d=2e-4, dropout=0.0),
+               GANConfig(latent_dim=16, lr_g=5e-4, lr_d=1e-4, beta1=0.3, dropout=0.2),
+               GANConfig(latent_dim=12, lr_g=1e-4, lr_d=4e-4, beta2=0.99, dropout=0.4)]
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    return load_dataset("mnist", data_dir)
+
+
+def train_cfg(**kw):
+    return TrainConfig(batch_size=BATCH, seed=SEED, device="cpu", iwae_samples=0, **kw)
+
+
+def batches(mnist, steps=STEPS):
+    generator = torch.Generator().manual_seed(1)
+    order = torch.randperm(len(mnist.train_images), generator=generator)
+    return [to_unit_interval(mnist.train_images[i]) for i in order[:steps * BATCH].split(BATCH)]
+
+
+class ReplayDropout(nn.Module):
+    """nn.Dropout's arithmetic with the masks a fused run drew, replayed in order (p is the fused
+    layer's stored value, so both sides scale by the same 1 / (1 - p))."""
+
+    def __init__(self, p: torch.Tensor, masks: list[torch.Tensor]):
+        super().__init__()
+        self.p, self.masks = p, list(masks)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        return x * self.masks.pop(0) / (1 - self.p)
+
+
+def replace_dropouts(module: nn.Module, fused_layers, k: int, masks_per_layer) -> None:
+    """Swap the module's nn.Dropout layers, in order, for replays of member k's masks."""
+    layers = [(parent, name, child) for parent in module.modules()
+              for name, child in parent.named_children() if isinstance(child, nn.Dropout)]
+    assert len(layers) == len(masks_per_layer) == len(fused_layers)
+    for (parent, name, child), fused, masks in zip(layers, fused_layers, masks_per_layer):
+        assert child.p == pytest.approx(float(fused.p[k]))
+        setattr(parent, name, ReplayDropout(fused.p[k], masks))
+
+
+def standalone(task_class, cfg, mnist):
+    torch.manual_seed(SEED)  # as Trainer.create seeds before building the task
+    return task_class(cfg, mnist, torch.device("cpu"), train_cfg(), contextlib.nullcontext)
+
+
+def assert_close_states(actual: dict, expected: dict) -> None:
+    """Every tensor within RTOL of the standalone one, relative to its norm: fp32 sums taken in
+    another order (a batched product against a plain one) differ in the last bits, and Adam
+    turns such a difference on a near-zero gradient into a weight difference of ~1e-6 absolute,
+    which is large relative to a weight that happens to be near 0 but not to the tensor."""
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        if expected[name].is_floating_point():
+            error = (actual[name] - expected[name]).norm() / expected[name].norm().clamp_min(1e-12)
+            assert error <= RTOL, f"{name}: relative error {error:.2e}"
+
+
+def record(dropouts) -> None:
+    for layer in dropouts:
+        layer.recorded = []
+
+
+# ---- VAE -------------------------------------------------------------------------------------
+def run_fused_vae(mnist, members, data):
+    fused = FusedVAETask(FusedConfig(members), mnist, torch.device("cpu"), train_cfg(),
+                         contextlib.nullcontext)
+    record(fused.model.drop)
+    generator = torch.Generator().manual_seed(2)
+    noise, losses = [], []
+    for x in data:
+        eps = torch.randn(len(members), BATCH, fused.model.latent_dim, generator=generator)
+        noise.append(eps)
+        losses.append(fused.update(x, eps)["train_loss"])
+    return fused, noise, torch.stack(losses)
+
+
+def replay_vae_member(mnist, fused, k, data, noise):
+    cfg = fused.cfg.members[k]
+    task = standalone(VAETask, cfg, mnist)
+    masks = [[m[k] for m in layer.recorded] for layer in fused.model.drop]
+    replace_dropouts(task.model, fused.model.drop, k, masks)
+    losses = [task.update(x, eps[k, :, :cfg.latent_dim])["train_loss"] for x, eps in zip(data, noise)]
+    return task, torch.stack(losses)
+
+
+def test_fused_vae_members_start_with_their_standalone_weights(mnist):
+    fused = FusedVAETask(FusedConfig(VAE_MEMBERS), mnist, torch.device("cpu"), train_cfg(),
+                         contextlib.nullcontext)
+    for k, cfg in enumerate(VAE_MEMBERS):
+        expected = standalone(VAETask, cfg, mnist).model.state_dict()
+        for name, value in fused.model.member(k).state_dict().items():
+            assert torch.equal(value, expected[name]), name
+
+
+def test_fused_vae_matches_standalone_members_after_20_steps(mnist):
+    data = batches(mnist)
+    fused, noise, fused_losses = run_fused_vae(mnist, VAE_MEMBERS, data)
+    for k in range(len(VAE_MEMBERS)):
+        task, losses = replay_vae_member(mnist, fused, k, data, noise)
+        torch.testing.assert_close(fused_losses[:, k], losses, rtol=RTOL, atol=0)
+        assert_close_states(fused.model.member(k).state_dict(), task.model.state_dict())
+        # eval mode: dropout off, the posterior mean decoded, on test images
+        task.model.eval(), fused.model.eval()
+        real = to_unit_interval(mnist.test_images[:64])
+        mu, logvar = fused.model.encode(real)
+        mu_k, logvar_k = task.model.encode(real)
+        latent = VAE_MEMBERS[k].latent_dim
+        torch.testing.assert_close(mu[k, :, :latent], mu_k, rtol=RTOL, atol=1e-5)
+        torch.testing.assert_close(logvar[k, :, :latent], logvar_k, rtol=RTOL, atol=1e-5)
+        assert torch.equal(mu[k, :, latent:], torch.zeros_like(mu[k, :, latent:]))  # padding stays 0
+        torch.testing.assert_close(fused.model.sample(mu)[k], task.model.sample(mu_k),
+                                   rtol=RTOL, atol=1e-5)
+
+
+def assert_same_members(group_a, group_b, members) -> None:
+    """Bitwise: members' slices of every parameter and buffer are equal in the two groups."""
+    for module_a, module_b in zip(group_a.modules.values(), group_b.modules.values()):
+        state_b = module_b.state_dict()
+        for name, value in module_a.state_dict().items():
+            if value.dim() > 0:
+                assert torch.equal(value[members], state_b[name][members]), name
+
+
+def test_a_diverging_vae_member_is_frozen_and_the_others_are_untouched(mnist):
+    """The same group with member 1 healthy, and with member 1 at an absurd learning rate: members
+    0 and 2 end bit-for-bit the same, so nothing of member 1 reaches them."""
+    absurd = VAEConfig(latent_dim=5, dropout=0.1, lr=1e4, hidden_dim=HIDDEN)
+    healthy = VAEConfig(latent_dim=5, dropout=0.1, lr=1e-3, hidden_dim=HIDDEN)
+    data = batches(mnist)
+    torch.manual_seed(5)
+    sick, _, losses = run_fused_vae(mnist, [VAE_MEMBERS[0], absurd, VAE_MEMBERS[2]], data)
+    torch.manual_seed(5)
+    well, _, _ = run_fused_vae(mnist, [VAE_MEMBERS[0], healthy, VAE_MEMBERS[2]], data)
+    assert sick.status.active.tolist() == [True, False, True]
+    assert well.status.active.tolist() == [True, True, True]
+    frozen_at = sick.status.diverged_step[1].item()
+    assert 1 <= frozen_at < STEPS
+    assert (losses[frozen_at - 1:, 1] == 0).all()  # its metrics read 0 from then on
+    for name, value in sick.model.member(1).state_dict().items():
+        assert torch.isfinite(value.float()).all(), name  # frozen at its last finite weights
+    assert_same_members(sick, well, [0, 2])
+
+
+# ---- GAN -------------------------------------------------------------------------------------
+GAN_BATCH = 4  # fp64 convolutions on the CPU are slow; BatchNorm still sees 4 x H x W values
+
+
+@pytest.fixture
+def fp64():
+    """Build and train in fp64 (see the module docstring), on one thread, restored afterwards."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+def gan_batches(mnist):
+    return [x[:GAN_BATCH].double() for x in batches(mnist)]
+
+
+def run_fused_gan(mnist, members, data):
+    fused = FusedGANTask(FusedConfig(members), mnist, torch.device("cpu"), train_cfg(),
+                         contextlib.nullcontext)
+    record(fused.discriminator.drops)
+    generator = torch.Generator().manual_seed(3)
+    noise, losses = [], []
+    for x in data:
+        h = torch.randn(len(members), len(x), fused.generator.latent_dim, generator=generator)
+        noise.append(h)
+        out = fused.update(x, h)
+        losses.append(torch.stack([out["loss_d"], out["loss_g"]]))
+    return fused, noise, torch.stack(losses)  # [steps, 2, K]
+
+
+def replay_gan_member(mnist, fused, k, data, noise):
+    cfg = fused.cfg.members[k]
+    task = standalone(GANTask, cfg, mnist)
+    channels = [layer.channels for layer in fused.discriminator.drops]
+    masks = [[m.unflatten(1, (fused.num_members, c))[:, k] for m in layer.recorded]
+             for layer, c in zip(fused.discriminator.drops, channels)]
+    replace_dropouts(task.discriminator, fused.discriminator.drops, k, masks)
+    losses = []
+    for x, h in zip(data, noise):
+        out = task.update(x, h[k, :, :cfg.latent_dim])
+        losses.append(torch.stack([out["loss_d"], out["loss_g"]]))
+    return task, torch.stack(losses)
+
+
+@pytest.mark.slow
+def test_fused_gan_matches_standalone_members_after_20_steps(mnist, fp64):
+    data = gan_batches(mnist)
+    fused, noise, fused_losses = run_fused_gan(mnist, GAN_MEMBERS, data)
+    for k in range(len(GAN_MEMBERS)):
+        task, losses = replay_gan_member(mnist, fused, k, data, noise)
+        torch.testing.assert_close(fused_losses[:, :, k], losses.to(fused_losses.dtype), rtol=RTOL, atol=1e-6)
+        assert_close_states(fused.generator.member(k).state_dict(), task.generator.state_dict())
+        assert_close_states(fused.discriminator.member(k).state_dict(),
+                            task.discriminator.state_dict())
+        # eval mode: BatchNorm's running statistics, no dropout
+        h = fused.fixed_h
+        torch.testing.assert_close(fused.generate(h)[k], task.generate(task.fixed_h),
+                                   rtol=RTOL, atol=1e-5)
+        fused.discriminator.eval(), task.discriminator.eval()
+        real = to_unit_interval(mnist.test_images[:64]).double() * 2 - 1
+        torch.testing.assert_close(fused.discriminator(real)[k], task.discriminator(real),
+                                   rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_diverging_gan_member_is_frozen_and_the_others_are_untouched(mnist):
+    absurd = GANConfig(latent_dim=8, lr_g=1e30, lr_d=1e30)  # overflows fp32
+    healthy = GANConfig(latent_dim=8)
+    data = [x[:GAN_BATCH] for x in batches(mnist)]
+    torch.manual_seed(5)
+    sick, _, _ = run_fused_gan(mnist, [GAN_MEMBERS[0], absurd, GAN_MEMBERS[2]], data)
+    torch.manual_seed(5)
+    well, _, _ = run_fused_gan(mnist, [GAN_MEMBERS[0], healthy, GAN_MEMBERS[2]], data)
+    assert sick.status.active.tolist() == [True, False, True]
+    assert_same_members(sick, well, [0, 2])
+    for name, value in sick.generator.member(1).state_dict().items():
+        assert torch.isfinite(value.float()).all(), name
+
+
+# ---- the shared loop -------------------------------------------------------------------------
+def fused_trainer(mnist, members, **train):
+    cfg = train_cfg(epochs=2, train_subset=256, num_threads=1, **train)
+    return Trainer.create("fused-vae", FusedConfig(members), cfg, mnist)
+
+
+def test_the_loop_trains_a_fused_group_and_reports_per_member_metrics(mnist):
+    trainer = fused_trainer(mnist, VAE_MEMBERS)
+    history = trainer.fit()
+    last = history[-1]
+    assert len(last["test_elbo"]) == len(VAE_MEMBERS) and isinstance(last["epoch"], int)
+    first = history[0]["test_elbo"]
+    assert all(b > a for a, b in zip(first, last["test_elbo"])), (first, last["test_elbo"])
+    assert trainer.sample_history[-1].shape == (3, 64, 1, 28, 28)
+
+
+def test_the_loop_keeps_going_past_one_diverged_member_and_stops_when_all_are(mnist):
+    absurd = VAEConfig(latent_dim=5, lr=1e4, hidden_dim=HIDDEN)
+    trainer = fused_trainer(mnist, [VAE_MEMBERS[0], absurd])
+    trainer.fit()
+    assert [m["active"] for m in trainer.task.status.as_list()] == [True, False]
+    with pytest.raises(TrainingDiverged):
+        fused_trainer(mnist, [absurd, absurd]).fit()
+
+
+def test_a_fused_group_resumes_bit_exactly(mnist, tmp_path):
+    straight = fused_trainer(mnist, VAE_MEMBERS)
+    straight.fit()
+    first = fused_trainer(mnist, VAE_MEMBERS)
+    first.run_epoch()
+    first.save_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = fused_trainer(mnist, VAE_MEMBERS)
+    resumed.resume(tmp_path / "checkpoint.pt")
+    resumed.fit()
+    for name, value in straight.task.model.state_dict().items():
+        assert torch.equal(value, resumed.task.model.state_dict()[name]), name
+    assert [m["test_elbo"] for m in straight.history] == [m["test_elbo"] for m in resumed.history]
+
+
+def test_members_must_share_the_network_shape():
+    with pytest.raises(ValueError, match="hidden_dim"):
+        FusedConfig([VAEConfig(hidden_dim=64), VAEConfig(hidden_dim=128)])
+    with pytest.raises(ValueError, match="same model"):
+        FusedConfig([VAEConfig(), GANConfig()])
