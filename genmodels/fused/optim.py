@@ -69,6 +69,14 @@ class StackedAdam:
                 v.copy_(torch.where(keep, new_v, v))
                 p.copy_(torch.where(keep, new_p, p))
 
+    def keep_members(self, index: torch.Tensor, params: Iterable[torch.nn.Parameter]) -> None:
+        """Keep the members `index` (after `keep_members` of the module, whose new `params` these
+        are, in the same order): their coefficients and moments, nothing of the others."""
+        self.params = list(params)
+        self.lr, self.beta1, self.beta2 = (t[index.to(t.device)] for t in (self.lr, self.beta1, self.beta2))
+        self.exp_avg = [m[index] for m in self.exp_avg]
+        self.exp_avg_sq = [v[index] for v in self.exp_avg_sq]
+
     def state_dict(self) -> dict:
         return {"steps": self.steps, "exp_avg": [t.clone() for t in self.exp_avg],
                 "exp_avg_sq": [t.clone() for t in self.exp_avg_sq], "lr": self.lr.tolist(),

@@ -29,6 +29,7 @@ from genmodels.fused.gan import (
     fused_discriminator_loss,
     fused_generator_loss,
 )
+from genmodels.fused.layers import MemberDropout
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
 from genmodels.gan import Discriminator, GANConfig, Generator
@@ -122,7 +123,45 @@ class MemberStatus(nn.Module):
                 for a, s in zip(self.active.tolist(), self.diverged_step.tolist())]
 
 
-class FusedVAETask:
+def keep_module_members(module: nn.Module, index: torch.Tensor) -> None:
+    """Keep the members `index` of every stacked parameter and buffer in `module` (they all have
+    the member dimension first; 0-dim buffers such as step counters are shared and stay)."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                sub._parameters[name] = nn.Parameter(param.detach()[index], param.requires_grad)
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None and buffer.dim() > 0:
+                sub._buffers[name] = buffer[index]
+        if hasattr(sub, "num_members"):
+            sub.num_members = len(index)
+        if hasattr(sub, "latent_dims"):
+            sub.latent_dims = [sub.latent_dims[k] for k in index.tolist()]
+        if isinstance(sub, MemberDropout):
+            sub.any_dropout = bool((sub.p > 0).any())
+
+
+class _KeepMembers:
+    """Shrinking a group: members that ended (stopped early, diverged) stop costing compute."""
+
+    def keep_members(self, keep: list[int]) -> None:
+        """Keep only the members `keep` (indices into the current members), in that order. The
+        kept members continue exactly where they were; from then on the group draws its noise
+        and dropout masks for fewer members, so their random streams differ from an unshrunk
+        group's (a valid run, not the same run)."""
+        index = torch.tensor(keep, device=self.device)
+        for module in self.modules.values():
+            keep_module_members(module, index)
+        for optimizer, module in self.optimized():
+            optimizer.keep_members(index, module.parameters())
+        self.cfg.members[:] = [self.cfg.members[k] for k in keep]
+        self.num_members = len(keep)
+        for name in ("fixed_z", "fixed_h"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name)[index])
+
+
+class FusedVAETask(_KeepMembers):
     name = "fused-vae"
 
     def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
@@ -142,6 +181,9 @@ class FusedVAETask:
             [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in cfg.members])
         self.test_targets = vae_test_targets(data, self.binarize, device)  # as the standalone task's
         self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
+
+    def optimized(self):
+        return [(self.optimizer, self.model)]
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
@@ -205,7 +247,7 @@ class FusedVAETask:
         return real, self.model.sample(mu).float()
 
 
-class FusedGANTask:
+class FusedGANTask(_KeepMembers):
     name = "fused-gan"
 
     def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
@@ -231,6 +273,9 @@ class FusedGANTask:
         self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
         self.fixed_h = self.generator.pad_latent(
             [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in members])
+
+    def optimized(self):
+        return [(self.opt_g, self.generator), (self.opt_d, self.discriminator)]
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
