@@ -12,7 +12,17 @@ from pathlib import Path
 
 from analysis.records import ERROR_CHARS, LoadError, TrialRecord
 from genmodels.files import read_status
-from genmodels.names import DIVERGED, FAILED, FINISHED, OPTIONS_FILE, STOPPED_EARLY, UNFINISHED
+from genmodels.names import (
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    MEMBER_IDS_KEY,
+    MEMBER_RESULTS_KEY,
+    MEMBERS_KEY,
+    OPTIONS_FILE,
+    STOPPED_EARLY,
+    UNFINISHED,
+)
 
 # Fields Ray Tune adds to every reported result: not metrics of the model.
 RAY_RESULT_FIELDS = {
@@ -91,6 +101,33 @@ def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | No
                        error=error[:ERROR_CHARS] if error else None)
 
 
+def read_fused_group(folder: Path, config: dict, rows: list[dict],
+                     ray_status: str | None) -> list[TrialRecord]:
+    """A fused group's folder (--fuse K): one record per member, as an unfused trial's. Each
+    report holds every member's latest values under `member_results` (sweeps/fused_search.py)."""
+    group_id = rows[-1]["trial_id"] if rows and "trial_id" in rows[-1] else folder.name.split("_")[-1]
+    records = []
+    for member, values in zip(config[MEMBER_IDS_KEY], config[MEMBERS_KEY]):
+        history = {}
+        for row in rows:
+            reported = (row.get(MEMBER_RESULTS_KEY) or {}).get(member)
+            if reported and "epoch" in reported:
+                history[int(reported["epoch"])] = {
+                    "epoch": int(reported["epoch"]),
+                    **{k: v for k, v in reported.items() if k != "epoch"
+                       and isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        status_file = read_status(folder / member)
+        status = status_file.get("status")
+        if status is None:
+            status = UNFINISHED if ray_status in ("RUNNING", "PENDING", "PAUSED", None) else FAILED
+        error = status_file.get("message") if status == DIVERGED else None
+        records.append(TrialRecord(trial_id=f"{group_id}-{member}", status=status, config=values,
+                                   history=[history[e] for e in sorted(history)],
+                                   figures_dir=str((folder / member).resolve()),
+                                   error=error[:ERROR_CHARS] if error else None))
+    return records
+
+
 def trial_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_dir() and ((p / "params.json").exists() or (p / "result.json").exists()))
@@ -108,5 +145,12 @@ def read_ray_folder(results: str | Path) -> tuple[list[TrialRecord], dict]:
     options_path = folder / OPTIONS_FILE
     options = json.loads(options_path.read_text()) if options_path.exists() else {}
     statuses = ray_statuses(folder)
-    records = [read_ray_trial(t, statuses.get(t.name), options.get("epochs")) for t in trials]
+    records = []
+    for trial in trials:
+        config = json.loads((trial / "params.json").read_text()) if (trial / "params.json").exists() else {}
+        if MEMBER_IDS_KEY in config:
+            rows = read_json_lines(trial / "result.json")
+            records += read_fused_group(trial, config, rows, statuses.get(trial.name))
+        else:
+            records.append(read_ray_trial(trial, statuses.get(trial.name), options.get("epochs")))
     return records, options

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from genmodels.data import ImageData, load_dataset, to_unit_interval  # noqa: E402
+from genmodels.data import ImageData, load_dataset  # noqa: E402
+from genmodels.fused.layers import MemberConv2d, MemberConvTranspose2d  # noqa: E402
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.tasks import GANTask, VAETask  # noqa: E402
@@ -53,6 +54,14 @@ def member_configs(model: str, k: int) -> list:
                 for i in range(k)]
     return [GANConfig(latent_dim=64 + 16 * (i % 4), lr_g=2e-4 * (1 + i % 3), lr_d=2e-4,
                       dropout=0.0) for i in range(k)]
+
+
+def set_conv_layout(task, grouped: bool) -> None:
+    """Grouped convolutions, or K per-member calls, in every fused conv layer of the task."""
+    for module in task.modules.values():
+        for layer in module.modules():
+            if isinstance(layer, (MemberConv2d, MemberConvTranspose2d)):
+                layer.grouped = grouped
 
 
 def build_task(model: str, k: int | None, data: ImageData, device: torch.device):
@@ -154,21 +163,27 @@ def main(argv: list[str] | None = None) -> int:
         for n in procs:
             # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
             per_proc = max(1, threads // n) if not cuda else 1
-            rate = unfused(model, data.cpu(), str(device), n, steps, warmup, per_proc)
+            rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc)
             reference = reference or rate
             rows.append({"model": model, "mode": f"unfused x{n}", "trial_epochs_per_hour": rate})
-            print(f"{model}  unfused, {n} process(es)   {rate:10.1f} trial-epochs/h   "
+            print(f"{model}  unfused, {n} process(es)     {rate:10.1f} trial-epochs/h   "
                   f"{rate / reference:5.2f}x one trial", flush=True)
+        # The GAN's convolutions: one grouped call per layer, or K calls (the VAE has none).
+        layouts = ["grouped", "per-member"] if model == "gan" else ["-"]
         for k in args.members:
-            task = build_task(model, k, data, device)
-            seconds = time_trial_epoch(task, data, device, steps, warmup)
-            rate = k * 3600 / seconds
-            rows.append({"model": model, "mode": f"fused K={k}", "trial_epochs_per_hour": rate})
-            print(f"{model}  fused, K = {k:<2}            {rate:10.1f} trial-epochs/h   "
-                  f"{rate / reference:5.2f}x one trial", flush=True)
-            del task
-            if cuda:
-                torch.cuda.empty_cache()
+            for layout in layouts:
+                task = build_task(model, k, data, device)
+                if model == "gan":
+                    set_conv_layout(task, layout == "grouped")
+                seconds = time_trial_epoch(task, data, device, steps, warmup)
+                rate = k * 3600 / seconds
+                rows.append({"model": model, "mode": f"fused K={k}", "convs": layout,
+                             "trial_epochs_per_hour": rate})
+                print(f"{model}  fused, K = {k:<2} {layout:<10} {rate:10.1f} trial-epochs/h   "
+                      f"{rate / reference:5.2f}x one trial", flush=True)
+                del task
+                if cuda:
+                    torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows}, indent=2))
     return 0

@@ -67,6 +67,13 @@ FAILURE_TAG = "gensweep.failure_reason"  # why a trial failed or diverged
 TRIAL_ID_TAG = "ray.trial_id"  # finds a trial's run again when the trial is restored
 TRIAL_DIR_TAG = "ray.trial_dir"  # the trial's folder in the sweep's storage
 NODE_TAG = "ray.node_id"
+GROUP_TAG = "gensweep.group"  # a fused member's run: its group's Ray trial (--fuse)
+
+# ---- fused sweeps (--fuse K): a group's Tune config and reports ---------------------------------
+MEMBERS_KEY = "members"  # the trial config's list of member configs
+MEMBER_IDS_KEY = "member_ids"  # ... and their names (m000, m001, ...: one per configuration)
+MEMBER_RESULTS_KEY = "member_results"  # in each report: member id -> its latest metrics, status
+RUNNING = "running"  # a member still training, in MEMBER_RESULTS_KEY (its ends are STATUSES)
 
 # ---- environment -------------------------------------------------------------------------------
 DATA_DIR_ENV = "GENSWEEP_DATA_DIR"  # default --data-dir

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from genmodels.data import ImageData, check_dataset_name, iterate_batches
 from genmodels.device import PRECISIONS, autocast_factory, check_compile_mode, setup_device
 from genmodels.files import atomic_write, write_json
-from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.fused.tasks import FUSED_TASKS
+from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS
 

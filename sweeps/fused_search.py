@@ -20,14 +20,10 @@ import pickle
 import optuna
 from ray.tune.search import Searcher
 
-from genmodels.names import FAILED, FINISHED, STOPPED_EARLY
+from genmodels.names import FAILED, FINISHED, MEMBERS_KEY, RUNNING, STOPPED_EARLY
+from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
+from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
 from sweeps.search_space import Range
-
-RUNNING = "running"  # a member still training (its other statuses are genmodels.names')
-
-MEMBERS_KEY = "members"  # the trial config's list of member configs
-IDS_KEY = "member_ids"  # ... and their names (m000, m001, ...: one per configuration of the sweep)
-RESULTS_KEY = "member_results"  # in a group's reported result: member id -> its metrics and status
 
 
 def optuna_distribution(r: Range) -> optuna.distributions.BaseDistribution:

@@ -36,6 +36,7 @@ from genmodels.names import (
     OBJECTIVES,
     OPTIONS_FILE,
     SWEEP_LOG_FILE,
+    USABLE,
     tracking_uri,
 )
 from genmodels.tasks import TASKS
@@ -121,6 +122,10 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", default=None,
                    help="MLflow tracking server (http://host:5000) or store URI; default "
                         "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder")
+    p.add_argument("--fuse", type=int, default=1, metavar="K",
+                   help="train K configurations at once as one fused model per trial (each still "
+                        "its own Optuna trial, MLflow run and row in the analysis); pays off on "
+                        "GPUs, see README 'Fused trials' (default 1: unfused)")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup; "
                         "its GAN scores come from a classifier trained 2 epochs on those 512 "
@@ -166,7 +171,7 @@ def given_options(model: str, argv: list[str] | None) -> set[str]:
 
 def check_options(args: argparse.Namespace) -> None:
     """Each option's own range, the option named in the message."""
-    for option in ("num_samples", "epochs", "batch_size"):  # epochs before the grace period
+    for option in ("num_samples", "epochs", "batch_size", "fuse"):  # epochs before the grace period
         value = getattr(args, option)
         if value < 1:
             flag = "--" + option.replace("_", "-")
@@ -283,6 +288,31 @@ def best_table(results, metric: str, mode: str, space: dict) -> str:
         columns=lambda c: c.removeprefix("config/")).rename(columns={"training_iteration": "epochs"})
     frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last")
     return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def member_table(results, metric: str, mode: str, space: dict) -> str:
+    """A fused sweep's best members: one row per configuration, from each group's last report."""
+    import pandas as pd
+
+    from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
+    from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
+    from genmodels.names import MEMBERS_KEY
+
+    rows = []
+    for result in results:
+        config, members = result.config or {}, (result.metrics or {}).get(RESULTS_KEY) or {}
+        for member, values in zip(config.get(IDS_KEY, []), config.get(MEMBERS_KEY, [])):
+            final = members.get(member, {})
+            rows.append({"member": member, **{k: values.get(k) for k in space},
+                         metric: final.get(metric), "epochs": final.get("epoch"),
+                         "status": final.get("status", "failed")})
+    if not rows:
+        return "no trial reported a result"
+    frame = pd.DataFrame(rows)
+    frame["usable"] = frame["status"].isin(USABLE)
+    frame = frame.sort_values(["usable", metric], ascending=[False, mode == "min"], na_position="last")
+    return frame.drop(columns="usable").head(TABLE_ROWS).to_string(
+        index=False, float_format=lambda v: f"{v:.4g}")
 
 
 def unfinished_trials(results, num_samples: int) -> int:
@@ -542,11 +572,14 @@ def fit(plan: SweepPlan, tuner, tracking, stop: StopSignals):
 def report(plan: SweepPlan, results, tracking, stop: StopSignals) -> int:
     """Close the MLflow records, print the best trials and where everything is; the exit code."""
     args = plan.args
-    unfinished = unfinished_trials(results, args.num_samples)
+    from sweeps.tuner import tune_trials
+
+    unfinished = unfinished_trials(results, tune_trials(args))
     interrupted = stop.received is not None or unfinished > 0
     close_sweep(tracking, results, interrupted, args.metric, plan.mode)
     print(f"\nbest trials by {args.metric} ({plan.mode}):")
-    print(best_table(results, args.metric, plan.mode, plan.space))
+    table = member_table if args.fuse > 1 else best_table
+    print(table(results, args.metric, plan.mode, plan.space))
     errors = sum(1 for r in results if r.error)
     if errors:
         print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from genmodels.names import (
     CHECKPOINT_FILE,
     EXPERIMENT_KIND_TAG,
+    MEMBER_IDS_KEY,
     MODEL_TAG,
     MODEL_TRAINING_KIND,
     NOTE_TAG,
@@ -128,7 +129,7 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
                 retry(lambda: client.log_metric(parent, f"best_{metric}", best.metrics[metric]))
             except (RuntimeError, KeyError):
                 best = None  # no trial reported the metric: the leaderboard says so
-            if best is not None and best.checkpoint is not None:
+            if best is not None and best.checkpoint is not None and MEMBER_IDS_KEY not in best.config:
                 try:
                     log_best_model(tracking, best.checkpoint)
                 except Exception as err:  # the sweep's results are safe; say what is missing

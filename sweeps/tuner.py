@@ -13,7 +13,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
 from sweeps.console import Progress
+from sweeps.fused_search import FusedOptunaSearch
 from sweeps.search_space import Range
+from trainables.fused_trainable import MemberRungs, train_group
 from trainables.tracking import SweepRecords
 from trainables.trainable import train_trial
 
@@ -33,6 +35,15 @@ def tune_distribution(r: Range):
     return (tune.loguniform if r.log else tune.uniform)(r.low, r.high)
 
 
+def short_trial_name(trial) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def tune_trials(args) -> int:
+    """Tune trials of a sweep: one per configuration, or one per fused group of --fuse K."""
+    return -(-args.num_samples // args.fuse)
+
+
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                 resources: dict, stop=None, skip_trials: frozenset[str] = frozenset()) -> tune.Tuner:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
@@ -44,14 +55,19 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
     A trial whose worker or node dies is retried from its last checkpoint (`--max-failures`).
     """
     args = plan.args
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, model=plan.model, data=data,
-                             train_settings=plan.settings,
-                             fixed=plan.fixed_values,
-                             scorer_cache=scorer_cache, tracking=tracking,
-                             skip_trials=skip_trials),
-        resources)
-    callbacks = [ConsoleCallback(Progress(args.num_samples, args.epochs, args.metric, plan.mode)),
+    fused = args.fuse > 1
+    inputs = dict(model=plan.model, data=data, train_settings=plan.settings,
+                  fixed=plan.fixed_values, scorer_cache=scorer_cache, tracking=tracking)
+    if fused:
+        # Per-member early stopping: one rung keeper for every member of every group.
+        rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, plan.mode)
+                 if args.scheduler == "asha" else None)
+        function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
+                                        rungs=rungs, **inputs)
+    else:
+        function = tune.with_parameters(train_trial, skip_trials=skip_trials, **inputs)
+    trainable = tune.with_resources(function, resources)
+    callbacks = [ConsoleCallback(Progress(tune_trials(args), args.epochs, args.metric, plan.mode)),
                  TrialStatusCallback(tracking, args.epochs, stop)]
     failure = tune.FailureConfig(max_failures=args.max_failures)
     if args.resume:
@@ -60,16 +76,25 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                                    resume_errored=True, restart_errored=False)
         resume_settings(tuner, callbacks, failure, args.max_concurrent)
         return tuner
-    scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
-                               reduction_factor=ASHA_REDUCTION)
-                 if args.scheduler == "asha" else FIFOScheduler())
+    if fused:
+        # Tune sees groups; the members' early stopping is MemberRungs' (in the trainable).
+        scheduler = FIFOScheduler()
+        search = FusedOptunaSearch(plan.space, args.fuse, args.num_samples, args.metric, plan.mode,
+                                   seed=args.seed)
+    else:
+        scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
+                                   reduction_factor=ASHA_REDUCTION)
+                     if args.scheduler == "asha" else FIFOScheduler())
+        search = OptunaSearch(sampler=TPESampler(seed=args.seed))
     return tune.Tuner(
         trainable,
-        param_space=to_tune(plan.space),
+        param_space={} if fused else to_tune(plan.space),  # a fused group's come from `search`
         tune_config=tune.TuneConfig(
-            metric=args.metric, mode=plan.mode, num_samples=args.num_samples,
-            search_alg=OptunaSearch(sampler=TPESampler(seed=args.seed)),
-            scheduler=scheduler, max_concurrent_trials=args.max_concurrent),
+            metric=args.metric, mode=plan.mode, num_samples=tune_trials(args),
+            search_alg=search,
+            scheduler=scheduler, max_concurrent_trials=args.max_concurrent,
+            # a group's folder: its trial id (its members' folders are inside, named by id)
+            trial_dirname_creator=short_trial_name if fused else None),
         run_config=tune.RunConfig(
             name=args.name, storage_path=plan.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -30,11 +30,21 @@ from genmodels.classifier import scorer_from_cache
 from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_real_vs_model, save_sample_grid, save_samples_across_epochs
-from genmodels.files import write_status
+from genmodels.files import atomic_write, write_json, write_status
 from genmodels.fused.tasks import FusedConfig
-from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, STOPPED_EARLY
-from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
-from sweeps.fused_search import IDS_KEY, MEMBERS_KEY, RESULTS_KEY, RUNNING
+from genmodels.names import (
+    CHECKPOINT_FILE,
+    DIVERGED,
+    FINISHED,
+    MEMBERS_KEY,
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    RUNNING,
+    STOPPED_EARLY,
+)
+from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
+from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
+from genmodels.training import CHECKPOINT_FORMAT, EpochReport, TrainConfig, Trainer, TrainingDiverged
 from trainables.tracking import SweepRecords, start_tracker
 from trainables.trainable import model_config_from_tune, write_placement
 
@@ -96,6 +106,17 @@ def save_member_figures(trainer: Trainer, k: int, grids: list, epochs: list, out
     }
 
 
+def export_member(trainer: Trainer, k: int, cfg, folder: Path) -> None:
+    """Member k's trained network as its own plain files (`weights.pt`, `model.json`), as
+    `genmodels.training.export_model` writes a standalone run's: `load_model(folder)` reads it."""
+    task = trainer.task
+    network = task.model.member(k) if task.name == "fused-vae" else task.generator.member(k)
+    atomic_write(folder / MODEL_WEIGHTS_FILE, lambda tmp: torch.save(network.state_dict(), tmp))
+    write_json(folder / MODEL_CONFIG_FILE, {"format": CHECKPOINT_FORMAT,
+                                            "model": task.name.removeprefix("fused-"),
+                                            "model_config": cfg.to_dict()})
+
+
 def train_group(config: dict, *, model: str, data: ImageData, train_settings: dict, fixed: dict,
                 scorer_cache: dict | None, metric: str, mode: str,
                 tracking: SweepRecords | None = None, rungs=None) -> None:
@@ -111,7 +132,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     trial_dir = Path(tune.get_context().get_trial_dir())
 
     # A restored group continues with the members its last checkpoint still trained.
-    group = {"training": ids, "status": {i: RUNNING for i in ids},
+    group = {"training": ids, "status": {i: RUNNING for i in ids}, "results": {},
              "grids": {i: [] for i in ids}, "epochs": {i: [] for i in ids}}
     checkpoint = tune.get_checkpoint()
     folder_cm = checkpoint.as_directory() if checkpoint is not None else None
@@ -145,7 +166,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
                          RESULTS_KEY: results}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     def on_epoch(report_: EpochReport) -> None:
-        epoch, results = report_.epoch, {}
+        epoch, results = report_.epoch, group["results"]  # every member's latest, ended ones too
         member_status = trainer.task.status.as_list()
         for k, member in enumerate(training):
             values = member_metrics(report_.metrics, k)
@@ -164,6 +185,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             if report_.is_last or stop:
                 figures = save_member_figures(trainer, k, group["grids"][member],
                                               group["epochs"][member], out)
+                export_member(trainer, k, cfgs[member], out)
             trackers[member].log_epoch(epoch, values, grid, figures)
             if report_.is_last or stop:
                 end(member, FINISHED if report_.is_last else STOPPED_EARLY, epoch)
@@ -184,7 +206,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     except GroupEnded:
         return  # every member ended before the last epoch (stopped early or diverged)
     except TrainingDiverged as err:  # the last members still training diverged together
-        results = {}
+        results = group["results"]
         for member in list(training):
             end(member, DIVERGED, err.epoch, str(err))
             results[member] = {"epoch": err.epoch, "status": DIVERGED}

@@ -26,6 +26,7 @@ from PIL import Image
 from genmodels.names import (
     FAILED,
     FAILURE_TAG,
+    GROUP_TAG,
     MODEL_TAG,
     NODE_TAG,
     PARENT_RUN_TAG,
@@ -109,27 +110,34 @@ class TrialTracker:
         return cls(client, run_id, {m.step for m in history}, image_steps)
 
     @classmethod
-    def start(cls, tracking: SweepRecords, trial_dir: Path, model_cfg, train_cfg) -> TrialTracker:
+    def start(cls, tracking: SweepRecords, trial_dir: Path, model_cfg, train_cfg,
+              member: str | None = None, group: str | None = None) -> TrialTracker:
+        """The trial's run, created or (restored trial) found again. For a member of a fused
+        group, `member` names it: its run is the member's own, tagged with its `group`."""
         import ray
         from ray import tune
 
         context = tune.get_context()
         client = MlflowClient(tracking.uri)
-        trial_id = context.get_trial_id()
+        trial_id, run_name, folder = context.get_trial_id(), context.get_trial_name(), trial_dir.name
+        if member is not None:
+            trial_id, run_name, folder = f"{trial_id}-{member}", f"{run_name}-{member}", f"{folder}/{member}"
         run_id = find_trial_run(client, tracking.experiment_id, trial_id, tracking.parent_run_id)
         if run_id is not None:  # restored or retried: continue the same run
             return cls.continued(client, run_id)
         tags = {
             PARENT_RUN_TAG: tracking.parent_run_id,
-            RUN_NAME_TAG: context.get_trial_name(),
+            RUN_NAME_TAG: run_name,
             TRIAL_ID_TAG: trial_id,
             # Where the trial's results are stored (the sweep's storage), not the node's staging
             # folder that Tune syncs from.
-            TRIAL_DIR_TAG: f"{tracking.experiment_dir}/{trial_dir.name}",
+            TRIAL_DIR_TAG: f"{tracking.experiment_dir}/{folder}",
             NODE_TAG: ray.get_runtime_context().get_node_id(),
             SWEEP_TAG: tracking.sweep,
             MODEL_TAG: tracking.model,
         }
+        if group is not None:
+            tags[GROUP_TAG] = group
         run = retry(lambda: client.create_run(tracking.experiment_id, tags=tags))
         tracker = cls(client, run.info.run_id)
         params = {**model_cfg.to_dict(), **{f"train.{k}": v for k, v in train_cfg.to_dict().items()}}
@@ -176,8 +184,8 @@ class NoTracker:
         pass
 
 
-def start_tracker(tracking: SweepRecords | None, trial_dir: Path, model_cfg,
-                  train_cfg) -> TrialTracker | NoTracker:
+def start_tracker(tracking: SweepRecords | None, trial_dir: Path, model_cfg, train_cfg,
+                  member: str | None = None, group: str | None = None) -> TrialTracker | NoTracker:
     if tracking is None:
         return NoTracker()
-    return TrialTracker.start(tracking, trial_dir, model_cfg, train_cfg)
+    return TrialTracker.start(tracking, trial_dir, model_cfg, train_cfg, member, group)

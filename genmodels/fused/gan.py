@@ -1,10 +1,11 @@
 """K GANs of the seed report (Tables 3 and 4) trained as one: each member its own generator and
 discriminator weights, BatchNorm statistics, D dropout and latent size.
 
-Convolutions run over the channel-stacked layout [N, K*C, H, W] (grouped, or K calls: `grouped`); G's fully connected
-projection runs as a batched matrix product. Noise h is padded to the largest latent size L; the
-projection's padded input columns are zero and the padded noise coordinates are zeroed, so each
-member's generator computes exactly its standalone output. Members share each real minibatch.
+Convolutions run over the channel-stacked layout [N, K*C, H, W] (one grouped call, or K calls:
+`grouped`); G's fully connected projection runs as a batched matrix product. Noise h is padded
+to the largest latent size L; the projection's padded input columns are zero and the padded noise
+coordinates are zeroed, so each member's generator computes exactly its standalone output.
+Members share each real minibatch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.device import at_least_fp32
-
 from genmodels.fused.layers import (
     MemberBatchNorm,
     MemberConv2d,

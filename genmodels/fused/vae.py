@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.device import at_least_fp32
-
 from genmodels.fused.layers import MemberDropout, MemberLinear, member_state, prefixed, stacked
 from genmodels.vae import VAE
 
@@ -41,15 +40,21 @@ class FusedVAE(nn.Module):
         dec = [m.decoder for m in members]
         L = self.latent_dim
         # Table 1: encoder (the last layer's mu rows are [0, L_k), its log-variance rows [L, L + L_k))
-        self.enc1, self.enc2 = MemberLinear.from_linears(linears(enc, 0)), MemberLinear.from_linears(linears(enc, 3))
+        self.enc1 = MemberLinear.from_linears(linears(enc, 0))
+        self.enc2 = MemberLinear.from_linears(linears(enc, 3))
         heads = linears(enc, 6)
-        self.enc_mu = MemberLinear(stacked([h.weight[:h.out_features // 2] for h in heads], (L, heads[0].in_features)),
-                                   stacked([h.bias[:h.out_features // 2] for h in heads], (L,)))
-        self.enc_logvar = MemberLinear(stacked([h.weight[h.out_features // 2:] for h in heads], (L, heads[0].in_features)),
-                                       stacked([h.bias[h.out_features // 2:] for h in heads], (L,)))
+        hidden = heads[0].in_features
+
+        def head(half: int) -> MemberLinear:  # 0: the mu rows, 1: the log-variance rows
+            parts = [(h.weight.chunk(2)[half], h.bias.chunk(2)[half]) for h in heads]
+            return MemberLinear(stacked([w for w, _ in parts], (L, hidden)),
+                                stacked([b for _, b in parts], (L,)))
+
+        self.enc_mu, self.enc_logvar = head(0), head(1)
         # Table 2: decoder (its first layer's padded input columns are zero)
         self.dec1 = MemberLinear.from_linears(linears(dec, 0), in_features=L)
-        self.dec2, self.dec3 = MemberLinear.from_linears(linears(dec, 3)), MemberLinear.from_linears(linears(dec, 6))
+        self.dec2 = MemberLinear.from_linears(linears(dec, 3))
+        self.dec3 = MemberLinear.from_linears(linears(dec, 6))
         self.dec4 = MemberLinear.from_linears(linears(dec, 9))
         self.drop = nn.ModuleList(MemberDropout(p) for _ in range(5))  # one per dropout layer, in order
         self.hidden_dim = members[0].encoder[0].out_features

@@ -1,0 +1,90 @@
+"""Fused sweeps (`--fuse K`) as a user runs them: every configuration stays a first-class trial.
+
+    pytest tests/test_fused_sweep.py -q
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import mlflow_runs
+
+from analysis import load_trials
+from genmodels.names import GROUP_TAG, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY
+from sweeps.fused_search import FusedOptunaSearch
+from sweeps.search_space import SPACES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_searcher_hands_out_exactly_num_samples_configurations_in_groups():
+    search = FusedOptunaSearch(SPACES["vae"], group_size=2, num_configs=5, metric="test_elbo",
+                               mode="max", seed=0)
+    groups = [search.suggest(f"t{i}") for i in range(3)]
+    assert [len(g[MEMBERS_KEY]) for g in groups] == [2, 2, 1]
+    assert search.suggest("t3") == FusedOptunaSearch.FINISHED
+    ids = [i for g in groups for i in g[MEMBER_IDS_KEY]]
+    assert ids == ["m000", "m001", "m002", "m003", "m004"]
+    assert len({g[MEMBERS_KEY][0]["lr"] for g in groups}) == 3  # different configurations
+
+    # t0: m000 finishes, m001 diverges; t1: m002 stopped early, m003 finishes; t2 fails outright
+    search.on_trial_result("t0", {MEMBER_RESULTS_KEY: {
+        "m000": {"epoch": 1, "test_elbo": -200.0, "status": "running"},
+        "m001": {"epoch": 1, "status": "diverged"}}})
+    search.on_trial_complete("t0", {MEMBER_RESULTS_KEY: {
+        "m000": {"epoch": 2, "test_elbo": -150.0, "status": "finished"},
+        "m001": {"epoch": 1, "status": "diverged"}}})
+    search.on_trial_complete("t1", {MEMBER_RESULTS_KEY: {
+        "m002": {"epoch": 1, "test_elbo": -300.0, "status": "stopped_early"},
+        "m003": {"epoch": 2, "test_elbo": -140.0, "status": "finished"}}})
+    search.on_trial_complete("t2", None, error=True)
+    states = {t.number: t.state for t in search.study.trials}
+    State = optuna.trial.TrialState
+    assert states == {0: State.COMPLETE, 1: State.FAIL, 2: State.PRUNED, 3: State.COMPLETE,
+                      4: State.FAIL}
+    assert search.study.best_value == -140.0
+    assert search.study.trials[0].intermediate_values == {1: -200.0}
+
+
+@pytest.mark.slow
+def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
+         "--storage-path", str(tmp_path), "--name", "fused", "--fuse", "2", "--num-samples", "3",
+         "--epochs", "2", "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+         "--max-concurrent", "2"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    # MLflow: one child run per configuration, each with both epochs exactly once and a true end
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "fused")
+    members = runs[runs[f"tags.{GROUP_TAG}"].notna()]
+    assert len(members) == 3
+    assert set(members["status"]) == {"FINISHED"}
+    assert set(members["tags.gensweep.status"]) == {"finished"}
+    assert members[f"tags.{GROUP_TAG}"].nunique() == 2  # groups of 2 and 1
+    assert members["params.lr"].nunique() == 3
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run_id in members["run_id"]:
+        steps = [m.step for m in client.get_metric_history(run_id, "test_elbo")]
+        assert sorted(steps) == [1, 2]
+
+    # Each member's folder holds its own grids and figures
+    groups = [p for p in (tmp_path / "fused").iterdir() if p.name.startswith("train_group")]
+    folders = [m for g in groups for m in g.iterdir() if m.is_dir() and m.name.startswith("m0")]
+    assert len(folders) == 3
+    for folder in folders:
+        assert (folder / "samples" / "epoch_002.png").exists()
+        assert (folder / "samples_across_epochs.png").exists()
+        assert (folder / "real_vs_reconstructed.png").exists()
+
+    # The analysis sees three trials, from Ray's folder and from MLflow alike
+    from_ray = load_trials(results=tmp_path / "fused")
+    from_mlflow = load_trials(experiment="fused", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(from_ray) == len(from_mlflow) == 3
+    assert set(from_ray["trial_id"]) == set(from_mlflow["trial_id"])
+    assert set(from_ray["status"]) == {"finished"}
