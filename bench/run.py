@@ -337,11 +337,15 @@ def main(argv: list[str] | None = None) -> int:
               "peak_flop_s": peak, "train": [], "eval": {}, "share": []}
     for model in args.models:
         if "train" not in skip:
-            result["train"] += bench_training(model, args, data, device, peak)
-            print(f"train {model} done ({time.perf_counter() - start:.0f} s)", flush=True)
+            rows = bench_training(model, args, data, device, peak)
+            result["train"] += rows
+            for r in rows:  # as they come: a run cut short still leaves its numbers
+                print(f"train {model} {r['variant']}: ours {r['ours_img_s']:,.0f} img/s, common "
+                      f"{r['common_img_s']:,.0f} img/s, {r['ratio']:.2f}x "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
     if "eval" not in skip:
         result["eval"] = bench_eval(args, data, device)
-        print(f"eval done ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"eval: {result['eval']} ({time.perf_counter() - start:.0f} s)", flush=True)
     if "share" not in skip:
         # One GAN epoch on a 2-core CPU is a minute or more: --quick leaves it out there.
         models = [m for m in args.models
