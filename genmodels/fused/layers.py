@@ -9,9 +9,9 @@ checkpoints all index the same way. Two activation layouts are used, each where 
   BatchNorm over the K * C channels, so each member keeps its own batch statistics.
 
 Convolutions run either as one grouped call or as K plain calls whose outputs are concatenated
-(`grouped=False`): grouped convolutions are the fast path on GPUs, but on the CPU PyTorch's grouped
-(transposed) convolutions run up to 2x slower than K separate ones (bench/RESULTS.md), so the fused
-tasks pick per device.
+(`grouped=False`). Grouped convolutions are HFTA's choice, but PyTorch's grouped (transposed)
+convolutions ran slower than K separate calls both on the CPU here (up to 2x) and on an H200 (2.3x
+fewer GAN trial-epochs per hour at K = 16, bench/RESULTS.md), so the fused tasks use K calls.
 
 A shared input (the real images every member sees) enters without copies: `[N, F]` for a linear
 layer (one plain matrix product against all K weight matrices) and `[N, C, H, W]` for a conv

@@ -152,8 +152,10 @@ class _KeepMembers:
         index = torch.tensor(keep, device=self.device)
         for module in self.modules.values():
             keep_module_members(module, index)
-        for optimizer, module in self.optimized():
-            optimizer.keep_members(index, module.parameters())
+        for optimizer_name, module in self.optimized():
+            kept = self.optimizers[optimizer_name].keep_members(index, module.parameters())
+            self.optimizers[optimizer_name] = kept
+            setattr(self, optimizer_name, kept)
         self.cfg.members[:] = [self.cfg.members[k] for k in keep]
         self.num_members = len(keep)
         for name in ("fixed_z", "fixed_h"):
@@ -183,7 +185,7 @@ class FusedVAETask(_KeepMembers):
         self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
 
     def optimized(self):
-        return [(self.optimizer, self.model)]
+        return [("optimizer", self.model)]
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
@@ -261,7 +263,9 @@ class FusedGANTask(_KeepMembers):
         # A standalone GANTask builds G then D right after seeding: the same order here.
         pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)),
                               members, train_cfg.seed)
-        grouped = device.type == "cuda"  # grouped convolutions pay off on GPUs only (layers.py)
+        # One call per member's convolution: faster than one grouped call on the CPU here and on
+        # an H200 alike (bench/RESULTS.md); `grouped=True` stays available to measure it again.
+        grouped = False
         self.generator = FusedGenerator([g for g, _ in pairs], grouped).to(device)
         self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
                                                 grouped).to(device)
@@ -275,7 +279,7 @@ class FusedGANTask(_KeepMembers):
             [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in members])
 
     def optimized(self):
-        return [(self.opt_g, self.generator), (self.opt_d, self.discriminator)]
+        return [("opt_g", self.generator), ("opt_d", self.discriminator)]
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
