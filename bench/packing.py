@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 WARMUP_STEPS = 5
+POLL_SECONDS = 5  # how often the parent checks for a trial that died
 STEPS = {("vae", "cpu"): (400, 150), ("gan", "cpu"): (30, 10),
          ("vae", "cuda"): (1000, 300), ("gan", "cuda"): (300, 100)}  # (full, --quick)
 GPU_TRIALS = (1, 2, 4, 8)
@@ -82,11 +84,19 @@ def run_packed(model: str, trials: int, threads: int, args) -> dict:
              for seed in range(trials)]
     for p in procs:
         p.start()
-    reports = [results.get() for _ in procs]
+    reports = []
+    while len(reports) < trials:  # never wait forever on a trial that died before reporting
+        try:
+            reports.append(results.get(timeout=POLL_SECONDS))
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                for p in procs:
+                    p.terminate()
+                raise RuntimeError(f"a trial process exited with {failed[0]}; see its traceback "
+                                   "above") from None
     for p in procs:
         p.join()
-        if p.exitcode != 0:
-            raise RuntimeError(f"a trial process exited with {p.exitcode}")
     span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     total = sum(r["images"] for r in reports)
     return {"model": model, "trials": trials, "threads_per_trial": threads, "steps": steps,
