@@ -88,3 +88,12 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     assert len(from_ray) == len(from_mlflow) == 3
     assert set(from_ray["trial_id"]) == set(from_mlflow["trial_id"])
     assert set(from_ray["status"]) == {"finished"}
+
+
+def test_a_vae_sweep_on_gpus_fuses_by_default_and_the_gan_does_not():
+    from sweeps.runner import parse_options
+
+    assert parse_options("vae", ["--gpus-per-trial", "1"]).fuse == 16
+    assert parse_options("vae", ["--gpus-per-trial", "1", "--fuse", "4"]).fuse == 4
+    assert parse_options("vae", []).fuse == 1
+    assert parse_options("gan", ["--gpus-per-trial", "0.5"]).fuse == 1
