@@ -322,6 +322,19 @@ def member_table(results, metric: str, mode: str, space: dict) -> str:
         index=False, float_format=lambda v: f"{v:.4g}")
 
 
+def failed_members(results) -> int:
+    """A fused sweep's configurations that did not end usable (diverged, failed, or in a group
+    that failed): its groups end normally when members diverge, so Tune's errors undercount."""
+    from genmodels.names import MEMBER_IDS_KEY, MEMBER_RESULTS_KEY
+
+    failed = 0
+    for result in results:
+        members = (result.metrics or {}).get(MEMBER_RESULTS_KEY) or {}
+        for member in (result.config or {}).get(MEMBER_IDS_KEY, []):
+            failed += members.get(member, {}).get("status") not in USABLE
+    return failed
+
+
 def unfinished_trials(results, num_samples: int) -> int:
     """Trials not yet started, or neither terminated nor errored: what a Ctrl-C left for
     --resume (Tune stops gracefully on Ctrl-C and returns the results so far)."""
@@ -587,7 +600,7 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals) -> int:
     print(f"\nbest trials by {args.metric} ({plan.mode}):")
     table = member_table if args.fuse > 1 else best_table
     print(table(results, args.metric, plan.mode, plan.space))
-    errors = sum(1 for r in results if r.error)
+    errors = failed_members(results) if args.fuse > 1 else sum(1 for r in results if r.error)
     if errors:
         print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
     print(f"results, checkpoints and per-trial figures: {plan.experiment}")

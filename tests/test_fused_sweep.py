@@ -97,3 +97,21 @@ def test_a_vae_sweep_on_gpus_fuses_by_default_and_the_gan_does_not():
     assert parse_options("vae", ["--gpus-per-trial", "1", "--fuse", "4"]).fuse == 4
     assert parse_options("vae", []).fuse == 1
     assert parse_options("gan", ["--gpus-per-trial", "0.5"]).fuse == 1
+
+
+@pytest.mark.slow
+def test_diverged_members_are_failed_trials_and_the_exit_code_says_so(data_dir, tmp_path):
+    space = tmp_path / "absurd.yaml"
+    space.write_text("lr: {low: 1.0e+3, high: 1.0e+4, log: true}\n")  # every member blows up
+    run = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
+         "--storage-path", str(tmp_path), "--name", "absurd", "--fuse", "2", "--num-samples", "2",
+         "--epochs", "2", "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+         "--space", str(space)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]  # EXIT_TRIALS_FAILED
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "absurd")
+    members = runs[runs[f"tags.{GROUP_TAG}"].notna()]
+    assert len(members) == 2
+    assert set(members["status"]) == {"FAILED"}
+    assert set(members["tags.gensweep.status"]) == {"diverged"}
