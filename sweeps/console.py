@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from genmodels.names import MEMBER_IDS_KEY, MEMBERS_KEY
+
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "py.warnings")
 SUMMARY_EVERY_SECONDS = 30
 QUIET_SUMMARY_SECONDS = 300
@@ -56,6 +58,9 @@ def clock(seconds: float) -> str:
 
 
 def short_config(config: dict) -> str:
+    if MEMBER_IDS_KEY in config:  # a fused group: its members, each as its own short config
+        return "group " + "; ".join(f"{i}: {short_config(c)}" for i, c in
+                                   zip(config[MEMBER_IDS_KEY], config[MEMBERS_KEY]))
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in config.items())
 
