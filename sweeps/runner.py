@@ -290,10 +290,15 @@ def best_table(results, metric: str, mode: str, space: dict) -> str:
     frame = results.get_dataframe()
     if frame.empty or metric not in frame:
         return "no trial reported a result"
-    columns = [f"config/{k}" for k in space] + [metric, "training_iteration"]
+    # An errored trial's last value is no result: it is marked, and ranked after every ended one.
+    errored = {r.metrics.get("trial_id") for r in results if r.error}
+    frame = frame.assign(ended=["error" if t in errored else "ok" for t in frame.get("trial_id", [])]
+                         if "trial_id" in frame else "ok")
+    columns = [f"config/{k}" for k in space] + [metric, "training_iteration", "ended"]
     frame = frame[[c for c in columns if c in frame]].rename(
         columns=lambda c: c.removeprefix("config/")).rename(columns={"training_iteration": "epochs"})
-    frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last")
+    frame = frame.sort_values(["ended", metric], ascending=[False, mode == "min"],
+                              na_position="last")
     return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 

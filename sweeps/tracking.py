@@ -18,12 +18,14 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from mlflow.entities import Param
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from genmodels.names import (
     CHECKPOINT_FILE,
     EXPERIMENT_KIND_TAG,
+    FAILED,
+    FAILURE_TAG,
     MEMBER_IDS_KEY,
     MODEL_TAG,
     MODEL_TRAINING_KIND,
@@ -43,6 +45,8 @@ SWEEP_NOTE = (
     "each trial's `samples` image steps through its epochs. Here: the options, "
     "search_space.txt, leaderboard.csv, best_config.json and the best model (best_model/).")
 BEST_MODEL_DIR = "best_model"  # the parent run's artifacts: weights.pt and model.json
+UNCLOSED_REASON = ("the trial ended without closing its run (the tracking server was unreachable "
+                   "from it at its end): its results are in Ray's trial folder")
 
 
 class TrackingError(RuntimeError):
@@ -135,11 +139,16 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
                 except Exception as err:  # the sweep's results are safe; say what is missing
                     print(f"warning: could not log the best model to MLflow: {err}",
                           file=sys.stderr)
-    if interrupted:
-        children = retry(lambda: client.search_runs(
-            [tracking.experiment_id],
-            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}' and attributes.status = 'RUNNING'"))
-        for run in children:
-            retry(lambda r=run: client.set_tag(r.info.run_id, STATUS_TAG, UNFINISHED))
-            retry(lambda r=run: client.set_terminated(r.info.run_id, "KILLED"))
+    children = retry(lambda: client.search_runs(
+        [tracking.experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent}' and attributes.status = 'RUNNING'"))
+    for run in children:
+        run_id = run.info.run_id
+        if interrupted:  # resumable: --resume continues the run
+            retry(lambda r=run_id: client.set_tag(r, STATUS_TAG, UNFINISHED))
+            retry(lambda r=run_id: client.set_terminated(r, "KILLED"))
+        else:  # the trial ended but could not close its run: never leave it RUNNING
+            retry(lambda r=run_id: client.log_batch(r, tags=[
+                RunTag(STATUS_TAG, FAILED), RunTag(FAILURE_TAG, UNCLOSED_REASON)]))
+            retry(lambda r=run_id: client.set_terminated(r, "FAILED"))
     retry(lambda: client.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))

@@ -1,17 +1,20 @@
 """Faults a long sweep meets, each injected for real: a trial's worker SIGKILLed mid-run, the
-driver stopped by SIGTERM and resumed (with a second --resume refused meanwhile), and checkpoints
-that are truncated or crafted to run code.
+driver stopped by SIGTERM or SIGKILL and resumed (with a second --resume refused meanwhile), the
+tracking server away for 30 s mid-sweep, and checkpoints that are truncated or crafted to run code.
 
     pytest tests/test_faults.py -q
 """
 
 import json
+import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 import torch
@@ -19,12 +22,14 @@ from conftest import mlflow_runs
 from mlflow.tracking import MlflowClient
 
 from genmodels.data import load_dataset
+from genmodels.files import read_status
 from genmodels.training import TrainConfig, Trainer, TrainingDiverged
 from genmodels.vae import VAEConfig
 from sweeps.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_TERMINATED
 from trainables.trainable import CheckpointError, resume_from
 
 REPO = Path(__file__).resolve().parent.parent
+REPORT_ENV = "GENSWEEP_FAULT_REPORT"  # bench/faults.py: a folder for one JSON line per scenario
 WAIT_SECONDS = 300  # for a tiny trial to reach an epoch on a busy 2-core machine
 POLL_SECONDS = 0.2
 
@@ -94,6 +99,33 @@ def image_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(s for s in steps if s is not None)
 
 
+def record_fault(scenario: str, injected: str, outcome: str, experiment: Path, uri: str,
+                 trials: int, epochs: int) -> None:
+    """What the sweep kept, counted from its own folder and MLflow, for bench/faults.py's table
+    (written only when $GENSWEEP_FAULT_REPORT names a folder)."""
+    folder = os.environ.get(REPORT_ENV)
+    if not folder:
+        return
+    dirs = trial_dirs(experiment)
+    finished = sum(read_status(t).get("status") == "finished" for t in dirs)
+    runs = mlflow_runs(uri, experiment.name)
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    client = MlflowClient(uri)
+    steps = [metric_steps(client, r, "test_elbo") for r in children.run_id]
+    stalls = [json.loads(line)["time_this_iter_s"] for t in dirs
+              for line in (t / "result.json").read_text().splitlines()]
+    row = {"scenario": scenario, "injected": injected, "outcome": outcome,
+           "trials_requested": trials, "trials_finished": finished,
+           "trials_lost": trials - finished, "epochs_expected": trials * epochs,
+           "epochs_found": sum(len(set(s)) for s in steps),
+           "runs_running": int((runs["status"] == "RUNNING").sum()),
+           "duplicates": sum(len(s) - len(set(s)) for s in steps)
+           + len(children) - children["tags.ray.trial_id"].nunique(),
+           "longest_epoch_s": round(max(stalls, default=0.0), 1)}
+    with (Path(folder) / "faults.jsonl").open("a") as out:
+        out.write(json.dumps(row) + "\n")
+
+
 @pytest.mark.slow
 def test_killed_worker_is_retried_from_its_checkpoint_and_loses_nothing(data_dir, tmp_path):
     epochs = 4
@@ -131,11 +163,24 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_loses_nothing(data_dir
     assert image_steps(client, run_id) == list(range(1, epochs + 1))
     assert set(runs["status"]) == {"FINISHED"}
     assert children["tags.gensweep.status"].iloc[0] == "finished"
+    record_fault("killed worker", "SIGKILL to the trial's worker after epoch 1",
+                 "retried from its checkpoint, exit 0", experiment, uri, 1, epochs)
+
+
+def stop_leftovers(pids: dict[int, str]) -> None:
+    """Ray's processes die with a SIGKILLed driver (fate sharing); any that linger are this
+    test's own and are killed, by pid."""
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(POLL_SECONDS)
+    for pid in pids:
+        subprocess.run(["kill", "-KILL", str(pid)], capture_output=True)
 
 
 @pytest.mark.slow
-def test_sigterm_then_resume_keeps_finished_trials_and_refuses_a_second_driver(data_dir,
-                                                                                tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_driver(
+        stop_signal, data_dir, tmp_path):
     trials, epochs = 3, 2
     log = tmp_path / "sweep.log"
     command = sweep_command(data_dir, tmp_path, "term", "--num-samples", str(trials),
@@ -145,18 +190,25 @@ def test_sigterm_then_resume_keeps_finished_trials_and_refuses_a_second_driver(d
     experiment = tmp_path / "ray" / "term"
     wait_for(lambda: [t for t in trial_dirs(experiment) if len(epochs_reported(t)) == epochs],
              "a finished trial", process, log)
-    process.send_signal(signal.SIGTERM)  # what `timeout` or a cluster scheduler sends
-    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
+    ray_processes = descendants(process.pid)
+    # SIGTERM: what `timeout` or a cluster scheduler sends; SIGKILL: no chance to clean up.
+    process.send_signal(stop_signal)
+    code = process.wait(timeout=WAIT_SECONDS)
     finished = {t.name: epochs_reported(t) for t in trial_dirs(experiment)
                 if len(epochs_reported(t)) == epochs}
     assert 1 <= len(finished) < trials
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runs = mlflow_runs(uri, "term")
-    assert "RUNNING" not in set(runs["status"])  # nothing left in a false state
-    parent = runs[runs["tags.mlflow.parentRunId"].isna()]
-    assert list(parent["status"]) == ["KILLED"]
-    killed = runs[runs["status"] == "KILLED"]
-    assert set(killed["tags.gensweep.status"].dropna()) <= {"unfinished"}
+    if stop_signal == signal.SIGTERM:
+        assert code == EXIT_TERMINATED, log.read_text()[-3000:]
+        runs = mlflow_runs(uri, "term")
+        assert "RUNNING" not in set(runs["status"])  # nothing left in a false state
+        parent = runs[runs["tags.mlflow.parentRunId"].isna()]
+        assert list(parent["status"]) == ["KILLED"]
+        killed = runs[runs["status"] == "KILLED"]
+        assert set(killed["tags.gensweep.status"].dropna()) <= {"unfinished"}
+    else:
+        assert code == -signal.SIGKILL
+        stop_leftovers(ray_processes)
 
     resume = sweep_command(data_dir, tmp_path, "term", "--resume")
     log2 = tmp_path / "resume.log"
@@ -183,6 +235,10 @@ def test_sigterm_then_resume_keeps_finished_trials_and_refuses_a_second_driver(d
     for run_id in children.run_id:
         assert metric_steps(client, run_id, "test_elbo") == list(range(1, epochs + 1))
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
+    name = signal.Signals(stop_signal).name
+    record_fault(f"driver {name}", f"{name} to the driver after a trial finished, then --resume",
+                 f"exit {code}, resumed: exit 0; second --resume refused", experiment, uri, trials,
+                 epochs)
 
     # Resume is about this sweep: a changed option of the sweep's own is refused, naming both.
     changed = subprocess.run([*resume, "--epochs", "5"], cwd=tmp_path, capture_output=True,
@@ -233,3 +289,89 @@ def test_diverged_error_survives_pickling():
     err = pickle.loads(pickle.dumps(TrainingDiverged(3, 50, {"loss": float("nan")})))
     assert isinstance(err, TrainingDiverged) and (err.epoch, err.step) == (3, 50)
     assert "training diverged at epoch 3, step 50" in str(err)
+
+
+OUTAGE_SECONDS = 30  # how long the tracking server is away mid-sweep
+SERVER_START_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, folder: Path) -> subprocess.Popen:
+    """A real tracking server on 127.0.0.1 with proxied artifacts, its store in `folder`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--serve-artifacts",
+         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + SERVER_START_SECONDS
+    while time.time() < deadline:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail("mlflow server did not start")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_tracking_server_away_mid_sweep_stalls_nothing_and_loses_nothing(data_dir, tmp_path):
+    epochs, port, store = 8, free_port(), tmp_path / "server"
+    store.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(port, store)
+    log = tmp_path / "sweep.log"
+    process = start(sweep_command(data_dir, tmp_path, "outage", "--num-samples", "1",
+                                  "--epochs", str(epochs), "--mlflow-uri", uri), tmp_path, log)
+    experiment = tmp_path / "ray" / "outage"
+    try:
+        wait_for(lambda: any(epochs_reported(t) for t in trial_dirs(experiment)),
+                 "the first epoch", process, log)
+        stop_server(server)  # the tracking server goes away...
+        (trial,) = trial_dirs(experiment)
+        before = len(epochs_reported(trial))
+        time.sleep(OUTAGE_SECONDS)
+        during = len(epochs_reported(trial)) - before
+        server = start_server(port, store)  # ...and comes back, same store, same address
+        assert process.wait(timeout=WAIT_SECONDS) == EXIT_OK, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stop_server(server)
+        server = start_server(port, store)  # for the checks below
+
+    try:
+        assert during >= 1, "training stalled while the tracking server was away"
+        times = [json.loads(line)["time_this_iter_s"]
+                 for line in (trial / "result.json").read_text().splitlines()]
+        assert len(times) == epochs
+        # No epoch waited for the server: one that did would take the whole outage, or more.
+        assert max(times) < OUTAGE_SECONDS, times
+        client = MlflowClient(uri)
+        runs = mlflow_runs(uri, "outage")
+        assert set(runs["status"]) == {"FINISHED"}
+        (run_id,) = runs[runs["tags.mlflow.parentRunId"].notna()].run_id
+        for metric in ("test_elbo", "train_loss", "epoch_seconds"):
+            assert metric_steps(client, run_id, metric) == list(range(1, epochs + 1)), metric
+        assert image_steps(client, run_id) == list(range(1, epochs + 1))
+        assert {"figures/real_vs_reconstructed.png"} <= {
+            a.path for a in client.list_artifacts(run_id, "figures")}
+        record_fault("tracking server away", f"mlflow server stopped {OUTAGE_SECONDS} s mid-sweep",
+                     f"{during} epoch(s) trained meanwhile, replayed, exit 0", experiment, uri, 1,
+                     epochs)
+    finally:
+        stop_server(server)

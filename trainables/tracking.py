@@ -7,12 +7,15 @@ finds its run by the `ray.trial_id` tag under the sweep's parent run and continu
 creating a duplicate; epochs it retrains after the restore that it had logged before are not logged
 again, so each epoch's metrics and sample grid are in the run exactly once.
 
-SQLite allows one writer at a time: every call goes through `retry`, which waits out "database is
-locked" with backoff, and each epoch's metrics go in one `log_batch` call.
+A tracking server that goes away mid-trial stalls nothing: the epoch's writes wait in an outbox
+(trainables/outbox.py) and are replayed, in order, once it is back; an epoch pays at most one short
+try per write. SQLite allows one writer at a time: every call goes through `retry`, which waits out
+"database is locked" with backoff, and each epoch's metrics go in one `log_batch` call.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from genmodels.names import (
     TRIAL_DIR_TAG,
     TRIAL_ID_TAG,
 )
+from trainables.outbox import FINAL_FLUSH_SECONDS, Outbox, TrackingUnavailable, patient, shorten_http_waits
 
 RETRIES = 8
 EPOCH_METRIC = "epoch_seconds"  # logged every epoch by both models: its steps are the epochs logged
@@ -98,15 +102,17 @@ class TrialTracker:
     def __init__(self, client: MlflowClient, run_id: str, metric_steps: set[int] | None = None,
                  image_steps: set[int] | None = None):
         self.client, self.run_id = client, run_id
-        # Epochs already in a continued run: not logged twice.
+        # Epochs already in a continued run (or waiting in the outbox): not logged twice.
         self.metric_steps, self.image_steps = metric_steps or set(), image_steps or set()
+        self.outbox = Outbox()
 
     @classmethod
     def continued(cls, client: MlflowClient, run_id: str) -> TrialTracker:
-        history = retry(lambda: client.get_metric_history(run_id, EPOCH_METRIC))
-        images = retry(lambda: client.list_artifacts(run_id, "images"))
+        history = patient(lambda: retry(lambda: client.get_metric_history(run_id, EPOCH_METRIC)))
+        images = patient(lambda: retry(lambda: client.list_artifacts(run_id, "images")))
         image_steps = {s for s in (image_step(a.path) for a in images) if s is not None}
-        retry(lambda: client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING)))
+        patient(lambda: retry(lambda: client.update_run(
+            run_id, status=RunStatus.to_string(RunStatus.RUNNING))))
         return cls(client, run_id, {m.step for m in history}, image_steps)
 
     @classmethod
@@ -117,12 +123,16 @@ class TrialTracker:
         import ray
         from ray import tune
 
+        if tracking.uri.startswith(("http://", "https://")):
+            shorten_http_waits()
         context = tune.get_context()
         client = MlflowClient(tracking.uri)
         trial_id, run_name, folder = context.get_trial_id(), context.get_trial_name(), trial_dir.name
         if member is not None:
             trial_id, run_name, folder = f"{trial_id}-{member}", f"{run_name}-{member}", f"{folder}/{member}"
-        run_id = find_trial_run(client, tracking.experiment_id, trial_id, tracking.parent_run_id)
+        # Before any training: wait (bounded) for a server that is away, rather than fail.
+        run_id = patient(lambda: find_trial_run(client, tracking.experiment_id, trial_id,
+                                                tracking.parent_run_id))
         if run_id is not None:  # restored or retried: continue the same run
             return cls.continued(client, run_id)
         tags = {
@@ -138,36 +148,57 @@ class TrialTracker:
         }
         if group is not None:
             tags[GROUP_TAG] = group
-        run = retry(lambda: client.create_run(tracking.experiment_id, tags=tags))
+        run = patient(lambda: retry(lambda: client.create_run(tracking.experiment_id, tags=tags)))
         tracker = cls(client, run.info.run_id)
         params = {**model_cfg.to_dict(), **{f"train.{k}": v for k, v in train_cfg.to_dict().items()}}
-        retry(lambda: client.log_batch(tracker.run_id, params=[
-            Param(k, str(v)) for k, v in params.items()]))
+        tracker.outbox.send(lambda: retry(lambda: client.log_batch(tracker.run_id, params=[
+            Param(k, str(v)) for k, v in params.items()])), "params")
         return tracker
 
     def log_epoch(self, epoch: int, metrics: dict, grid: Path, figures: dict[str, Path]) -> None:
         now = int(time.time() * 1000)
+        send = self.outbox.send
         if epoch not in self.metric_steps:
             batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"]
-            retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+            send(lambda: retry(lambda: self.client.log_batch(self.run_id, metrics=batch)),
+                 f"epoch {epoch} metrics")
             self.metric_steps.add(epoch)
         if epoch not in self.image_steps:
             with Image.open(grid) as image:
                 image.load()
-            retry(lambda: self.client.log_image(self.run_id, image, key=IMAGE_KEY, step=epoch))
+            send(lambda: retry(lambda: self.client.log_image(self.run_id, image, key=IMAGE_KEY,
+                                                             step=epoch)),
+                 f"epoch {epoch} samples")
             self.image_steps.add(epoch)
-        for path in figures.values():  # the same artifact path each time: rewritten, not copied
-            retry(lambda p=path: self.client.log_artifact(self.run_id, str(p), "figures"))
+        for name, path in figures.items():  # the same artifact path each time: rewritten
+            send(lambda p=path: retry(lambda: self.client.log_artifact(self.run_id, str(p),
+                                                                       "figures")),
+                 f"figure {name}")
 
     def finish(self, status: str) -> None:
         """`status`: finished, or stopped_early (by the scheduler)."""
-        retry(lambda: self.client.set_tag(self.run_id, STATUS_TAG, status))
-        retry(lambda: self.client.set_terminated(self.run_id, "FINISHED"))
+        self.outbox.send(lambda: retry(lambda: self.client.set_tag(self.run_id, STATUS_TAG,
+                                                                   status)), "status")
+        self.outbox.send(lambda: retry(lambda: self.client.set_terminated(self.run_id,
+                                                                          "FINISHED")), "end")
+        self._flush()
 
     def fail(self, reason: str, status: str = FAILED) -> None:
         tags = [RunTag(STATUS_TAG, status), RunTag(FAILURE_TAG, reason[:MAX_TAG_CHARS])]
-        retry(lambda: self.client.log_batch(self.run_id, tags=tags))
-        retry(lambda: self.client.set_terminated(self.run_id, "FAILED"))
+        self.outbox.send(lambda: retry(lambda: self.client.log_batch(self.run_id, tags=tags)),
+                         "failure reason")
+        self.outbox.send(lambda: retry(lambda: self.client.set_terminated(self.run_id, "FAILED")),
+                         "end")
+        self._flush()
+
+    def _flush(self) -> None:
+        """The trial ends: its waiting records go now (the server has FINAL_FLUSH_SECONDS to come
+        back). If it does not, the training's results stand (Ray has them) and the driver closes
+        the run as FAILED with the reason, rather than this healthy trial failing."""
+        try:
+            self.outbox.flush(FINAL_FLUSH_SECONDS)
+        except TrackingUnavailable as err:
+            print(f"warning: {err}", file=sys.stderr)
 
 
 class NoTracker:
