@@ -213,9 +213,8 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     resume = sweep_command(data_dir, tmp_path, "term", "--resume")
     log2 = tmp_path / "resume.log"
     first = start(resume, tmp_path, log2)
-    # Wait until the first --resume holds the sweep (its Ray is up and trials restart).
-    wait_for(lambda: "MLflow: experiment" in log2.read_text(), "the resumed sweep to start",
-             first, log2)
+    # The first --resume holds the sweep's lock once it prints its setup (before Ray starts).
+    wait_for(lambda: "(resumed)" in log2.read_text(), "the resumed sweep to start", first, log2)
     second = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert second.returncode == EXIT_BAD_INPUT
     assert "is running in another process" in second.stderr
