@@ -46,6 +46,9 @@ def send_library_output_to(log_file: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
+        for previous in logger.handlers:  # an earlier sweep's log, in a process that runs several
+            if isinstance(previous, logging.FileHandler):
+                previous.close()
         logger.handlers[:] = [handler]
         logger.propagate = False
     logging.captureWarnings(True)
