@@ -19,6 +19,7 @@ from genmodels.names import (
     DIVERGED,
     FAILED,
     FAILURE_TAG,
+    FINISHED,
     MODEL_TAG,
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
@@ -92,8 +93,11 @@ class TrialStatusCallback(tune.Callback):
             return
         client = MlflowClient(self.tracking.uri)
         done = (trial.last_result or {}).get("training_iteration", 0)
-        if done < self.epochs:  # the scheduler stopped it: a true, finished, shorter run
-            retry(lambda: client.set_tag(run_id, STATUS_TAG, STOPPED_EARLY))
+        stopped = done < self.epochs  # the scheduler stopped it: a true, finished, shorter run
+        # A trial that finished closes its own run, unless Tune ended its process first (seen on a
+        # loaded machine): then the run would stay RUNNING and read as unfinished.
+        if stopped or retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
+            retry(lambda: client.set_tag(run_id, STATUS_TAG, STOPPED_EARLY if stopped else FINISHED))
             retry(lambda: client.set_terminated(run_id, "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
