@@ -33,7 +33,8 @@ def sweep(tmp_path_factory, data_dir) -> dict:
          "--max-concurrent", "2", "--epochs", "2", "--train-subset", "256", "--batch-size", "64",
          "--space", "space.yaml", "--seed", "0"],
         capture_output=True, text=True, timeout=900, cwd=work)
-    assert run.returncode == 0, run.stderr[-3000:]
+    # 3: the sweep ended but a trial diverged (sweeps/runner.py, EXIT_TRIALS_FAILED), by design here
+    assert run.returncode == 3, run.stderr[-3000:]
     return {"work": work, "results": work / "ray" / NAME, "uri": f"sqlite:///{work / 'mlflow.db'}"}
 
 
