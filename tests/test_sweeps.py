@@ -163,8 +163,10 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
                                                                tmp_path):
     run_ = sweep("vae", "--address", two_node_cluster, "--data-dir", str(data_dir),
                  "--storage-path", str(tmp_path), "--name", "gpus", "--num-samples", "2",
-                 "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--epochs", "2",
-                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+                 "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--epochs", "12",
+                 # trials long enough (~20 s) to outlast the second worker's start-up (~10 s): they overlap
+                 "--train-subset", "2000", "--batch-size", "64", "--scheduler", "fifo",
+                 "--fuse", "1",  # unfused trials (a VAE sweep on GPUs fuses 16 by default)
                  env=CLUSTER_ENV, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
     trials = trial_dirs(tmp_path / "gpus")
