@@ -50,7 +50,7 @@ def load_sweep(results: str | Path | None = None, *, experiment: str | None = No
     """Trials and history of one sweep from Ray's folder (`results`) or MLflow (`experiment`).
 
     metric: the objective for `best_epoch` and ranking (default: the metric the sweep optimized,
-    else the model's default, test_elbo or fcd). mode: "max"/"min" for a metric not in DIRECTIONS.
+    else the model's default, val_elbo or val_fcd). mode: "max"/"min" for a metric not in DIRECTIONS.
     """
     if (results is None) == (experiment is None):
         raise ValueError("pass exactly one source: results=<Ray results folder> or "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.records import ERROR_CHARS, LoadError, TrialRecord
+from analysis.records import ERROR_CHARS, TEST_PREFIX, LoadError, TrialRecord
 from genmodels.names import (
     DIVERGED,
     FAILED,
@@ -79,7 +79,11 @@ def trial_folder(trial_dir: str | None, sweep_dir: str | None) -> str | None:
 
 def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialRecord:
     epochs: dict[int, dict] = {}
+    # The test split's numbers are logged once, for the sweep's chosen trials: not epochs.
+    test = {name: value for name, value in run.data.metrics.items() if name.startswith(TEST_PREFIX)}
     for name in run.data.metrics:
+        if name in test:
+            continue
         for point in client.get_metric_history(run.info.run_id, name):
             epochs.setdefault(int(point.step), {"epoch": int(point.step)})[name] = point.value
     params = run.data.params
@@ -90,7 +94,7 @@ def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialReco
         config={k: parse_param(params[k]) for k in searched_keys(model, params)},
         history=[epochs[e] for e in sorted(epochs)],
         figures_dir=trial_folder(tags.get(TRIAL_DIR_TAG), sweep_dir),
-        run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None)
+        run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None, test=test)
 
 
 def read_mlflow(experiment: str, uri: str) -> tuple[list[TrialRecord], str | None, dict]:

@@ -1,7 +1,7 @@
 """Rank sweep trials: pure functions on the DataFrame of `analysis.load.load_trials`.
 
     from analysis import load_trials, rank_trials
-    ranked = rank_trials(load_trials(results="runs/sweeps/vae-sweep"))   # VAE: test_elbo, higher first
+    ranked = rank_trials(load_trials(results="runs/sweeps/vae-sweep"))   # VAE: val_elbo, higher first
 
 Order, always: usable trials (finished or stopped early by the scheduler) that have the metric, best
 first; then usable trials without it (a GAN run with scores off, a trial stopped before its first
@@ -16,7 +16,7 @@ import pandas as pd
 
 # The metrics (always columns of the table, NaN where a trial never reported them), their
 # directions and the trial statuses are the sweeps' own names, defined once in genmodels.names.
-from genmodels.names import DIRECTIONS, MODEL_METRICS, USABLE
+from genmodels.names import DIRECTIONS, MODEL_METRICS, USABLE, on_test_split
 
 __all__ = ["DIRECTIONS", "MODEL_METRICS", "USABLE", "best_trial", "default_metric", "direction",
            "rank_trials", "summary_columns"]
@@ -84,8 +84,9 @@ def rank_trials(trials: pd.DataFrame, metric: str | None = None, mode: str | Non
 def summary_columns(ranked: pd.DataFrame, metric: str) -> list[str]:
     """The columns worth reading first: rank, identity, hyperparameters, the metric, how it ran."""
     columns = ["rank", "trial_id", "status", *[c for c in ranked if c.startswith("config/")],
-               metric, f"best_{metric}", "best_epoch", "epochs", "duration_s", "error"]
-    return [c for c in columns if c in ranked]
+               metric, on_test_split(metric), f"best_{metric}", "best_epoch", "epochs",
+               "duration_s", "error"]
+    return [c for c in columns if c is not None and c in ranked]
 
 
 def best_trial(trials: pd.DataFrame, metric: str | None = None, mode: str | None = None) -> pd.Series:

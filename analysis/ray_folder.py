@@ -21,6 +21,7 @@ from genmodels.names import (
     MEMBERS_KEY,
     OPTIONS_FILE,
     STOPPED_EARLY,
+    TEST_METRICS_FILE,
     UNFINISHED,
 )
 
@@ -45,6 +46,17 @@ def read_json_lines(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def read_test_metrics(folder: Path) -> dict[str, float]:
+    """The test split's numbers of a chosen trial (written by the sweep at its end), if any."""
+    path = folder / TEST_METRICS_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError:
+        return {}
+    return {k: float(v) for k, v in saved.items() if k.startswith("test_")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def ray_statuses(folder: Path) -> dict[str, str]:
@@ -98,7 +110,8 @@ def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | No
     trial_id = rows[-1]["trial_id"] if rows and "trial_id" in rows[-1] else folder.name.split("_")[2]
     return TrialRecord(trial_id=str(trial_id), status=status, config=config, history=history,
                        figures_dir=str(folder.resolve()),
-                       error=error[:ERROR_CHARS] if error else None)
+                       error=error[:ERROR_CHARS] if error else None,
+                       test=read_test_metrics(folder))
 
 
 def read_fused_group(folder: Path, config: dict, rows: list[dict],
@@ -124,7 +137,8 @@ def read_fused_group(folder: Path, config: dict, rows: list[dict],
         records.append(TrialRecord(trial_id=f"{group_id}-{member}", status=status, config=values,
                                    history=[history[e] for e in sorted(history)],
                                    figures_dir=str((folder / member).resolve()),
-                                   error=error[:ERROR_CHARS] if error else None))
+                                   error=error[:ERROR_CHARS] if error else None,
+                                   test=read_test_metrics(folder / member)))
     return records
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.ranking import default_metric, direction
-from genmodels.names import DIRECTIONS, MODEL_METRICS, TIMING_METRICS
+from genmodels.names import DIRECTIONS, MODEL_METRICS, TEST_METRICS, TIMING_METRICS, on_test_split
 
 ERROR_CHARS = 500  # an error message is cut to this in the table; the full text stays on disk
+TEST_PREFIX = "test_"  # the test split's numbers: one value per chosen trial, not per epoch
 HISTORY_COLUMNS = {"trial_id": "string", "epoch": "Int64", "metric": "string", "value": "float64"}
 
 
@@ -33,6 +34,7 @@ class TrialRecord:
     figures_dir: str | None
     run_id: str | None = None
     error: str | None = None
+    test: dict = field(default_factory=dict)  # test_* numbers, for the trials a sweep tested
 
 
 @dataclass
@@ -99,6 +101,10 @@ def trials_frame(records: list[TrialRecord], model: str, metric: str, mode: str)
             [(h[metric].max() if mode == "max" else h[metric].min()) if metric in h else math.nan
              for h in per_trial], dtype="float64")
     columns["best_epoch"] = pd.Series([best_epoch(h, metric, mode) for h in per_trial], dtype="Int64")
+    # The test split's numbers: NaN except for the trials the sweep chose and tested at its end.
+    tested = sorted({k for r in records for k in r.test} - set(TEST_METRICS[model]))
+    for name in [*TEST_METRICS[model], *tested]:
+        columns[name] = pd.Series([r.test.get(name, math.nan) for r in records], dtype="float64")
     columns["epochs"] = pd.Series([int(h["epoch"].max()) if len(h) else 0 for h in per_trial],
                                   dtype="Int64")
     columns["duration_s"] = pd.Series(
@@ -109,8 +115,8 @@ def trials_frame(records: list[TrialRecord], model: str, metric: str, mode: str)
     columns["error"] = pd.Series([r.error for r in records], dtype="string")
     frame = pd.DataFrame(columns)
     front = ["trial_id", "status", "model", *[f"config/{k}" for k in keys], metric,
-             f"best_{metric}", "best_epoch", "epochs", "duration_s"]
-    front = [c for c in front if c in frame]
+             on_test_split(metric), f"best_{metric}", "best_epoch", "epochs", "duration_s"]
+    front = [c for c in front if c is not None and c in frame]
     return frame[front + [c for c in frame.columns if c not in front]]
 
 

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from genmodels.data import ImageData, load_dataset  # noqa: E402
+from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, load_dataset  # noqa: E402
 from genmodels.fused.layers import MemberConv2d, MemberConvTranspose2d  # noqa: E402
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
@@ -83,7 +83,7 @@ def sync(device: torch.device) -> None:
 
 def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, warmup: int) -> float:
     """Seconds of one trial-epoch of `task`: its steps over the training split (scaled from
-    `steps` timed steps) plus one evaluation (test ELBO for the VAE, samples for the GAN)."""
+    `steps` timed steps) plus one evaluation (validation ELBO for the VAE, samples for the GAN)."""
     images = data.train_images
     order = torch.randperm(len(images), device=device)
     batches = [order[i * BATCH:(i + 1) * BATCH] for i in range(len(images) // BATCH)]
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 5 if cuda else 2
     procs = args.procs or ([1, 4, 8] if cuda else sorted({1, threads}))
     data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
-    data = load_dataset("mnist", data_dir).to(device)
+    # What a trial trains and validates on: the training images less the validation split.
+    data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
     print(f"device {name}; {len(data.train_images)} training images, batch {BATCH}; "
           f"{steps} timed steps per row")

@@ -5,7 +5,8 @@ training the same model for the same epochs, each in a fresh process, one after 
     python bench/cli_vs_common.py --data-dir ../shared/data --dataset mnist --epochs 10
 
 - ours: `python -m genmodels.train vae --dataset D --epochs E --no-progress` with default options
-  (test_elbo on its 2,000-image subset each epoch, test_iwae K=10 on 1,000 at the end, figures and
+  (val_elbo on the validation split each epoch, test_elbo on the test split and test_iwae K=10 on
+  1,000 of it at the end, figures and
   a checkpoint each epoch), timed from process start to exit;
 - common: this file with --common: torchvision's dataset with ToTensor, a shuffling DataLoader
   (batch 128), the same VAE and loss (genmodels.vae), Adam, and the test ELBO over the whole test

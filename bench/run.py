@@ -12,8 +12,9 @@ machine. Sections, in order (each in the table and under its key in --json):
   for each --variants entry, and of the common pipeline (torchvision dataset + ToTensor + DataLoader
   + the same `task.update` step), their ratio, and the achieved FLOP/s against the peak. FLOPs per
   image are counted from the layers (Linear, Conv2d, ConvTranspose2d; x3 for forward + backward);
-- eval: seconds to score 10,000 GAN samples (generation + classifier scores) and for each VAE test
-  metric (the default test_elbo subset and the whole split, the default test_iwae and K = 100);
+- eval: seconds to score 10,000 GAN samples (generation + classifier scores) and for each VAE
+  metric (the per-epoch val_elbo, the final test_elbo on the whole split, the default test_iwae
+  and K = 100);
 - share: a short default run (`Trainer.fit`, default TrainConfig) and the share of its wall time
   that was training (sum of train_seconds / wall time of create + fit).
 Warm-up steps are never timed; on CUDA every clock read follows torch.cuda.synchronize.
@@ -41,6 +42,7 @@ from genmodels.data import DATASETS, iterate_batches, load_dataset  # noqa: E402
 from genmodels.device import resolve_device  # noqa: E402
 from genmodels.gan import Discriminator, GANConfig, Generator  # noqa: E402
 from genmodels.scores import MIN_SAMPLES  # noqa: E402
+from genmodels.tasks import elbo_means, iwae_mean  # noqa: E402
 from genmodels.training import TrainConfig, Trainer  # noqa: E402
 from genmodels.vae import VAE, VAEConfig  # noqa: E402
 
@@ -226,22 +228,23 @@ def bench_eval(args, data, device: torch.device) -> dict:
         trainer.task.evaluate(1, last=False)
         trainer.task.eval_samples = SCORED_SAMPLES
         seconds, _ = timed(lambda: trainer.task.evaluate(1, last=True), device)
-        out["gan_score_10k_s"] = seconds
+        out["gan_score_10k_s"] = seconds  # a validation with 10,000 samples, as the final test
         out["gan_scorer"] = which
     if "vae" in args.models:
         cfg = TrainConfig(device=str(device), precision=args.precision)
         trainer = Trainer.create("vae", VAEConfig(), cfg, data)
         task = trainer.task
-        task.test_elbo(task.eval_targets[:100])  # warm-up
+        model, autocast, test = task.model, task.autocast, task.test_targets
+        elbo_means(model, test[:100], autocast)  # warm-up
         k_full = IWAE_LITERATURE_K
-        iwae_images = IWAE_QUICK_IMAGES if args.quick else len(task.test_targets)
+        iwae_images = IWAE_QUICK_IMAGES if args.quick else len(test)
         cases = {
-            f"vae_test_elbo_{len(task.eval_targets)}_s": lambda: task.test_elbo(task.eval_targets),
-            f"vae_test_elbo_{len(task.test_targets)}_s": lambda: task.test_elbo(task.test_targets),
+            f"vae_val_elbo_{len(task.val_targets)}_s": lambda: task.evaluate(1, last=False),
+            f"vae_test_elbo_{len(test)}_s": lambda: elbo_means(model, test, autocast),
             f"vae_test_iwae_k{cfg.iwae_samples}_{cfg.iwae_images}_s":
-                lambda: task.test_iwae(cfg.iwae_samples, task.eval_targets[:cfg.iwae_images]),
+                lambda: iwae_mean(model, test[:cfg.iwae_images], cfg.iwae_samples, autocast),
             f"vae_test_iwae_k{k_full}_{iwae_images}_s":
-                lambda: task.test_iwae(k_full, task.eval_targets[:iwae_images]),
+                lambda: iwae_mean(model, test[:iwae_images], k_full, autocast),
         }
         for name, fn in cases.items():
             out[name], _ = timed(fn, device)
@@ -258,6 +261,7 @@ def bench_share(model: str, args, data, device: torch.device) -> dict:
     start = time.perf_counter()
     trainer = Trainer.create(model, model_config(model), cfg, data, scorer=scorer)
     history = trainer.fit()
+    trainer.test()  # the test split, once, as a default `genmodels.train` run ends
     sync(device)
     wall = time.perf_counter() - start
     train = sum(m["train_seconds"] for m in history)

@@ -26,6 +26,11 @@ from genmodels.names import DATA_DIR_ENV
 
 DEFAULT_DATA_DIR = "data"
 IMAGE_SIZE = 28
+# The validation split: a fixed seeded share of the training images, held out from training in every
+# run and every trial (so all trials are compared on the same images), for everything that chooses:
+# per-epoch objectives, early stopping, the sweep's best trial. The test split is only reported.
+DEFAULT_VAL_FRACTION = 0.1  # 1,000 of the 10k MNIST training images here, 6,000 of the full 60k
+VALIDATION_SEED = 2025
 NUM_CLASSES = 10
 
 # Dataset name on the command line -> torchvision class. The class's folder under the data dir is
@@ -48,36 +53,69 @@ class DataError(RuntimeError):
 
 @dataclass
 class ImageData:
-    """Both splits of a data set as tensors: images uint8 [N, 28, 28], labels int64 [N]."""
+    """The splits of a data set as tensors: images uint8 [N, 28, 28], labels int64 [N].
+
+    `val_images` / `val_labels` are empty until `hold_out` splits them off the training images.
+    """
 
     name: str
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_images is None:
+            self.val_images = self.train_images[:0]
+            self.val_labels = self.train_labels[:0]
 
     @property
     def device(self) -> torch.device:
         return self.train_images.device
 
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.train_images, self.train_labels, self.test_images, self.test_labels,
+                self.val_images, self.val_labels)
+
     def to(self, device: torch.device | str) -> ImageData:
-        return ImageData(
-            self.name,
-            *(t.to(device) for t in (self.train_images, self.train_labels,
-                                     self.test_images, self.test_labels)),
-        )
+        return ImageData(self.name, *(t.to(device) for t in self._tensors()))
+
+    def hold_out(self, fraction: float) -> ImageData:
+        """Split the validation set off the training images: the first `fraction` of them in a
+        permutation seeded by VALIDATION_SEED, the same whatever the run or the trial. The
+        training images left keep their order (so `subset` takes the first N of them)."""
+        if len(self.val_images):
+            raise ValueError(f"{self.name} already has a validation split")
+        if not 0 < fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+        n = len(self.train_images)
+        n_val = round(n * fraction)
+        if not 0 < n_val < n:
+            raise ValueError(f"val_fraction={fraction} of {n} training images leaves "
+                             f"{n_val} for validation and {n - n_val} for training; change it")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+        val, train = order[:n_val].sort().values, order[n_val:].sort().values
+        val, train = val.to(self.device), train.to(self.device)
+        return ImageData(self.name, self.train_images[train], self.train_labels[train],
+                         self.test_images, self.test_labels,
+                         self.train_images[val], self.train_labels[val])
 
     def subset(self, train_subset: int | None) -> ImageData:
-        """The first `train_subset` training images (the test split stays whole)."""
+        """The first `train_subset` training images (the test and validation splits stay whole)."""
         if train_subset is None:
             return self
         if not 0 < train_subset <= len(self.train_images):
+            held = f" (after holding out {len(self.val_images)} for validation)" if len(
+                self.val_images) else ""
             raise ValueError(
                 f"train_subset={train_subset} is out of range: {self.name} has "
-                f"{len(self.train_images)} training images; pass 1..{len(self.train_images)}"
+                f"{len(self.train_images)} training images{held}; pass 1..{len(self.train_images)}"
             )
         return ImageData(self.name, self.train_images[:train_subset],
-                         self.train_labels[:train_subset], self.test_images, self.test_labels)
+                         self.train_labels[:train_subset], self.test_images, self.test_labels,
+                         self.val_images, self.val_labels)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:

@@ -13,26 +13,45 @@ import os
 from pathlib import Path
 
 # ---- metrics -----------------------------------------------------------------------------------
+# Every epoch (every --eval-every) a run is measured on its validation split: `val_*`, what a sweep,
+# its scheduler and its ranking choose by. The test split is measured once, after training, for
+# `genmodels.train` runs and for the best few trials of a sweep: `test_*`, reported, never chosen by.
+_SCORES = {"elbo": "max", "recon": "max", "iwae": "max", "fcd": "min", "inception_score": "max",
+           "precision": "max", "recall": "max"}
 # metric -> "max" | "min" for the metrics that have a better direction. Metrics not named here
-# (test_kl, the GAN's losses and D outputs, timings) are diagnostics: they get a final value only.
+# (the KL terms, the GAN's losses and D outputs, timings) are diagnostics: a final value only.
 DIRECTIONS: dict[str, str] = {
-    "test_elbo": "max", "test_iwae": "max", "test_recon": "max", "train_loss": "min",
-    "fcd": "min", "inception_score": "max", "precision": "max", "recall": "max",
+    **{f"val_{k}": d for k, d in _SCORES.items()},
+    **{f"test_{k}": d for k, d in _SCORES.items()},
+    "train_loss": "min",
 }
-# The metrics each model reports every epoch (or on evaluation epochs); the first is the default
-# objective.
+# The metrics each model reports every evaluation; the first is the default objective.
 MODEL_METRICS: dict[str, tuple[str, ...]] = {
-    "vae": ("test_elbo", "test_recon", "test_kl", "train_loss", "test_iwae"),
-    "gan": ("fcd", "inception_score", "inception_score_std", "precision", "recall",
-            "loss_d", "loss_g", "d_real", "d_fake"),
+    "vae": ("val_elbo", "val_recon", "val_kl", "train_loss"),
+    "gan": ("val_fcd", "val_inception_score", "val_inception_score_std", "val_precision",
+            "val_recall", "loss_d", "loss_g", "d_real", "d_fake"),
 }
-# What a sweep may optimize (--metric); the first is the default. Only metrics reported on every
-# evaluation qualify: Tune and ASHA need the objective in each report, so not the VAE's
-# last-epoch-only test_iwae (analysis/rank.py can still rank by it afterwards).
+# ... and once, on the test split, after training.
+TEST_METRICS: dict[str, tuple[str, ...]] = {
+    "vae": ("test_elbo", "test_recon", "test_kl", "test_iwae"),
+    "gan": ("test_fcd", "test_inception_score", "test_inception_score_std", "test_precision",
+            "test_recall"),
+}
+# What a sweep may optimize (--metric); the first is the default. Validation metrics only.
 OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "vae": ("test_elbo",),
-    "gan": ("fcd", "inception_score"),
+    "vae": ("val_elbo",),
+    "gan": ("val_fcd", "val_inception_score"),
 }
+
+
+def on_test_split(metric: str) -> str | None:
+    """The test split's version of a validation metric (val_elbo -> test_elbo), if there is one."""
+    if not metric.startswith("val_"):
+        return None
+    name = "test_" + metric[len("val_"):]
+    return name if name in DIRECTIONS else None
+
+
 TIMING_METRICS = ("train_seconds", "epoch_seconds")
 
 # ---- statuses ----------------------------------------------------------------------------------
@@ -47,6 +66,7 @@ CHECKPOINT_FILE = "checkpoint.pt"  # Trainer.save_checkpoint: weights, optimizer
 STATUS_FILE = "status.json"  # how a run or trial ended: genmodels.files.write_status
 OPTIONS_FILE = "gensweep_options.json"  # a sweep's own options, in its folder; --resume reuses them
 LOCK_FILE = ".gensweep.lock"  # in a sweep's folder, held by its driver: one driver per sweep
+TEST_METRICS_FILE = "test_metrics.json"  # a run's or a chosen trial's test numbers, once
 PLACEMENT_FILE = "placement.json"  # where a trial ran: node, GPU ids, device
 MODEL_WEIGHTS_FILE = "weights.pt"  # a trained model's sampling network: its state_dict only
 MODEL_CONFIG_FILE = "model.json"  # ... and what rebuilds it: {"model", "model_config", "format"}

@@ -2,12 +2,13 @@
 
 - Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))), mean and std over splits.
 - Frechet distance (Heusel et al. 2017) between Gaussians fitted to the scoring classifier's
-  penultimate-layer features of generated and real test images: `fcd` (lower is better).
+  penultimate-layer features of generated and real images: `fcd` (lower is better).
 - Precision and recall (Kynkaanniemi et al. 2019): the fraction of generated samples inside the
   k-NN manifold of the real ones, and of real samples inside the manifold of the generated ones.
 
-`Scorer` (built by `genmodels.classifier.load_scorer`) holds the classifier and the real test set's
-reference statistics, so scoring needs only the generated images.
+`Scorer` (built by `genmodels.classifier.load_scorer`) holds the classifier and the real images'
+reference statistics (the test split's, from the classifier's cache; `with_reference` makes one for
+the validation split, what sweeps choose by), so scoring needs only the generated images.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PR_MAX_SAMPLES = 2000  # cap per set for precision/recall: the pairwise distance
 MIN_SAMPLES = 100  # fewer generated images make every score mostly noise
 SCORE_BATCH = 1000  # images per classifier forward pass
 EPS = 1e-12
+REFERENCE_SEED = 0  # which real images precision/recall keep when there are more than their cap
 
 
 def inception_score(probs: torch.Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
@@ -101,6 +103,15 @@ class Scorer:
         self.ref_mu, self.ref_sigma = ref_mu, ref_sigma
         self.ref_features = ref_features[:PR_MAX_SAMPLES].to(device)
         self.device = device
+
+    def with_reference(self, images: torch.Tensor) -> Scorer:
+        """The same classifier scoring against other real images in [0, 1] [N, 1, 28, 28] (e.g.
+        the validation split: sweeps choose by it, the test split is only reported)."""
+        features, _ = self.features_and_probs(images)
+        mu, sigma = feature_statistics(features)
+        order = torch.randperm(len(features), generator=torch.Generator().manual_seed(REFERENCE_SEED))
+        return Scorer(self.classifier, mu, sigma, features[order[:PR_MAX_SAMPLES].to(features.device)],
+                      self.device)
 
     def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return classifier_outputs(self.classifier, images, self.device)

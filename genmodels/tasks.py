@@ -5,7 +5,9 @@ A task holds:
 - `modules` / `optimizers`: name -> object, saved and restored by name in checkpoints,
 - `train_step(batch)`: one update on a uint8 batch, returning detached scalar tensors
   (`update(x)` is the same step on float images, for pipelines that already made them),
-- `evaluate(epoch, last)`: test metrics as floats (only every `eval_every` epochs, and at the end),
+- `evaluate(epoch, last)`: validation metrics as floats (every `eval_every` epochs, and at the end):
+  what a sweep chooses by (`val_elbo`, `val_fcd`, ...),
+- `test()`: the test metrics, once, after training (`test_elbo`, `test_iwae`, `test_fcd`, ...),
 - `sample_images()`: images in [0, 1] from fixed noise (the seed's Figures 1 and 3),
 - `comparison_images()`: real next to reconstructed / generated (Figures 2 and 4).
 """
@@ -48,19 +50,80 @@ def fixed_noise(seed: int, latent_dim: int, device: torch.device) -> torch.Tenso
     return torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=generator).to(device)
 
 
-def test_subset(images: torch.Tensor, n: int) -> torch.Tensor:
+def seeded_test_subset(images: torch.Tensor, n: int) -> torch.Tensor:
     """The first `n` images of the test split in a fixed seeded order (all if n >= its size)."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(TEST_SUBSET_SEED))
     return images[order[:n].to(images.device)]
 
 
-def vae_test_targets(data: ImageData, binarize: bool, device: torch.device) -> torch.Tensor:
-    """The VAE's test targets: pixels in [0, 1], or one fixed binarization shared by every run."""
-    x = to_unit_interval(data.test_images)
+def vae_targets(images: torch.Tensor, binarize: bool, device: torch.device) -> torch.Tensor:
+    """The VAE's evaluation targets: pixels in [0, 1], or one fixed binarization shared by every
+    run (`images`: uint8, the test or the validation split)."""
+    x = to_unit_interval(images)
     if not binarize:
         return x
     generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
     return torch.bernoulli(x.cpu(), generator=generator).to(device)
+
+
+def vae_test_targets(data: ImageData, binarize: bool, device: torch.device) -> torch.Tensor:
+    return vae_targets(data.test_images, binarize, device)
+
+
+@torch.no_grad()
+def elbo_means(model: VAE, targets: torch.Tensor, autocast: Autocast) -> dict[str, float]:
+    """Mean ELBO, reconstruction and KL terms over `targets` (nats per image), dropout off."""
+    model.eval()
+    totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+    for x in targets.split(EVAL_BATCH):
+        with autocast():
+            terms = elbo_terms(model, x)
+        for key in totals:
+            totals[key] += terms[key].sum().item()
+    return {key: value / len(targets) for key, value in totals.items()}
+
+
+@torch.no_grad()
+def iwae_mean(model: VAE, targets: torch.Tensor, k: int, autocast: Autocast) -> float:
+    """Mean IWAE bound on log p(x) over `targets`, K importance samples each."""
+    model.eval()
+    total = 0.0
+    for x in targets.split(max(1, IWAE_BATCH_SAMPLES // k)):
+        with autocast():
+            total += iwae_bound(model, x, k).sum().item()
+    return total / len(targets)
+
+
+def vae_test_metrics(model: VAE, test_targets: torch.Tensor, train_cfg,
+                     autocast: Autocast) -> dict[str, float]:
+    """The VAE's test numbers, reported once after training: test_elbo / test_recon / test_kl on
+    `train_cfg.test_images` images of the test split (a fixed seeded subset; all of it by default)
+    and test_iwae (K = `iwae_samples`, 0: skipped) on the first `iwae_images` of them."""
+    targets = seeded_test_subset(test_targets, train_cfg.test_images)
+    metrics = {f"test_{k}": v for k, v in elbo_means(model, targets, autocast).items()}
+    if train_cfg.iwae_samples > 0:
+        metrics["test_iwae"] = iwae_mean(model, targets[:train_cfg.iwae_images],
+                                         train_cfg.iwae_samples, autocast)
+    return metrics
+
+
+def generated_images(generate: Callable[[torch.Tensor], torch.Tensor], latent_dim: int,
+                     count: int, device: torch.device) -> torch.Tensor:
+    """`count` images from the scoring noise (SCORE_NOISE_SEED: the same in every run)."""
+    generator = torch.Generator().manual_seed(SCORE_NOISE_SEED)
+    images = []
+    for n in torch.arange(count).split(EVAL_BATCH):
+        h = torch.randn(len(n), latent_dim, generator=generator).to(device)
+        images.append(generate(h))
+    return torch.cat(images)
+
+
+def gan_test_metrics(generate: Callable[[torch.Tensor], torch.Tensor], latent_dim: int,
+                     scorer, train_cfg, device: torch.device) -> dict[str, float]:
+    """The GAN's test numbers, reported once after training: the scores of `test_samples`
+    generated images against the real test split's statistics (the scorer's own reference)."""
+    images = generated_images(generate, latent_dim, train_cfg.test_samples, device)
+    return {f"test_{k}": v for k, v in scorer.score(images, value_range=(0.0, 1.0)).items()}
 
 
 class VAETask:
@@ -74,7 +137,6 @@ class VAETask:
     def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
-        self.iwae_samples, self.iwae_images = train_cfg.iwae_samples, train_cfg.iwae_images
         self.model = self.build_sampler(cfg).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.modules = {"model": self.model}
@@ -83,7 +145,8 @@ class VAETask:
         # The whole loss in one compiled graph (one output, one backward); eval stays eager.
         self._train_loss = maybe_compile(self._loss, train_cfg.compile_mode)
         self.test_targets = vae_test_targets(data, cfg.binarize, device)
-        self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
+        self.val_targets = vae_targets(data.val_images, cfg.binarize, device)
+        self.train_cfg = train_cfg
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.update(to_unit_interval(batch))
@@ -104,39 +167,16 @@ class VAETask:
         self.optimizer.step()
         return {"train_loss": loss.detach()}
 
-    @torch.no_grad()
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
-        """Mean ELBO and its terms over the evaluation subset (`test_images`), dropout off; on the
-        last epoch also test_iwae (K = `iwae_samples` on the subset's first `iwae_images`)."""
-        metrics = self.test_elbo(self.eval_targets)
-        if last and self.iwae_samples > 0:
-            metrics["test_iwae"] = self.test_iwae(self.iwae_samples,
-                                                  self.eval_targets[:self.iwae_images])
-        return metrics
+        """val_elbo, val_recon and val_kl: per-image means over the validation split, dropout off."""
+        if not len(self.val_targets):
+            return {}  # no validation split (a bare task, e.g. in a benchmark)
+        return {f"val_{k}": v for k, v in elbo_means(self.model, self.val_targets,
+                                                      self.autocast).items()}
 
-    @torch.no_grad()
-    def test_elbo(self, targets: torch.Tensor) -> dict[str, float]:
-        """test_elbo, test_recon and test_kl: per-image means over `targets` (nats)."""
-        self.model.eval()
-        totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-        for x in targets.split(EVAL_BATCH):
-            with self.autocast():
-                terms = elbo_terms(self.model, x)
-            for key in totals:
-                totals[key] += terms[key].sum().item()
-        return {f"test_{key}": value / len(targets) for key, value in totals.items()}
-
-    @torch.no_grad()
-    def test_iwae(self, k: int, targets: torch.Tensor | None = None) -> float:
-        """Mean IWAE bound on log p(x) over `targets` (default: the whole test split), K importance
-        samples each."""
-        self.model.eval()
-        targets = self.test_targets if targets is None else targets
-        total = 0.0
-        for x in targets.split(max(1, IWAE_BATCH_SAMPLES // k)):
-            with self.autocast():
-                total += iwae_bound(self.model, x, k).sum().item()
-        return total / len(targets)
+    def test(self) -> dict[str, float]:
+        """The test metrics, once after training (`vae_test_metrics`)."""
+        return vae_test_metrics(self.model, self.test_targets, self.train_cfg, self.autocast)
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
@@ -163,8 +203,12 @@ class GANTask:
     def __init__(self, cfg: GANConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
-        self.scorer = scorer  # classifier-based scores of generated images (None: skip them)
-        self.eval_samples = train_cfg.eval_samples
+        # Classifier-based scores of generated images (None: skip them): against the validation
+        # split's statistics every evaluation, against the test split's (the scorer's) once at the end.
+        self.scorer = scorer
+        self.val_scorer = scorer.with_reference(to_unit_interval(data.val_images)) if (
+            scorer is not None and len(data.val_images)) else None
+        self.eval_samples, self.train_cfg = train_cfg.eval_samples, train_cfg
         self.memory_format = memory_format(train_cfg.channels_last)
         self.generator = self.build_sampler(cfg).to(device, memory_format=self.memory_format)
         self.discriminator = Discriminator(cfg.dropout).to(device,
@@ -228,15 +272,20 @@ class GANTask:
         }
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
-        """Classifier-based scores of `eval_samples` images from fixed noise (when scoring is on)."""
-        if self.scorer is None:
+        """Classifier-based scores of `eval_samples` images from fixed noise against the
+        validation split (when scoring is on): val_fcd, val_inception_score, ..."""
+        if self.val_scorer is None:
             return {}  # the training means the loop already has are the GAN's only numbers
-        generator = torch.Generator().manual_seed(SCORE_NOISE_SEED)
-        images = []
-        for n in torch.arange(self.eval_samples).split(EVAL_BATCH):
-            h = torch.randn(len(n), self.cfg.latent_dim, generator=generator).to(self.device)
-            images.append(self.generate(h))
-        return self.scorer.score(torch.cat(images), value_range=(0.0, 1.0))
+        images = generated_images(self.generate, self.cfg.latent_dim, self.eval_samples, self.device)
+        scores = self.val_scorer.score(images, value_range=(0.0, 1.0))
+        return {f"val_{k}": v for k, v in scores.items()}
+
+    def test(self) -> dict[str, float]:
+        """The test scores, once after training (`gan_test_metrics`; none without a scorer)."""
+        if self.scorer is None:
+            return {}
+        return gan_test_metrics(self.generate, self.cfg.latent_dim, self.scorer, self.train_cfg,
+                                self.device)
 
     @torch.no_grad()
     def generate(self, h: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,15 @@ Writes to --out: config.json, metrics.json (one object per epoch, rewritten afte
 samples/epoch_NNN.png (Figures 1 and 3), samples_across_epochs.png, real_vs_reconstructed.png (VAE)
 or real_vs_generated.png (GAN), checkpoint.pt (latest epoch) and status.json.
 
-The GAN is scored every --eval-every epochs (inception_score, inception_score_std, fcd, precision,
-recall on --eval-samples generated images) by a classifier trained once per data set and cached.
-The VAE reports test_elbo / test_recon / test_kl on --test-images images (a fixed seeded subset of
-the test split, the same in every run) and, on the last epoch, test_iwae with K = --iwae-samples on
-the first --iwae-images of that subset. The literature's IWAE number is
---iwae-samples 100 --iwae-images 10000 --test-images 10000 (the whole test split; minutes on a CPU).
+--val-fraction of the training images (a fixed seeded choice, the same in every run) are held out
+as the validation split. Every --eval-every epochs the run is measured on it: the VAE's val_elbo /
+val_recon / val_kl, the GAN's val_fcd, val_inception_score, val_precision, val_recall (on
+--eval-samples generated images, scored by a classifier trained once per data set and cached).
+After the last epoch the test split is measured once, into test_metrics.json: the VAE's test_elbo /
+test_recon / test_kl on --test-images images (all 10,000 by default) and test_iwae with
+K = --iwae-samples on the first --iwae-images of them; the GAN's test_fcd, test_inception_score, ...
+on --test-samples generated images. The literature's IWAE number is --iwae-samples 100
+--iwae-images 10000 (minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, load_dataset
 from genmodels.device import COMPILE_MODES, PRECISIONS, resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import write_json, write_status
-from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, TEST_METRICS_FILE
 from genmodels.tasks import TASKS
 from genmodels.training import (
     EpochReport,
@@ -39,8 +42,10 @@ from genmodels.training import (
     load_checkpoint_configs,
 )
 
-# Options that may differ on --resume: everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("epochs", "device", "num_threads", "eval_every", "compile_mode", "channels_last")
+# Options that may differ on --resume (none changes what was trained): the rest comes from the
+# checkpoint.
+RESUME_OVERRIDES = ("epochs", "device", "num_threads", "eval_every", "compile_mode", "channels_last",
+                    "test_images", "iwae_samples", "iwae_images", "test_samples")
 # TrainConfig fields whose command-line option is spelled out by hand below.
 TRAIN_CHOICES = {"dataset": sorted(DATASETS), "precision": list(PRECISIONS),
                  "compile_mode": list(COMPILE_MODES)}
@@ -150,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diverged: {err}", file=sys.stderr)
         return 1
     figures = save_run_figures(trainer, out)
+    test = trainer.test()  # the test split, once, after training
+    write_json(out / TEST_METRICS_FILE, {"epoch": trainer.epoch, **test})
     write_status(out, FINISHED, trainer.epoch)
-    print(f"done: {trainer.epoch} epochs; metrics in {out / 'metrics.json'}; figures: "
-          + ", ".join(str(p) for p in figures.values()))
+    if test:
+        print("test       " + "  ".join(f"{k} {v:.4g}" for k, v in test.items()))
+    print(f"done: {trainer.epoch} epochs; metrics in {out / 'metrics.json'}, test numbers in "
+          f"{out / TEST_METRICS_FILE}; figures: " + ", ".join(str(p) for p in figures.values()))
     return 0
 
 

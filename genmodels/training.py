@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genmodels.data import ImageData, check_dataset_name, iterate_batches
+from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, check_dataset_name, iterate_batches
 from genmodels.device import PRECISIONS, autocast_factory, check_compile_mode, setup_device
 from genmodels.files import atomic_write, write_json
 from genmodels.fused.tasks import FUSED_TASKS
 from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.scores import MIN_SAMPLES
-from genmodels.tasks import TASKS
+from genmodels.tasks import TASKS, gan_test_metrics, vae_test_metrics, vae_test_targets
 
 # Every task the loop trains: the two models, and fused groups of either (genmodels.fused).
 ALL_TASKS = {**TASKS, **FUSED_TASKS}
@@ -35,17 +35,20 @@ ALL_TASKS = {**TASKS, **FUSED_TASKS}
 CHECKPOINT_FORMAT = 1
 DIVERGENCE_CHECK_EVERY = 50  # steps between finiteness checks (each one syncs with the device)
 EVAL_SEED = 0  # evaluation draws its own noise, so it never changes the training trajectory
-# Default evaluation sizes, chosen so that a default run spends at least 90% of its wall time
-# training (bench/run.py measures the share; bench/RESULTS.md has the numbers). The literature's
-# IWAE (K = 100 on the whole test split) is --iwae-samples 100 --iwae-images 10000: 50-90 s on one
-# CPU thread, more than ten MNIST epochs of training here.
-DEFAULT_TEST_IMAGES = 2_000  # VAE: test-ELBO images per evaluation (a fixed seeded subset)
-DEFAULT_IWAE_SAMPLES = 10  # VAE: K of the last epoch's test_iwae
-DEFAULT_IWAE_IMAGES = 1_000  # VAE: test_iwae images (the first of the same subset)
-# GAN: generated images scored per evaluation. 10,000 took 11 s against a 45 s epoch of the 10k
+# Evaluation sizes. Every epoch (every `eval_every`) a run is measured on the validation split (all
+# of it: `val_fraction` of the training images), which is what sweeps choose by; the test split is
+# measured once, after training (`Trainer.test`). Defaults chosen so that a default run spends at least
+# 90% of its wall time training (bench/run.py measures the share; bench/RESULTS.md has the numbers).
+# The literature's IWAE (K = 100 on the whole test split) is --iwae-samples 100 --iwae-images 10000:
+# 50-90 s on one CPU thread, more than ten MNIST epochs of training here.
+DEFAULT_TEST_IMAGES = 10_000  # VAE: the final test_elbo's images (10,000: the whole test split)
+DEFAULT_IWAE_SAMPLES = 10  # VAE: K of the final test_iwae
+DEFAULT_IWAE_IMAGES = 1_000  # VAE: test_iwae images (the first of a fixed seeded test subset)
+# GAN: generated images scored per validation. 10,000 took 11 s against a 45 s epoch of the 10k
 # MNIST here (80% training); 2,000 (the precision/recall cap already) keeps it near 95%. Scores are
 # compared between trials at the same count (fcd's bias grows as the count shrinks).
 DEFAULT_EVAL_SAMPLES = 2_000
+DEFAULT_TEST_SAMPLES = 10_000  # GAN: generated images scored once against the test split
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,13 +80,17 @@ class TrainConfig:
     channels_last: bool = False  # NHWC images and conv weights (GAN; no-op for the VAE's MLP)
     compile_mode: str = "off"  # torch.compile of the train step: off | default | reduce-overhead
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
-    eval_samples: int = DEFAULT_EVAL_SAMPLES  # GAN: generated images scored per evaluation
-    # VAE test metrics (genmodels.tasks.VAETask.evaluate): test_elbo / test_recon / test_kl on a fixed
-    # seeded subset of `test_images` test images (>= the split's size: the whole split); the last
-    # epoch's test_iwae with K = `iwae_samples` (0: skip) on the first `iwae_images` of that subset.
+    eval_samples: int = DEFAULT_EVAL_SAMPLES  # GAN: generated images scored per validation
+    # The validation split: this share of the training images, a fixed seeded choice (the same in
+    # every run; genmodels.data.VALIDATION_SEED), held out from training; per-epoch metrics use it.
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    # The test split, once after training (Trainer.test): VAE test_elbo / test_recon / test_kl on
+    # `test_images` images (a fixed seeded subset; >= the split's size: all of it) and test_iwae with
+    # K = `iwae_samples` (0: skip) on the first `iwae_images` of them; GAN scores of `test_samples`.
     test_images: int = DEFAULT_TEST_IMAGES
     iwae_samples: int = DEFAULT_IWAE_SAMPLES
     iwae_images: int = DEFAULT_IWAE_IMAGES
+    test_samples: int = DEFAULT_TEST_SAMPLES
 
     def __post_init__(self) -> None:
         check_dataset_name(self.dataset)
@@ -94,8 +101,13 @@ class TrainConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (a value at least the test "
                                  f"split's size uses all of it), got {value!r}")
-        if not isinstance(self.eval_samples, int) or self.eval_samples < MIN_SAMPLES:
-            raise ValueError(f"eval_samples must be an integer >= {MIN_SAMPLES}, got {self.eval_samples!r}")
+        for name in ("eval_samples", "test_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < MIN_SAMPLES:
+                raise ValueError(f"{name} must be an integer >= {MIN_SAMPLES}, got {value!r}")
+        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got "
+                             f"{self.val_fraction!r}")
         for name in ("epochs", "batch_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -119,7 +131,7 @@ class EpochReport:
     """What the callback gets after each epoch."""
 
     epoch: int
-    metrics: dict[str, float]  # training means, plus test metrics on evaluation epochs
+    metrics: dict[str, float]  # training means, plus validation metrics on evaluation epochs
     samples: torch.Tensor  # [64, 1, 28, 28] in [0, 1], from the fixed noise
     trainer: Trainer = field(repr=False)
 
@@ -171,7 +183,7 @@ class Trainer:
             raise TypeError(f"model {model!r} takes a {cfg_class.__name__}, got {model_cfg!r}")
         device = setup_device(train_cfg.device, train_cfg.precision, train_cfg.num_threads)
         torch.manual_seed(train_cfg.seed)
-        data = data.subset(train_cfg.train_subset).to(device)
+        data = data.hold_out(train_cfg.val_fraction).subset(train_cfg.train_subset).to(device)
         autocast = autocast_factory(device, train_cfg.precision)
         task = task_class(model_cfg, data, device, train_cfg, autocast, scorer=scorer)
         return cls(task, model_cfg, train_cfg, data, device)
@@ -182,7 +194,8 @@ class Trainer:
             f"model      {self.task.name}: {self.model_cfg}",
             f"training   {self.train_cfg}",
             f"data       {self.data.name}: {len(self.data.train_images)} train / "
-            f"{len(self.data.test_images)} test images on {self.device}",
+            f"{len(self.data.val_images)} validation / {len(self.data.test_images)} test images "
+            f"on {self.device}",
             f"device     {self.device}, {self.train_cfg.precision}, "
             f"{torch.get_num_threads()} CPU threads, compile {self.train_cfg.compile_mode}, "
             f"channels-last {self.train_cfg.channels_last}",
@@ -242,6 +255,15 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(report)
         return self.history
+
+    def test(self) -> dict[str, float]:
+        """The test split's numbers, once, after training (never a per-epoch objective): VAE
+        test_elbo, test_recon, test_kl, test_iwae; GAN test_fcd, test_inception_score, ..."""
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index or torch.cuda.current_device()] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(EVAL_SEED)
+            return self.task.test()
 
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -306,16 +328,9 @@ def export_model(checkpoint: str | os.PathLike, folder: str | os.PathLike) -> Pa
     return folder
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A trained sampling network in eval mode, from a `checkpoint.pt` or a folder written by
-    `export_model` (e.g. the `best_model` artifacts a sweep logs to MLflow):
-
-        from genmodels.training import load_model
-        vae = load_model("runs/vae/checkpoint.pt")
-        images = vae.sample(torch.randn(64, vae.latent_dim))          # [64, 1, 28, 28] in [0, 1]
-        generator = load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path="best_model"))
-        images = (generator(torch.randn(64, generator.latent_dim)) + 1) / 2
-    """
+def saved_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model name, its config, the network in eval mode) from a `checkpoint.pt` or a folder that
+    `export_model` wrote (`load_model` without the config)."""
     path = Path(path)
     if path.is_dir():
         saved = json.loads((path / MODEL_CONFIG_FILE).read_text())
@@ -326,6 +341,44 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} has format {saved.get('format')}, not {CHECKPOINT_FORMAT}")
     cfg_class, task_class = TASKS[saved["model"]]
-    network = task_class.build_sampler(cfg_class(**saved["model_config"]))
+    cfg = cfg_class(**saved["model_config"])
+    network = task_class.build_sampler(cfg)
     network.load_state_dict(weights)
-    return network.to(device).eval()
+    return saved["model"], cfg, network.to(device).eval()
+
+
+def evaluate_on_test_split(path: str | os.PathLike, data: ImageData, train_cfg: TrainConfig,
+                     scorer=None, device: str | torch.device = "cpu") -> dict[str, float]:
+    """The test split's numbers of a saved model (what `Trainer.test` gives at the end of a run):
+    how a sweep measures the trials it chose, once, after choosing them on the validation split.
+    `scorer` (the GAN's; its reference is the test split) None: a GAN gets no numbers."""
+    model, cfg, network = saved_model(path, device)
+    device = torch.device(device)
+    autocast = autocast_factory(device, train_cfg.precision)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EVAL_SEED)
+        if model == "vae":
+            targets = vae_test_targets(data.to(device), cfg.binarize, device)
+            return vae_test_metrics(network, targets, train_cfg, autocast)
+        if scorer is None:
+            return {}
+
+        @torch.no_grad()
+        def generate(h: torch.Tensor) -> torch.Tensor:
+            with autocast():
+                return (network(h).float() + 1) / 2
+
+        return gan_test_metrics(generate, cfg.latent_dim, scorer, train_cfg, device)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A trained sampling network in eval mode, from a `checkpoint.pt` or a folder written by
+    `export_model` (e.g. the `best_model` artifacts a sweep logs to MLflow):
+
+        from genmodels.training import load_model
+        vae = load_model("runs/vae/checkpoint.pt")
+        images = vae.sample(torch.randn(64, vae.latent_dim))          # [64, 1, 28, 28] in [0, 1]
+        generator = load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path="best_model"))
+        images = (generator(torch.randn(64, generator.latent_dim)) + 1) / 2
+    """
+    return saved_model(path, device)[2]

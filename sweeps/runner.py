@@ -43,6 +43,13 @@ from genmodels.tasks import TASKS
 from genmodels.training import TrainConfig
 from sweeps import search_space as spaces
 from sweeps.console import send_library_output_to, setup_lines
+from sweeps.final_test import (
+    DEFAULT_TEST_TOP,
+    chosen_table,
+    log_test_numbers,
+    measure_chosen,
+    scorer_for_test,
+)
 from sweeps.tracking import TrackingError, check_reachable, close_sweep, open_sweep
 
 # --fuse when not given, on GPUs: where bench/bench_fused.py showed fusing beats packed processes
@@ -135,20 +142,30 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                    help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup; "
                         "its GAN scores come from a classifier trained 2 epochs on those 512 "
                         "images, so they are not comparable with a real sweep's")
+    p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                   help="share of the training images held out as the validation split, a fixed "
+                        "seeded choice shared by every trial: the objective is measured on it "
+                        f"(default {TrainConfig.val_fraction})")
+    p.add_argument("--test-top", type=int, default=DEFAULT_TEST_TOP,
+                   help="after the trials, measure the best N by the objective on the test split, "
+                        f"once (default {DEFAULT_TEST_TOP}; 0: none)")
     if model == "vae":
         p.add_argument("--test-images", type=int, default=TrainConfig.test_images,
-                       help="test_elbo's images each epoch: a fixed seeded subset of the test split "
-                            f"(default {TrainConfig.test_images}; 10000 for all of it)")
+                       help="the final test_elbo's images: a fixed seeded subset of the test split "
+                            f"(default {TrainConfig.test_images}: all of it)")
         p.add_argument("--iwae-samples", type=int, default=TrainConfig.iwae_samples,
-                       help=f"importance samples K of the last epoch's test_iwae (default "
+                       help=f"importance samples K of the final test_iwae (default "
                             f"{TrainConfig.iwae_samples}; 0 skips it; 100 is the literature's)")
         p.add_argument("--iwae-images", type=int, default=TrainConfig.iwae_images,
                        help=f"test_iwae's images, the first of the test_elbo subset (default "
                             f"{TrainConfig.iwae_images}). K=100 on all 10,000 is about a minute "
-                            "per trial on one CPU thread")
+                            "per tested trial on one CPU thread")
     if model == "gan":
         p.add_argument("--eval-samples", type=int, default=TrainConfig.eval_samples,
-                       help="generated images scored per evaluation")
+                       help="generated images scored per validation")
+        p.add_argument("--test-samples", type=int, default=TrainConfig.test_samples,
+                       help="generated images scored once on the test split, per tested trial "
+                            f"(default {TrainConfig.test_samples})")
         p.add_argument("--classifier-epochs", type=int, default=None,
                        help="epochs of the scoring classifier if it must be trained")
         p.add_argument("--cache-dir", default=None, help="scoring classifier cache")
@@ -187,6 +204,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     if args.train_subset is not None and args.train_subset < 1:
         raise SweepError(f"--train-subset must be a positive integer, got {args.train_subset}")
+    if getattr(args, "test_top", 0) < 0:
+        raise SweepError(f"--test-top must be 0 (none) or more, got {args.test_top}")
     if args.max_failures < 0:
         raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
     if args.cpus_per_trial <= 0:
@@ -228,8 +247,9 @@ def train_settings(args: argparse.Namespace) -> dict:
     """TrainConfig fields shared by every trial (validated here, once, by building one)."""
     settings = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
                 "train_subset": args.train_subset, "seed": args.seed, "precision": args.precision}
-    for model_specific in ("eval_samples", "test_images", "iwae_samples", "iwae_images"):
-        if hasattr(args, model_specific):
+    for model_specific in ("val_fraction", "eval_samples", "test_samples", "test_images",
+                           "iwae_samples", "iwae_images"):
+        if hasattr(args, model_specific):  # (val_fraction: absent from sweeps saved before it)
             settings[model_specific] = getattr(args, model_specific)
     try:
         TrainConfig(**settings)
@@ -501,7 +521,7 @@ def _run(model: str, argv: list[str] | None) -> int:
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
-        return report(plan, results, tracking, stop)
+        return report(plan, results, tracking, stop, data, scorer_cache)
     finally:
         ray.shutdown()
         if lock is not None:
@@ -542,10 +562,14 @@ def check_inputs(plan: SweepPlan):
     # getattr: the options saved by a sweep from before --download existed lack it (--resume)
     ensure_dataset_files(args.dataset, args.data_dir, download=getattr(args, "download", False))
     data = load_dataset(args.dataset, args.data_dir)
-    available = len(data.train_images)
+    try:  # what every trial trains on: the training images left after the validation split
+        available = len(data.hold_out(plan.settings["val_fraction"]).train_images)
+    except ValueError as err:
+        raise SweepError(f"--val-fraction: {err}") from err
     if args.train_subset is not None and args.train_subset > available:
         raise SweepError(f"--train-subset {args.train_subset} is more than the {available} "
-                         f"training images of {args.dataset}")
+                         f"training images of {args.dataset} left after holding out "
+                         f"--val-fraction {plan.settings['val_fraction']} for validation")
     images = min(args.train_subset or available, available)
     if args.batch_size > images:
         raise SweepError(f"--batch-size {args.batch_size} is larger than the {images} training "
@@ -594,14 +618,41 @@ def fit(plan: SweepPlan, tuner, tracking, stop: StopSignals):
             return None
 
 
-def report(plan: SweepPlan, results, tracking, stop: StopSignals) -> int:
+def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
+    """The test split, once, for the best --test-top trials by the validation objective
+    (sweeps/final_test.py); the ranked table of every configuration, or None when skipped."""
+    args = plan.args
+    top = getattr(args, "test_top", DEFAULT_TEST_TOP)  # a sweep saved before --test-top existed
+    if top == 0:
+        return None
+    if not plan.local:
+        print(f"test split: the sweep's folder is remote ({plan.experiment}); rank it with "
+              "analysis/rank.py after copying it, the chosen trials were not tested")
+        return None
+    try:
+        ranked = measure_chosen(Path(plan.experiment), plan.model, args.metric, plan.mode, top,
+                                data, plan.settings, scorer_for_test(scorer_cache))
+    except Exception as err:  # the sweep's results are safe; say what is missing
+        print(f"warning: could not measure the chosen trials on the test split: {err}",
+              file=sys.stderr)
+        return None
+    print(f"\ntest split, once, for the best {top} by {args.metric} (validation):")
+    print(chosen_table(ranked, args.metric, plan.space))
+    return ranked
+
+
+def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
+           scorer_cache: dict | None = None) -> int:
     """Close the MLflow records, print the best trials and where everything is; the exit code."""
     args = plan.args
     from sweeps.tuner import tune_trials
 
     unfinished = unfinished_trials(results, tune_trials(args))
     interrupted = stop.received is not None or unfinished > 0
-    close_sweep(tracking, results, interrupted, args.metric, plan.mode)
+    leaderboard = None if interrupted else test_chosen_trials(plan, data, scorer_cache)
+    close_sweep(tracking, results, interrupted, args.metric, plan.mode, leaderboard)
+    if leaderboard is not None:
+        log_test_numbers(tracking, leaderboard)
     print(f"\nbest trials by {args.metric} ({plan.mode}):")
     table = member_table if args.fuse > 1 else best_table
     print(table(results, args.metric, plan.mode, plan.space))

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
+import pandas as pd
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -114,18 +115,28 @@ def log_best_model(tracking: SweepRecords, checkpoint) -> None:
         retry(lambda: client.log_artifacts(tracking.parent_run_id, out, BEST_MODEL_DIR))
 
 
-def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str, mode: str) -> None:
-    """Leaderboard and best config on the parent; statuses made final (KILLED on interrupt)."""
+def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str, mode: str,
+                leaderboard=None) -> None:
+    """Leaderboard and best config on the parent; statuses made final (KILLED on interrupt).
+    `leaderboard`: the ranked table of every configuration with the chosen trials' test numbers
+    (sweeps/final_test.py); without it, Tune's own table of trials sorted by `metric`."""
     client = MlflowClient(tracking.uri)
     parent = tracking.parent_run_id
     if results is not None:
         frame = results.get_dataframe()
         if not frame.empty and metric in frame:
             frame = frame.sort_values(metric, ascending=(mode == "min"), na_position="last")
+            table = frame if leaderboard is None else leaderboard
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "leaderboard.csv"
-                frame.to_csv(path, index=False)
+                table.to_csv(path, index=False)
                 retry(lambda: client.log_artifact(parent, str(path)))
+            if leaderboard is not None and not leaderboard.empty:
+                top = leaderboard.iloc[0]  # the best by the validation objective
+                tested = {f"best_{c}": float(top[c]) for c in leaderboard
+                          if c.startswith("test_") and pd.notna(top[c])}
+                if tested:
+                    retry(lambda: client.log_metrics(parent, tested))
             try:
                 best = results.get_best_result(metric, mode)
                 retry(lambda: client.log_text(parent, json.dumps(best.config, indent=2),

@@ -21,7 +21,7 @@ from analysis.report import importances, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 2
-# trial id -> (status, config, test_elbo per epoch). Right order by test_elbo (higher first):
+# trial id -> (status, config, val_elbo per epoch). Right order by val_elbo (higher first):
 # b (-90), then a and f tied at -100, then c (stopped early by the scheduler, -120); d diverged
 # (its -80 at epoch 1 would be the best) and e failed before reporting: both last, by trial id.
 VAE_TRIALS = {
@@ -39,11 +39,14 @@ DIVERGED_MESSAGE = "training diverged at epoch 2, step 3: loss is nan"
 
 def epoch_metrics(elbo: float, epoch: int) -> dict:
     """A VAE epoch's metrics as the training loop reports them, tied to the ELBO."""
-    metrics = {"epoch": epoch, "train_loss": -elbo + 5.0, "test_elbo": elbo, "test_recon": elbo + 10.0,
-               "test_kl": 10.0, "train_seconds": 1.5, "epoch_seconds": 2.0}
-    if epoch == EPOCHS:
-        metrics["test_iwae"] = elbo + 3.0
-    return metrics
+    return {"epoch": epoch, "train_loss": -elbo + 5.0, "val_elbo": elbo, "val_recon": elbo + 10.0,
+            "val_kl": 10.0, "train_seconds": 1.5, "epoch_seconds": 2.0}
+
+
+# The trials the sweep measured on the test split at its end (its best two by val_elbo): once, not
+# per epoch.
+TESTED = {"b": {"test_elbo": -95.0, "test_recon": -85.0, "test_kl": 10.0, "test_iwae": -92.0},
+          "a": {"test_elbo": -104.0, "test_recon": -94.0, "test_kl": 10.0, "test_iwae": -101.0}}
 
 
 def folder_name(trial_id: str, index: int) -> str:
@@ -55,7 +58,7 @@ def write_ray_folder(root: Path, trials: dict = VAE_TRIALS) -> Path:
     sweep = root / "hand"
     sweep.mkdir(parents=True)
     (sweep / "gensweep_options.json").write_text(json.dumps(
-        {"epochs": EPOCHS, "metric": "test_elbo", "name": "hand", "mlflow_uri": None}))
+        {"epochs": EPOCHS, "metric": "val_elbo", "name": "hand", "mlflow_uri": None}))
     for index, (trial_id, (status, config, elbos)) in enumerate(trials.items()):
         folder = sweep / folder_name(trial_id, index)
         folder.mkdir()
@@ -70,6 +73,8 @@ def write_ray_folder(root: Path, trials: dict = VAE_TRIALS) -> Path:
             imsave(folder / "samples" / f"epoch_{len(elbos):03d}.png", grid, cmap="gray")
         if status == "finished":
             (folder / "status.json").write_text(json.dumps({"status": "finished"}))
+        if trial_id in TESTED and trials is VAE_TRIALS:
+            (folder / "test_metrics.json").write_text(json.dumps({"epoch": EPOCHS, **TESTED[trial_id]}))
         if status == "diverged":
             (folder / "status.json").write_text(json.dumps(
                 {"status": "diverged", "epoch": 2, "message": DIVERGED_MESSAGE}))
@@ -86,7 +91,7 @@ def write_mlflow(uri: str, sweep_dir: Path, trials: dict = VAE_TRIALS) -> str:
     experiment = client.create_experiment("hand")
     parent = client.create_run(experiment, tags={"gensweep.sweep_dir": str(sweep_dir.resolve()),
                                                  "gensweep.model": "vae"}).info.run_id
-    client.log_batch(parent, params=[Param("metric", "test_elbo"), Param("epochs", str(EPOCHS))])
+    client.log_batch(parent, params=[Param("metric", "val_elbo"), Param("epochs", str(EPOCHS))])
     for index, (trial_id, (status, config, elbos)) in enumerate(trials.items()):
         tags = {"mlflow.parentRunId": parent, "ray.trial_id": trial_id, "gensweep.model": "vae",
                 "ray.trial_dir": f"/tmp/ray/session_x/artifacts/{folder_name(trial_id, index)}"}
@@ -97,6 +102,8 @@ def write_mlflow(uri: str, sweep_dir: Path, trials: dict = VAE_TRIALS) -> str:
             client.log_batch(run, metrics=[Metric(k, float(v), 0, epoch)
                                            for k, v in epoch_metrics(elbo, epoch).items()
                                            if k != "epoch"])
+        if trial_id in TESTED and trials is VAE_TRIALS:
+            client.log_batch(run, metrics=[Metric(k, v, 0, EPOCHS) for k, v in TESTED[trial_id].items()])
         client.set_tag(run, "gensweep.status", status)
         if status in ("diverged", "failed"):
             reason = DIVERGED_MESSAGE if status == "diverged" else "RuntimeError: CUDA out of memory"
@@ -126,13 +133,13 @@ def test_vae_trials_rank_by_elbo_higher_first_with_failed_last(ray_folder):
     assert list(ranked["status"]) == ["finished", "finished", "finished", "stopped_early",
                                       "diverged", "failed"]
     diverged = ranked.set_index("trial_id").loc["d"]
-    assert diverged["test_elbo"] == -80.0 and DIVERGED_MESSAGE in diverged["error"]  # shown, not dropped
+    assert diverged["val_elbo"] == -80.0 and DIVERGED_MESSAGE in diverged["error"]  # shown, not dropped
 
 
 def test_lower_is_better_reverses_the_usable_trials_only(ray_folder):
     ranked = rank_trials(load_trials(ray_folder), metric="train_loss")  # -elbo + 5: lower first
     assert list(ranked["trial_id"]) == VAE_ORDER
-    flipped = rank_trials(load_trials(ray_folder), metric="test_elbo", mode="min")
+    flipped = rank_trials(load_trials(ray_folder), metric="val_elbo", mode="min")
     assert list(flipped["trial_id"]) == ["c", "a", "f", "b", "d", "e"]
     assert list(flipped["rank"]) == [1, 2, 2, 4, 5, 6]
 
@@ -143,8 +150,8 @@ def gan_table() -> pd.DataFrame:
         "status": pd.Series(["finished", "failed", "finished", "finished", "stopped_early"],
                             dtype="string"),
         "model": pd.Series(["gan"] * 5, dtype="string"),
-        "fcd": [40.0, 1.0, 12.5, np.nan, 30.0],
-        "inception_score": [3.0, 9.9, 6.5, np.nan, 8.0],
+        "val_fcd": [40.0, 1.0, 12.5, np.nan, 30.0],
+        "val_inception_score": [3.0, 9.9, 6.5, np.nan, 8.0],
     })
 
 
@@ -153,7 +160,7 @@ def test_gan_trials_rank_by_fcd_lower_first_and_by_inception_score_on_request():
     # g4 finished without a score: after every scored trial, before the failed one (whose
     # fcd of 1.0 must not put it first).
     assert list(by_fcd["trial_id"]) == ["g3", "g5", "g1", "g4", "g2"]
-    by_is = rank_trials(gan_table(), metric="inception_score")
+    by_is = rank_trials(gan_table(), metric="val_inception_score")
     assert list(by_is["trial_id"]) == ["g5", "g3", "g1", "g4", "g2"]
     assert list(by_is["rank"]) == [1, 2, 3, 4, 5]
 
@@ -167,21 +174,21 @@ def test_order_is_stable_whatever_the_input_order(ray_folder):
 
 def test_unknown_metric_and_direction_are_clear_errors(ray_folder):
     trials = load_trials(ray_folder)
-    with pytest.raises(KeyError, match="no column 'fcd'"):
-        rank_trials(trials, metric="fcd")
+    with pytest.raises(KeyError, match="no column 'val_fcd'"):
+        rank_trials(trials, metric="val_fcd")
     with pytest.raises(ValueError, match="pass mode="):
-        rank_trials(trials, metric="test_kl")
-    assert list(rank_trials(trials, metric="test_kl", mode="min")["trial_id"])[-2:] == ["d", "e"]
+        rank_trials(trials, metric="val_kl")
+    assert list(rank_trials(trials, metric="val_kl", mode="min")["trial_id"])[-2:] == ["d", "e"]
 
 
 EXPECTED_DTYPES = {
     "trial_id": "string", "status": "string", "model": "string", "config/dropout": "float64",
-    "config/latent_dim": "Int64", "config/lr": "float64", "test_elbo": "float64",
-    "best_test_elbo": "float64", "best_epoch": "Int64", "epochs": "Int64", "duration_s": "float64",
-    "test_recon": "float64", "test_kl": "float64", "train_loss": "float64", "test_iwae": "float64",
-    "train_seconds": "float64", "epoch_seconds": "float64", "best_test_recon": "float64",
-    "best_train_loss": "float64", "best_test_iwae": "float64", "figures_dir": "string",
-    "run_id": "string", "error": "string",
+    "config/latent_dim": "Int64", "config/lr": "float64", "val_elbo": "float64",
+    "test_elbo": "float64", "best_val_elbo": "float64", "best_epoch": "Int64", "epochs": "Int64",
+    "duration_s": "float64", "val_recon": "float64", "val_kl": "float64", "train_loss": "float64",
+    "train_seconds": "float64", "epoch_seconds": "float64", "best_val_recon": "float64",
+    "best_train_loss": "float64", "test_recon": "float64", "test_kl": "float64",
+    "test_iwae": "float64", "figures_dir": "string", "run_id": "string", "error": "string",
 }
 
 
@@ -198,10 +205,21 @@ def test_columns_and_dtypes_are_stable(ray_folder, tmp_path):
     assert none_reported["status"].tolist() == ["failed"]
 
 
+def test_test_numbers_sit_beside_the_validation_objective_for_the_tested_trials(ray_folder):
+    ranked = rank_trials(load_trials(ray_folder))
+    assert list(ranked.columns[:9]) == ["rank", "trial_id", "status", "model", "config/dropout",
+                                        "config/latent_dim", "config/lr", "val_elbo", "test_elbo"]
+    by_id = ranked.set_index("trial_id")
+    assert by_id.loc["b", "test_elbo"] == -95.0 and by_id.loc["a", "test_iwae"] == -101.0
+    assert by_id.drop(index=list(TESTED))[["test_elbo", "test_iwae"]].isna().all().all()
+    # Never an epoch of the history: the test split is measured once.
+    assert not load_history(ray_folder)["metric"].str.startswith("test_").any()
+
+
 def test_history_is_long_form(ray_folder):
     history = load_history(ray_folder)
     assert list(history.columns) == ["trial_id", "epoch", "metric", "value"]
-    elbo = history[(history["trial_id"] == "b") & (history["metric"] == "test_elbo")]
+    elbo = history[(history["trial_id"] == "b") & (history["metric"] == "val_elbo")]
     assert elbo["epoch"].tolist() == [1, 2] and elbo["value"].tolist() == [-140.0, -90.0]
     assert set(history["trial_id"]) == {"a", "b", "c", "d", "f"}  # e reported nothing
 
@@ -220,11 +238,11 @@ def test_mlflow_and_ray_folder_give_the_same_table(ray_folder, mlflow_store):
 
 def test_importances_need_finished_trials_and_say_so(ray_folder):
     trials = rank_trials(load_trials(ray_folder))
-    table, messages = importances(trials, "test_elbo", "max")
+    table, messages = importances(trials, "val_elbo", "max")
     assert set(table.index) == {"dropout", "latent_dim", "lr"} and table.shape[1] >= 1
     assert np.allclose(table.sum(), 1.0)
     few = trials[trials["trial_id"].isin(["b", "d", "e"])]
-    table, messages = importances(few, "test_elbo", "max")
+    table, messages = importances(few, "val_elbo", "max")
     assert table.shape[1] == 0 and "at least 2 finished trials" in messages[0]
 
 
@@ -276,7 +294,7 @@ def test_cli_prints_the_top_trials_and_writes_every_file(ray_folder, mlflow_stor
 @pytest.mark.parametrize("args, message", [
     (["--results", "nowhere"], "no sweep folder"),
     (["--experiment", "hand", "--mlflow-uri", "sqlite:///missing.db"], "no MLflow store"),
-    (["--results", "RAY", "--metric", "fcd"], "no column 'fcd'"),
+    (["--results", "RAY", "--metric", "val_fcd"], "no column 'val_fcd'"),
 ])
 def test_cli_bad_input_is_a_clear_error(args, message, ray_folder, tmp_path, capsys, monkeypatch):
     from analysis.rank import main

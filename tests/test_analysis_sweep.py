@@ -68,9 +68,9 @@ def test_table_matches_what_the_trials_wrote_and_ranks_diverged_last(sweep):
         assert {k: row[f"config/{k}"] for k in files["params"]} == pytest.approx(files["params"])
         if files["results"]:
             last = files["results"][-1]
-            assert row["test_elbo"] == pytest.approx(last["test_elbo"])
+            assert row["val_elbo"] == pytest.approx(last["val_elbo"])
             assert row["epochs"] == last["epoch"]
-            assert row["best_test_elbo"] == max(r["test_elbo"] for r in files["results"])
+            assert row["best_val_elbo"] == max(r["val_elbo"] for r in files["results"])
         if files["status"] == "diverged":
             assert row["status"] == "diverged" and "diverged" in row["error"]
         elif files["status"] == "finished":
@@ -81,7 +81,7 @@ def test_table_matches_what_the_trials_wrote_and_ranks_diverged_last(sweep):
 
     ranked = rank_trials(trials.reset_index())
     assert ranked["status"].iloc[-1] == "diverged" and ranked["rank"].tolist() == [1, 2, 3]
-    assert ranked["test_elbo"].iloc[0] > ranked["test_elbo"].iloc[1]
+    assert ranked["val_elbo"].iloc[0] > ranked["val_elbo"].iloc[1]
     lower_first = rank_trials(trials.reset_index(), mode="min")
     assert lower_first["trial_id"].tolist() == [*ranked["trial_id"][:2][::-1], ranked["trial_id"][2]]
 

@@ -13,12 +13,13 @@ import pytest
 
 from genmodels.train import main
 
-VAE_KEYS = {"epoch", "train_loss", "test_elbo", "test_recon", "test_kl"}
+VAE_KEYS = {"epoch", "train_loss", "val_elbo", "val_recon", "val_kl"}
 GAN_KEYS = {"epoch", "loss_d", "loss_g", "d_real", "d_fake"}
 QUICK = ["--train-subset", "256", "--batch-size", "64", "--num-threads", "1", "--no-progress"]
 
 
-SCORE_KEYS = {"inception_score", "inception_score_std", "fcd", "precision", "recall"}
+SCORE_KEYS = {"val_inception_score", "val_inception_score_std", "val_fcd", "val_precision",
+              "val_recall"}
 
 
 def train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -36,9 +37,13 @@ def test_vae_cli_writes_metrics_figures_and_resumes(data_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(VAE_KEYS <= set(m) for m in metrics)
-    assert "test_iwae" not in metrics[0] and metrics[1]["test_iwae"] >= metrics[1]["test_elbo"] - 1
+    # The test split once, after training; never an epoch's number.
+    assert not any(k.startswith("test_") for m in metrics for k in m)
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["epoch"] == 2 and test["test_iwae"] >= test["test_elbo"] - 1
+    assert "test_elbo" in run.stdout
     for name in ("samples/epoch_001.png", "samples/epoch_002.png", "samples_across_epochs.png",
-                 "real_vs_reconstructed.png", "checkpoint.pt", "config.json"):
+                 "real_vs_reconstructed.png", "checkpoint.pt", "config.json", "test_metrics.json"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
 
@@ -57,13 +62,15 @@ def test_gan_cli_writes_scores_metrics_and_figures(data_dir, tmp_path):
     env = {**os.environ, "GENSWEEP_CACHE_DIR": str(tmp_path / "cache")}
     run = train("gan", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out),
                 "--latent-dim", "32", "--lr-g", "3e-4", "--lr-d", "1e-4", "--eval-samples", "200",
-                "--eval-every", "2", *QUICK, env=env)
+                "--eval-every", "2", "--test-samples", "200", *QUICK, env=env)
     assert run.returncode == 0, run.stderr
     assert "training the scoring classifier" in run.stdout
     first, last = json.loads((out / "metrics.json").read_text())
     assert GAN_KEYS <= set(first) and not SCORE_KEYS & set(first)  # scored every 2nd epoch
     assert GAN_KEYS | SCORE_KEYS <= set(last)
-    assert 1.0 <= last["inception_score"] <= 10.0 and last["fcd"] > 0
+    assert 1.0 <= last["val_inception_score"] <= 10.0 and last["val_fcd"] > 0
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert {"test_fcd", "test_inception_score", "test_precision", "test_recall"} <= set(test)
     assert (out / "real_vs_generated.png").stat().st_size > 0
     assert (out / "samples_across_epochs.png").stat().st_size > 0
 

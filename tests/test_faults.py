@@ -111,7 +111,7 @@ def record_fault(scenario: str, injected: str, outcome: str, experiment: Path, u
     runs = mlflow_runs(uri, experiment.name)
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     client = MlflowClient(uri)
-    steps = [metric_steps(client, r, "test_elbo") for r in children.run_id]
+    steps = [metric_steps(client, r, "val_elbo") for r in children.run_id]
     stalls = [json.loads(line)["time_this_iter_s"] for t in dirs
               for line in (t / "result.json").read_text().splitlines()]
     row = {"scenario": scenario, "injected": injected, "outcome": outcome,
@@ -158,7 +158,7 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_loses_nothing(data_dir
     assert len(children) == 1  # the retry continued the trial's run
     (run_id,) = children.run_id
     client = MlflowClient(uri)
-    for metric in ("test_elbo", "train_loss", "epoch_seconds"):
+    for metric in ("val_elbo", "train_loss", "epoch_seconds"):
         assert metric_steps(client, run_id, metric) == list(range(1, epochs + 1)), metric
     assert image_steps(client, run_id) == list(range(1, epochs + 1))
     assert set(runs["status"]) == {"FINISHED"}
@@ -232,7 +232,7 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     assert set(runs["status"]) == {"FINISHED"}
     client = MlflowClient(uri)
     for run_id in children.run_id:
-        assert metric_steps(client, run_id, "test_elbo") == list(range(1, epochs + 1))
+        assert metric_steps(client, run_id, "val_elbo") == list(range(1, epochs + 1))
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
     name = signal.Signals(stop_signal).name
     record_fault(f"driver {name}", f"{name} to the driver after a trial finished, then --resume",
@@ -364,7 +364,7 @@ def test_tracking_server_away_mid_sweep_stalls_nothing_and_loses_nothing(data_di
         runs = mlflow_runs(uri, "outage")
         assert set(runs["status"]) == {"FINISHED"}
         (run_id,) = runs[runs["tags.mlflow.parentRunId"].notna()].run_id
-        for metric in ("test_elbo", "train_loss", "epoch_seconds"):
+        for metric in ("val_elbo", "train_loss", "epoch_seconds"):
             assert metric_steps(client, run_id, metric) == list(range(1, epochs + 1)), metric
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
         assert {"figures/real_vs_reconstructed.png"} <= {

@@ -272,9 +272,9 @@ def test_the_loop_trains_a_fused_group_and_reports_per_member_metrics(mnist):
     trainer = fused_trainer(mnist, VAE_MEMBERS)
     history = trainer.fit()
     last = history[-1]
-    assert len(last["test_elbo"]) == len(VAE_MEMBERS) and isinstance(last["epoch"], int)
-    first = history[0]["test_elbo"]
-    assert all(b > a for a, b in zip(first, last["test_elbo"])), (first, last["test_elbo"])
+    assert len(last["val_elbo"]) == len(VAE_MEMBERS) and isinstance(last["epoch"], int)
+    first = history[0]["val_elbo"]
+    assert all(b > a for a, b in zip(first, last["val_elbo"])), (first, last["val_elbo"])
     assert trainer.sample_history[-1].shape == (3, 64, 1, 28, 28)
 
 
@@ -298,7 +298,7 @@ def test_a_fused_group_resumes_bit_exactly(mnist, tmp_path):
     resumed.fit()
     for name, value in straight.task.model.state_dict().items():
         assert torch.equal(value, resumed.task.model.state_dict()[name]), name
-    assert [m["test_elbo"] for m in straight.history] == [m["test_elbo"] for m in resumed.history]
+    assert [m["val_elbo"] for m in straight.history] == [m["val_elbo"] for m in resumed.history]
 
 
 def test_members_must_share_the_network_shape():

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from conftest import mlflow_runs
 
-from analysis import load_trials
+from analysis import load_trials, rank_trials
 from genmodels.names import GROUP_TAG, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY
 from sweeps.fused_search import FusedOptunaSearch
 from sweeps.search_space import SPACES
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_searcher_hands_out_exactly_num_samples_configurations_in_groups():
-    search = FusedOptunaSearch(SPACES["vae"], group_size=2, num_configs=5, metric="test_elbo",
+    search = FusedOptunaSearch(SPACES["vae"], group_size=2, num_configs=5, metric="val_elbo",
                                mode="max", seed=0)
     groups = [search.suggest(f"t{i}") for i in range(3)]
     assert [len(g[MEMBERS_KEY]) for g in groups] == [2, 2, 1]
@@ -31,14 +32,14 @@ def test_the_searcher_hands_out_exactly_num_samples_configurations_in_groups():
 
     # t0: m000 finishes, m001 diverges; t1: m002 stopped early, m003 finishes; t2 fails outright
     search.on_trial_result("t0", {MEMBER_RESULTS_KEY: {
-        "m000": {"epoch": 1, "test_elbo": -200.0, "status": "running"},
+        "m000": {"epoch": 1, "val_elbo": -200.0, "status": "running"},
         "m001": {"epoch": 1, "status": "diverged"}}})
     search.on_trial_complete("t0", {MEMBER_RESULTS_KEY: {
-        "m000": {"epoch": 2, "test_elbo": -150.0, "status": "finished"},
+        "m000": {"epoch": 2, "val_elbo": -150.0, "status": "finished"},
         "m001": {"epoch": 1, "status": "diverged"}}})
     search.on_trial_complete("t1", {MEMBER_RESULTS_KEY: {
-        "m002": {"epoch": 1, "test_elbo": -300.0, "status": "stopped_early"},
-        "m003": {"epoch": 2, "test_elbo": -140.0, "status": "finished"}}})
+        "m002": {"epoch": 1, "val_elbo": -300.0, "status": "stopped_early"},
+        "m003": {"epoch": 2, "val_elbo": -140.0, "status": "finished"}}})
     search.on_trial_complete("t2", None, error=True)
     states = {t.number: t.state for t in search.study.trials}
     State = optuna.trial.TrialState
@@ -54,9 +55,10 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
         [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
          "--storage-path", str(tmp_path), "--name", "fused", "--fuse", "2", "--num-samples", "3",
          "--epochs", "2", "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
-         "--max-concurrent", "2"],
+         "--max-concurrent", "2", "--test-top", "2"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "test split, once, for the best 2 by val_elbo" in run.stdout
 
     # MLflow: one child run per configuration, each with both epochs exactly once and a true end
     runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "fused")
@@ -70,7 +72,7 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for run_id in members["run_id"]:
-        steps = [m.step for m in client.get_metric_history(run_id, "test_elbo")]
+        steps = [m.step for m in client.get_metric_history(run_id, "val_elbo")]
         assert sorted(steps) == [1, 2]
 
     # Each member's folder holds its own grids and figures
@@ -88,6 +90,16 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     assert len(from_ray) == len(from_mlflow) == 3
     assert set(from_ray["trial_id"]) == set(from_mlflow["trial_id"])
     assert set(from_ray["status"]) == {"finished"}
+    # The best two by val_elbo, and only they, were measured on the test split, once, at the end:
+    # the same numbers in their folders, their MLflow runs and the parent's leaderboard.
+    for table in (from_ray, from_mlflow):
+        ranked = rank_trials(table).set_index("trial_id")
+        assert ranked["test_elbo"].notna().tolist() == [True, True, False]
+    for run_id in members["run_id"]:
+        steps = [m.step for m in client.get_metric_history(run_id, "test_elbo")]
+        assert steps in ([], [2])
+    pd.testing.assert_series_equal(rank_trials(from_ray)["test_elbo"],
+                                   rank_trials(from_mlflow)["test_elbo"])
 
 
 def test_a_vae_sweep_on_gpus_fuses_by_default_and_the_gan_does_not():

@@ -54,7 +54,7 @@ def check_sweep_records(uri: str, name: str, trials: int, epochs: int = 2) -> No
         run_ = client.get_run(run_id)
         assert {"dropout", "latent_dim", "lr", "hidden_dim", "train.epochs"} <= set(run_.data.params)
         assert {"ray.trial_id", "ray.trial_dir", "ray.node_id"} <= set(run_.data.tags)
-        for metric in ("test_elbo", "train_loss", "test_kl"):
+        for metric in ("val_elbo", "train_loss", "val_kl"):
             assert [m.step for m in client.get_metric_history(run_id, metric)] == list(
                 range(1, epochs + 1))
         images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]

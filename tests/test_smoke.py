@@ -22,7 +22,7 @@ TRIAL_LINE = re.compile(r"^\[\d\d:\d\d\] \w+ (started|epoch \d/2|finished|stoppe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, metric", [("gan", "fcd"), ("vae", "test_elbo")])
+@pytest.mark.parametrize("model, metric", [("gan", "val_fcd"), ("vae", "val_elbo")])
 def test_readme_smoke_sweep_is_quiet_and_complete(model, metric, data_dir, tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "sweeps" / f"{model}_sweep.py"), "--smoke",
                           "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=900)

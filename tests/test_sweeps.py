@@ -57,19 +57,22 @@ def test_vae_sweep_end_to_end(data_dir, tmp_path):
                  "--name", "vae", "--num-samples", "3", "--max-concurrent", "2", "--epochs", "2",
                  "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo", cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
-    assert "best trials by test_elbo" in run_.stdout
+    assert "best trials by val_elbo" in run_.stdout
     trials = trial_dirs(tmp_path / "vae")
     assert len(trials) == 3
     for trial in trials:
         history = results(trial)
         assert [r["epoch"] for r in history] == [1, 2]
-        assert {"test_elbo", "test_kl", "test_recon", "train_loss"} <= set(history[-1])
-        assert "test_iwae" in history[-1]
+        assert {"val_elbo", "val_kl", "val_recon", "train_loss"} <= set(history[-1])
+        assert not any(k.startswith("test_") for r in history for k in r)
         assert (trial / "samples" / "epoch_002.png").exists()
         assert (trial / "real_vs_reconstructed.png").exists()
         assert json.loads((trial / "status.json").read_text())["status"] == "finished"
         config = json.loads((trial / "params.json").read_text())
         assert set(config) == {"dropout", "latent_dim", "lr"}
+    # The test split, once, at the end, for the best --test-top (default 3: all three here).
+    tested = [json.loads((t / "test_metrics.json").read_text()) for t in trials]
+    assert all({"test_elbo", "test_iwae"} <= set(t) and t["epoch"] == 2 for t in tested)
     configs = [json.loads((t / "params.json").read_text()) for t in trials]
     assert len({c["lr"] for c in configs}) == 3  # Optuna sampled three different trials
 
@@ -78,13 +81,17 @@ def test_vae_sweep_end_to_end(data_dir, tmp_path):
 def test_gan_sweep_scores_trials(data_dir, tmp_path):
     run_ = sweep("gan", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
                  "--name", "gan", "--num-samples", "2", "--max-concurrent", "2",
-                 "--eval-samples", "200", "--classifier-epochs", "1",
+                 "--eval-samples", "200", "--test-samples", "200", "--classifier-epochs", "1",
                  "--cache-dir", str(tmp_path / "cache"), *TINY, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
-    assert "best trials by fcd" in run_.stdout
+    assert "best trials by val_fcd" in run_.stdout
+    assert "test_fcd" in run_.stdout  # the best two, measured once on the test split
     for trial in trial_dirs(tmp_path / "gan"):
         (last,) = results(trial)
-        assert {"fcd", "inception_score", "precision", "recall", "loss_d", "loss_g"} <= set(last)
+        assert {"val_fcd", "val_inception_score", "val_precision", "val_recall", "loss_d",
+                "loss_g"} <= set(last)
+        test = json.loads((trial / "test_metrics.json").read_text())
+        assert {"test_fcd", "test_inception_score", "test_precision", "test_recall"} <= set(test)
         assert (trial / "real_vs_generated.png").exists()
     assert len(list((tmp_path / "cache").glob("classifier-*.pt"))) == 1  # trained once
 

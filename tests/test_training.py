@@ -9,7 +9,15 @@ import torch
 
 from genmodels.data import load_dataset
 from genmodels.gan import GANConfig
-from genmodels.training import TrainConfig, Trainer, TrainingDiverged, export_model, load_model
+from genmodels.tasks import elbo_means, seeded_test_subset
+from genmodels.training import (
+    EVAL_SEED,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    export_model,
+    load_model,
+)
 from genmodels.vae import VAEConfig
 
 SUBSET = 512
@@ -33,15 +41,33 @@ def make_trainer(model, mnist, epochs=2, model_cfg=None, **train):
     return Trainer.create(model, model_cfg, cfg, mnist)
 
 
-def test_vae_training_improves_the_test_elbo(mnist):
+def test_vae_training_improves_the_validation_elbo(mnist):
     trainer = make_trainer("vae", mnist, epochs=3, seed=0)
     history = trainer.fit()
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    elbos = [m["test_elbo"] for m in history]
+    elbos = [m["val_elbo"] for m in history]
     assert elbos[-1] > elbos[0] + 10, elbos  # nats per image
     last = history[-1]
-    assert last["test_elbo"] == pytest.approx(last["test_recon"] - last["test_kl"], rel=1e-5)
-    assert -550 < last["test_elbo"] < 0 and last["test_kl"] > 0
+    assert last["val_elbo"] == pytest.approx(last["val_recon"] - last["val_kl"], rel=1e-5)
+    assert -550 < last["val_elbo"] < 0 and last["val_kl"] > 0
+    assert not any(k.startswith("test_") for m in history for k in m)  # the test split: once, after
+    test = trainer.test()
+    assert set(test) == {"test_elbo", "test_recon", "test_kl"}  # iwae_samples=0 here
+    assert abs(test["test_elbo"] - last["val_elbo"]) < 15  # same model, other images
+
+
+def test_the_validation_split_is_fixed_held_out_and_never_trained_on(mnist):
+    trainer = make_trainer("vae", mnist, epochs=1, train_subset=None)
+    data = trainer.data
+    assert len(data.val_images) == round(0.1 * len(mnist.train_images))
+    assert len(data.train_images) + len(data.val_images) == len(mnist.train_images)
+    # The same images whatever the run's seed or its --train-subset, none of them trained on.
+    other = make_trainer("vae", mnist, epochs=1, seed=7, train_subset=500)
+    assert torch.equal(other.data.val_images, data.val_images)
+    trained = {row.numpy().tobytes() for row in data.train_images}
+    assert not any(row.numpy().tobytes() in trained for row in data.val_images)
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.0)
 
 
 def test_gan_epoch_reports_its_diagnostics(mnist):
@@ -96,27 +122,22 @@ def test_a_trained_model_loads_from_its_checkpoint_and_from_plain_files(model, m
         assert torch.equal(drawn, expected)
 
 
-def test_vae_evaluates_on_a_fixed_seeded_test_subset(mnist):
+def test_vae_tests_on_a_fixed_seeded_test_subset(mnist):
     trainer = make_trainer("vae", mnist, epochs=1, test_images=300, iwae_samples=3,
                            iwae_images=100)
     task = trainer.task
-    assert len(task.eval_targets) == 300
-    # The same images in every run, whatever its seed, and not simply the first 300.
-    other = make_trainer("vae", mnist, epochs=1, seed=5, test_images=300)
-    assert torch.equal(other.task.eval_targets, task.eval_targets)
-    assert not torch.equal(task.eval_targets, task.test_targets[:300])
-    rows = {tuple(row.flatten().tolist()) for row in task.test_targets[:, 0, :2]}
-    assert all(tuple(row.flatten().tolist()) in rows for row in task.eval_targets[:, 0, :2])
-
-    assert "test_iwae" not in task.evaluate(1, last=False)
-    metrics = task.evaluate(1, last=True)
-    assert {"test_elbo", "test_recon", "test_kl", "test_iwae"} <= set(metrics)
+    chosen = seeded_test_subset(task.test_targets, 300)
+    # The same images in every run, and not simply the first 300 of the split.
+    other = make_trainer("vae", mnist, seed=5).task
+    assert torch.equal(seeded_test_subset(other.test_targets, 300), chosen)
+    assert not torch.equal(chosen, task.test_targets[:300])
+    metrics = trainer.test()
+    torch.manual_seed(EVAL_SEED)  # the test's own noise (one z per image), as Trainer.test draws it
+    assert metrics["test_elbo"] == pytest.approx(elbo_means(task.model, chosen, task.autocast)["elbo"])
     # IWAE (K = 3) bounds log p(x) at least as tightly as the ELBO on the same 100 images.
-    elbo_100 = task.test_elbo(task.eval_targets[:100])["test_elbo"]
+    elbo_100 = elbo_means(task.model, chosen[:100], task.autocast)["elbo"]
     assert metrics["test_iwae"] > elbo_100 - 2.0
-
-    whole = make_trainer("vae", mnist, epochs=1, test_images=10_000)
-    assert len(whole.task.eval_targets) == len(mnist.test_images)
+    assert "test_iwae" not in make_trainer("vae", mnist, epochs=1).test()  # iwae_samples=0
 
 
 def test_diverging_gan_stops_with_a_clear_status(mnist):
@@ -130,7 +151,7 @@ def test_diverging_gan_stops_with_a_clear_status(mnist):
 def test_bf16_autocast_runs_on_cpu(mnist):
     history = make_trainer("vae", mnist, epochs=1, precision="bf16",
                            **SMALL).fit()
-    assert torch.isfinite(torch.tensor(history[0]["test_elbo"]))
+    assert torch.isfinite(torch.tensor(history[0]["val_elbo"]))
 
 
 @pytest.mark.parametrize("build, message", [

@@ -37,9 +37,9 @@ from genmodels.tasks import (
     EVAL_BATCH,
     IWAE_BATCH_SAMPLES,
     NUM_COMPARISON,
-    SCORE_NOISE_SEED,
     fixed_noise,
-    test_subset,
+    generated_images,
+    vae_targets,
     vae_test_targets,
 )
 from genmodels.vae import VAE, VAEConfig
@@ -172,7 +172,6 @@ class FusedVAETask(_KeepMembers):
         self.data, self.device, self.autocast = data, device, autocast
         self.status = MemberStatus(self.num_members).to(device)
         self.binarize = cfg.members[0].binarize
-        self.iwae_samples, self.iwae_images = train_cfg.iwae_samples, train_cfg.iwae_images
         standalone = build_members(VAE.from_config, cfg.members, train_cfg.seed)
         self.model = FusedVAE(standalone, [m.dropout for m in cfg.members]).to(device)
         self.optimizer = StackedAdam(self.model.parameters(), lr=[m.lr for m in cfg.members],
@@ -181,8 +180,9 @@ class FusedVAETask(_KeepMembers):
         self.optimizers = {"optimizer": self.optimizer}
         self.fixed_z = self.model.pad_latent(
             [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in cfg.members])
-        self.test_targets = vae_test_targets(data, self.binarize, device)  # as the standalone task's
-        self.eval_targets = test_subset(self.test_targets, train_cfg.test_images)
+        # As the standalone task's: the same images, the same fixed binarization.
+        self.test_targets = vae_test_targets(data, self.binarize, device)
+        self.val_targets = vae_targets(data.val_images, self.binarize, device)
 
     def optimized(self):
         return [("optimizer", self.model)]
@@ -208,24 +208,22 @@ class FusedVAETask(_KeepMembers):
 
     @torch.no_grad()
     def evaluate(self, epoch: int, last: bool) -> dict[str, list[float]]:
-        """Every member's test ELBO and its terms, in one pass over the evaluation subset (the
-        standalone task's `test_images`); on the last epoch test_iwae as the standalone task has it."""
+        """Every member's val_elbo and its terms, in one pass over the validation split (the
+        standalone task's numbers; the test split is the driver's, after the sweep)."""
+        if not len(self.val_targets):
+            return {}
         self.model.eval()
         totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-        for x in self.eval_targets.split(EVAL_BATCH):
+        for x in self.val_targets.split(EVAL_BATCH):
             with self.autocast():
                 terms = fused_elbo_terms(self.model, x)
             for key in totals:
                 totals[key] = totals[key] + terms[key].sum(dim=1)
-        n = len(self.eval_targets)
-        metrics = {f"test_{key}": (value / n).tolist() for key, value in totals.items()}
-        if last and self.iwae_samples > 0:
-            metrics["test_iwae"] = self.test_iwae(self.iwae_samples,
-                                                  self.eval_targets[:self.iwae_images])
-        return metrics
+        n = len(self.val_targets)
+        return {f"val_{key}": (value / n).tolist() for key, value in totals.items()}
 
     @torch.no_grad()
-    def test_iwae(self, k: int, targets: torch.Tensor) -> list[float]:
+    def iwae(self, k: int, targets: torch.Tensor) -> list[float]:
         """Every member's mean IWAE bound over `targets`, K importance samples each."""
         self.model.eval()
         total = 0.0
@@ -257,7 +255,9 @@ class FusedGANTask(_KeepMembers):
         self.cfg, self.num_members = cfg, len(cfg)
         self.data, self.device, self.autocast = data, device, autocast
         self.status = MemberStatus(self.num_members).to(device)
-        self.scorer = scorer
+        # Scored against the validation split every evaluation (as the standalone task).
+        self.val_scorer = scorer.with_reference(to_unit_interval(data.val_images)) if (
+            scorer is not None and len(data.val_images)) else None
         self.eval_samples = train_cfg.eval_samples
         members = cfg.members
         # A standalone GANTask builds G then D right after seeding: the same order here.
@@ -321,17 +321,15 @@ class FusedGANTask(_KeepMembers):
         })
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, list[float]]:
-        """Every member's scores, its samples scored in one classifier pass for the whole group."""
-        if self.scorer is None:
+        """Every member's validation scores, its samples scored in one classifier pass for the
+        whole group. Every member gets the same noise (each uses its own leading coordinates)."""
+        if self.val_scorer is None:
             return {}
-        generator = torch.Generator().manual_seed(SCORE_NOISE_SEED)
-        images = []
-        for n in torch.arange(self.eval_samples).split(EVAL_BATCH):
-            # The same noise for every member (each uses its own leading coordinates).
-            h = torch.randn(len(n), self.generator.latent_dim, generator=generator).to(self.device)
-            images.append(self.generate(h.expand(self.num_members, -1, -1)))
-        per_member = self.scorer.score_groups(torch.cat(images, dim=1), value_range=(0.0, 1.0))
-        return {key: [m[key] for m in per_member] for key in per_member[0]}
+        images = generated_images(
+            lambda h: self.generate(h.expand(self.num_members, -1, -1)).transpose(0, 1),
+            self.generator.latent_dim, self.eval_samples, self.device).transpose(0, 1)
+        per_member = self.val_scorer.score_groups(images, value_range=(0.0, 1.0))
+        return {f"val_{key}": [m[key] for m in per_member] for key in per_member[0]}
 
     @torch.no_grad()
     def generate(self, h: torch.Tensor) -> torch.Tensor:
