@@ -19,7 +19,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 import pandas as pd
-from mlflow.entities import Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from genmodels.names import (
@@ -135,8 +135,10 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
                 top = leaderboard.iloc[0]  # the best by the validation objective
                 tested = {f"best_{c}": float(top[c]) for c in leaderboard
                           if c.startswith("test_") and pd.notna(top[c])}
-                if tested:
-                    retry(lambda: client.log_metrics(parent, tested))
+                if tested:  # MlflowClient has no log_metrics (that is the fluent API): one batch
+                    now = int(pd.Timestamp.now().timestamp() * 1000)
+                    batch = [Metric(k, v, now, 0) for k, v in tested.items()]
+                    retry(lambda: client.log_batch(parent, metrics=batch))
             try:
                 best = results.get_best_result(metric, mode)
                 retry(lambda: client.log_text(parent, json.dumps(best.config, indent=2),
