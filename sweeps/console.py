@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from genmodels.names import MEMBER_IDS_KEY, MEMBERS_KEY
+from sweeps.search_space import budget_split, default_point, outside_space, startup_trials
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "py.warnings")
 SUMMARY_EVERY_SECONDS = 30
@@ -161,10 +162,41 @@ def setup_lines(plan) -> str:
         f"{at_once} at once, {a.cpus_per_trial:g} CPU / {a.gpus_per_trial:g} GPU each"
         + (" (--smoke)" if a.smoke else ""),
         f"objective  {a.metric} ({'higher' if plan.mode == 'max' else 'lower'} is better), "
-        f"Optuna TPE (seed {a.seed}), {scheduler}",
+        f"{scheduler}",
+        f"search     {search_line(plan)}",
         f"data       {data}; batch {a.batch_size}, {a.precision}",
         f"results    {plan.experiment}" + (" (resumed)" if a.resume else ""),
         f"MLflow     {plan.mlflow_uri}",
         f"log        {plan.log_file} (Ray's and MLflow's own messages)",
     ]
     return "\n".join(lines)
+
+
+def trials_at_once(args) -> int | None:
+    """Trials (or fused groups) running together: --max-concurrent, else what a local Ray's CPUs
+    hold; None where that is not known before Ray starts (a cluster, GPU trials)."""
+    if args.max_concurrent:
+        return args.max_concurrent
+    if args.address or args.gpus_per_trial > 0:
+        return None
+    return max(1, int((os.cpu_count() or 1) // args.cpus_per_trial))
+
+
+def search_line(plan) -> str:
+    """How the sweep's configurations are chosen, e.g. "Optuna TPE (seed 0): trial 1 the default,
+    3 random start-up, 12 guided (random until 4 trials have ended; 1 at once)"."""
+    a = plan.args
+    default_first = not getattr(a, "no_default_first", False)
+    skipped = ""
+    if default_first and default_point(plan.model, plan.space) is None:
+        default_first = False
+        skipped = (" The default configuration is not run first: "
+                   + "; ".join(outside_space(plan.model, plan.space)) + " of the search space.")
+    startup = startup_trials(a.num_samples)
+    at_once = trials_at_once(a)
+    split = budget_split(a.num_samples, default_first, startup, at_once or 1, a.fuse)
+    unit = "trial" if a.fuse == 1 else "group"
+    unit = (f"{unit}s" if at_once != 1 else unit) + ("" if a.fuse == 1 else f" of {a.fuse}")
+    ran = f"{at_once} {unit} at once" if at_once else f"more when {unit} run at once"
+    return (f"Optuna TPE (seed {a.seed}): {split.describe()} (random until {startup} "
+            f"configurations have ended; {ran}).{skipped}")

@@ -34,11 +34,13 @@ def optuna_distribution(r: Range) -> optuna.distributions.BaseDistribution:
 
 class FusedOptunaSearch(Searcher):
     def __init__(self, space: dict[str, Range], group_size: int, num_configs: int, metric: str,
-                 mode: str, seed: int, first: dict | None = None):
+                 mode: str, seed: int, first: dict | None = None, startup: int = 10):
         super().__init__(metric=metric, mode=mode)
         self.distributions = {name: optuna_distribution(r) for name, r in space.items()}
         self.group_size, self.num_configs = group_size, num_configs
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        # startup: TPE samples at random until this many configurations have ended
+        # (sweeps/search_space.py, startup_trials); 10 is Optuna's own default.
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
         direction = "maximize" if mode == "max" else "minimize"
         self.study = optuna.create_study(sampler=sampler, direction=direction)
         if first:  # e.g. the model's default configuration, evaluated in the first group

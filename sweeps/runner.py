@@ -126,6 +126,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                         f"node died (default {DEFAULT_MAX_FAILURES}; a diverged trial is never "
                         "retried)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler and every trial")
+    p.add_argument("--no-default-first", action="store_true",
+                   help="do not run the model's default configuration as the first trial")
     p.add_argument("--metric", choices=metrics, default=metrics[0],
                    help=f"objective (default {metrics[0]})")
     p.add_argument("--space", default=None, help="YAML/JSON file overriding search ranges")
@@ -310,15 +312,19 @@ def best_table(results, metric: str, mode: str, space: dict) -> str:
     frame = results.get_dataframe()
     if frame.empty or metric not in frame:
         return "no trial reported a result"
-    # An errored trial's last value is no result: it is marked, and ranked after every ended one.
+    # An errored or unfinished (interrupted) trial's last value is no result: never among the best.
     errored = {r.metrics.get("trial_id") for r in results if r.error}
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    errored |= {t.trial_id for t in trials if t.status != "TERMINATED"}
     frame = frame.assign(ended=["error" if t in errored else "ok" for t in frame.get("trial_id", [])]
                          if "trial_id" in frame else "ok")
     columns = [f"config/{k}" for k in space] + [metric, "training_iteration", "ended"]
     frame = frame[[c for c in columns if c in frame]].rename(
         columns=lambda c: c.removeprefix("config/")).rename(columns={"training_iteration": "epochs"})
-    frame = frame.sort_values(["ended", metric], ascending=[False, mode == "min"],
-                              na_position="last")
+    frame = frame[(frame["ended"] == "ok") & frame[metric].notna()]  # the failed are never best
+    if frame.empty:
+        return "no trial ended with a result"
+    frame = frame.drop(columns="ended").sort_values(metric, ascending=mode == "min")
     return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
@@ -341,9 +347,11 @@ def member_table(results, metric: str, mode: str, space: dict) -> str:
     if not rows:
         return "no trial reported a result"
     frame = pd.DataFrame(rows)
-    frame["usable"] = frame["status"].isin(USABLE)
-    frame = frame.sort_values(["usable", metric], ascending=[False, mode == "min"], na_position="last")
-    return frame.drop(columns="usable").head(TABLE_ROWS).to_string(
+    frame = frame[frame["status"].isin(USABLE) & frame[metric].notna()]  # never the failed
+    if frame.empty:
+        return "no configuration ended with a result"
+    frame = frame.sort_values(metric, ascending=mode == "min")
+    return frame.head(TABLE_ROWS).to_string(
         index=False, float_format=lambda v: f"{v:.4g}")
 
 

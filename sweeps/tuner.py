@@ -14,7 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
 from sweeps.console import Progress
 from sweeps.fused_search import FusedOptunaSearch
-from sweeps.search_space import Range
+from sweeps.search_space import Range, default_point, startup_trials
 from trainables.fused_trainable import MemberRungs, train_group
 from trainables.tracking import SweepRecords
 from trainables.trainable import train_trial
@@ -76,16 +76,19 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                                    resume_errored=True, restart_errored=False)
         resume_settings(tuner, callbacks, failure, args.max_concurrent)
         return tuner
+    first = first_point(plan)
+    startup = startup_trials(args.num_samples)
     if fused:
         # Tune sees groups; the members' early stopping is MemberRungs' (in the trainable).
         scheduler = FIFOScheduler()
         search = FusedOptunaSearch(plan.space, args.fuse, args.num_samples, args.metric, plan.mode,
-                                   seed=args.seed)
+                                   seed=args.seed, first=first, startup=startup)
     else:
         scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
                                    reduction_factor=ASHA_REDUCTION)
                      if args.scheduler == "asha" else FIFOScheduler())
-        search = OptunaSearch(sampler=TPESampler(seed=args.seed))
+        search = OptunaSearch(sampler=TPESampler(seed=args.seed, n_startup_trials=startup),
+                              points_to_evaluate=[first] if first else None)
     return tune.Tuner(
         trainable,
         param_space={} if fused else to_tune(plan.space),  # a fused group's come from `search`
@@ -101,6 +104,14 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
             failure_config=failure, callbacks=callbacks,
             verbose=0),  # our own lines instead of Tune's tables (sweeps/console.py)
     )
+
+
+def first_point(plan) -> dict | None:
+    """The configuration of the sweep's first trial: the seed's default, unless --no-default-first
+    or an override file moved a range past it (the setup lines say so: sweeps/console.py)."""
+    if getattr(plan.args, "no_default_first", False):
+        return None
+    return default_point(plan.model, plan.space)
 
 
 def resume_settings(tuner: tune.Tuner, callbacks: list, failure: tune.FailureConfig,

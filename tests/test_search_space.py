@@ -118,3 +118,104 @@ def test_bad_options_are_clear_errors(argv, message):
 
 def test_whole_gpus_are_allowed():
     assert parse_options("gan", ["--gpus-per-trial", "2"]).gpus_per_trial == 2
+
+
+# ---- the default configuration first, TPE's start-up sized to the budget (issue 11) -------------
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_the_seed_defaults_are_the_model_configs_defaults(model):
+    import dataclasses
+
+    from genmodels.tasks import TASKS
+
+    cfg_class, _ = TASKS[model]
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg_class)}
+    assert spaces.SEED_DEFAULTS[model] == {name: defaults[name] for name in spaces.SPACES[model]}
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_each_default_sits_in_the_dense_middle_of_its_range(model):
+    """Within the middle 60% of each range (in log space for log ranges), but for a default at the
+    lowest value its config allows (the GAN's dropout 0): there the range starts at it."""
+    point = spaces.default_point(model, spaces.search_space(model))
+    assert point is not None and set(point) == set(spaces.SPACES[model])
+    for name, r in spaces.SPACES[model].items():
+        value = point[name]
+        assert isinstance(value, int) == r.integer
+        if value == 0:
+            assert r.low == 0
+            continue
+        scale = np.log if r.log else (lambda v: v)
+        position = (scale(value) - scale(r.low)) / (scale(r.high) - scale(r.low))
+        assert 0.2 <= position <= 0.8, (name, position)
+
+
+def test_a_default_outside_an_overridden_range_is_skipped_and_said_why():
+    space = spaces.search_space("vae", {"dropout": {"low": 0.2, "high": 0.4}})
+    assert spaces.default_point("vae", space) is None
+    assert spaces.outside_space("vae", space) == ["dropout 0.1 is outside [0.2, 0.4]"]
+
+
+def test_the_default_trial_is_recognised_from_a_config_or_a_table_row():
+    import pandas as pd
+
+    point = spaces.default_point("vae", spaces.search_space("vae"))
+    assert spaces.is_default_config(point, "vae")
+    row = pd.Series({"trial_id": "a", "config/dropout": 0.1, "config/latent_dim": 20,
+                     "config/lr": float("0.001")})  # as MLflow's text params read back
+    assert spaces.is_default_config(row, "vae")
+    assert not spaces.is_default_config({**point, "lr": 1.1e-3}, "vae")
+    assert not spaces.is_default_config({"dropout": 0.1, "lr": 1e-3}, "vae")  # latent_dim missing
+    assert not spaces.is_default_config(row.replace(20, pd.NA), "vae")
+
+
+@pytest.mark.parametrize("num_samples, startup", [(1, 2), (4, 2), (8, 2), (12, 3), (16, 4),
+                                                  (40, 10), (200, 10)])
+def test_tpe_random_start_up_is_a_quarter_of_the_budget_within_bounds(num_samples, startup):
+    assert spaces.startup_trials(num_samples) == startup
+
+
+@pytest.mark.parametrize("kwargs, split", [
+    (dict(num_samples=16, default_first=True, startup=4), (1, 3, 12)),  # one at a time
+    (dict(num_samples=16, default_first=False, startup=4), (0, 4, 12)),
+    (dict(num_samples=16, default_first=True, startup=4, at_once=2), (1, 4, 11)),
+    (dict(num_samples=16, default_first=True, startup=4, group_size=16), (1, 15, 0)),  # one group
+    (dict(num_samples=40, default_first=True, startup=10, group_size=16), (1, 15, 24)),
+    (dict(num_samples=3, default_first=True, startup=10), (1, 2, 0)),
+])
+def test_the_budget_split_follows_tpes_start_up(kwargs, split):
+    got = spaces.budget_split(**kwargs)
+    assert (got.default, got.random, got.guided) == split
+    assert got.default + got.random + got.guided == kwargs["num_samples"]
+
+
+def test_the_setup_line_says_how_the_budget_is_searched(tmp_path):
+    from sweeps.console import search_line
+    from sweeps.runner import given_options, prepare
+
+    def line(argv):
+        argv = [*argv, "--storage-path", str(tmp_path)]
+        return search_line(prepare("vae", parse_options("vae", argv), given_options("vae", argv)))
+
+    assert line(["--max-concurrent", "1"]) == (
+        "Optuna TPE (seed 0): trial 1 the default, 3 random start-up, 12 guided (random until 4 "
+        "configurations have ended; 1 trial at once).")
+    assert line(["--max-concurrent", "1", "--no-default-first"]).startswith(
+        "Optuna TPE (seed 0): 4 random start-up, 12 guided")
+    moved = tmp_path / "space.yaml"
+    moved.write_text("lr: {low: 2.0e-3, high: 5.0e-3}\n")
+    assert line(["--space", str(moved)]).endswith(
+        "The default configuration is not run first: lr 0.001 is outside [0.002, 0.005] of the "
+        "search space.")
+
+
+def test_the_fused_searcher_asks_the_default_first_and_sizes_its_start_up():
+    from sweeps.fused_search import FusedOptunaSearch
+
+    space = spaces.search_space("vae")
+    search = FusedOptunaSearch(space, group_size=2, num_configs=4, metric="test_elbo", mode="max",
+                               seed=0, first=spaces.default_point("vae", space), startup=2)
+    first, second = search.suggest("t0")["members"]
+    assert first == spaces.default_point("vae", space)
+    assert not spaces.is_default_config(second, "vae")
+    assert search.study.sampler._n_startup_trials == 2

@@ -17,6 +17,7 @@ import pytest
 from conftest import mlflow_runs
 
 from sweeps.runner import EXIT_INTERRUPTED, run
+from sweeps.search_space import default_point, is_default_config, search_space
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "256", "--batch-size", "64", "--cpus-per-trial", "1", "--epochs", "1"]
@@ -75,6 +76,11 @@ def test_vae_sweep_end_to_end(data_dir, tmp_path):
     assert all({"test_elbo", "test_iwae"} <= set(t) and t["epoch"] == 2 for t in tested)
     configs = [json.loads((t / "params.json").read_text()) for t in trials]
     assert len({c["lr"] for c in configs}) == 3  # Optuna sampled three different trials
+    # The first trial (train_trial_<id>_1_...) is the seed's default configuration, and only it.
+    first = next(t for t in trials if t.name.split("_")[3] == "1")
+    assert json.loads((first / "params.json").read_text()) == default_point("vae", search_space("vae"))
+    assert sum(is_default_config(c, "vae") for c in configs) == 1
+    assert "Optuna TPE (seed 0): trial 1 the default, 2 random start-up, 0 guided" in run_.stdout
 
 
 @pytest.mark.slow
