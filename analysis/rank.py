@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(unusable):
         print(f"{len(unusable)} trial(s) ranked last: "
               + ", ".join(f"{t} ({s})" for t, s in zip(unusable["trial_id"], unusable["status"])))
-    files = write_report(sweep, out, scope=args.scope)
+    files = write_report(sweep, out, scope=args.scope, say=print)  # + its notes
     print(f"ranked table: {files['csv']}")
     print(f"report: {files['page']}")
     if args.log_to_mlflow:

@@ -8,7 +8,12 @@ Pure functions from DataFrames to files (matplotlib's object API, no pyplot stat
 against each hyperparameter, learning curves of the top trials, a parallel-coordinates view,
 hyperparameter importances from Optuna's evaluators on a study rebuilt from the trials, and the final
 sample grids of the best trials side by side. Failed and diverged trials are drawn as red crosses on
-the bottom edge of the plots, never left out.
+the bottom edge of the plots, never left out, but never among the best: the best-trials table, the
+learning curves and the sample grids show finished trials only (the failed are listed apart).
+
+The page also says how the sweep chose its configurations (the default first, TPE's random
+start-up, the guided rest: sweeps/search_space.py) and how the best trial compares with the seed's
+default configuration; importances are computed only from MIN_IMPORTANCE_TRIALS finished trials on.
 """
 
 from __future__ import annotations
@@ -25,13 +30,19 @@ from matplotlib.ticker import NullFormatter
 
 from analysis.load import Sweep
 from analysis.ranking import USABLE, rank_trials, summary_columns
+from sweeps.search_space import budget_split, is_default_config, startup_trials
 
 DPI = 110
 TOP_CURVES = 5  # learning curves drawn
 TOP_GRIDS = 4  # sample grids side by side
 LOG_RATIO = 10  # a positive hyperparameter spanning this factor or more is shown on a log axis
 FAILED_STYLE = {"marker": "x", "color": "tab:red", "s": 40, "linewidths": 1.5}
-PAGE_ROWS = 20  # rows of the ranked table on the page (the CSV has all)
+PAGE_ROWS = 20  # rows of the best-trials table on the page (the CSV has all)
+# Importances from fewer finished trials are noise: with 3 trials the three evaluators disagreed on
+# the ranking of 3 hyperparameters (issue 11). 8 is TPE's smallest random start-up and a few points
+# per hyperparameter for fANOVA's trees and PED-ANOVA's top-quantile split; still a rough guide.
+MIN_IMPORTANCE_TRIALS = 8
+OPTUNA_STARTUP = 10  # TPE's start-up before sweeps sized it (options without no_default_first)
 
 
 def config_columns(trials: pd.DataFrame) -> list[str]:
@@ -45,6 +56,12 @@ def is_log_scale(values: pd.Series) -> bool:
 
 def usable_mask(ranked: pd.DataFrame, metric: str) -> pd.Series:
     return ranked["status"].isin(USABLE) & ranked[metric].notna()
+
+
+def best_rows(ranked: pd.DataFrame, metric: str, top: int) -> pd.DataFrame:
+    """The `top` best trials that ended usable with the metric: never a failed, diverged or
+    unfinished one, even when fewer than `top` finished."""
+    return ranked[usable_mask(ranked, metric)].head(top)
 
 
 def plot_metric_vs_hyperparameters(ranked: pd.DataFrame, metric: str, mode: str,
@@ -86,16 +103,16 @@ def plot_learning_curves(ranked: pd.DataFrame, history: pd.DataFrame, metric: st
     fig = Figure(figsize=(6.5, 4), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     curves = history[history["metric"] == metric]
-    for _, row in ranked.head(top).iterrows():
+    best = best_rows(ranked, metric, top)
+    for _, row in best.iterrows():
         curve = curves[curves["trial_id"] == row["trial_id"]].sort_values("epoch")
         if curve.empty:
             continue
-        style = "-" if row["status"] in USABLE else ":"
-        ax.plot(curve["epoch"].astype(float), curve["value"], style, marker="o", markersize=3,
+        ax.plot(curve["epoch"].astype(float), curve["value"], "-", marker="o", markersize=3,
                 label=f"#{row['rank']} {row['trial_id']} ({row['status']})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch, top {min(top, len(ranked))} trials")
+    ax.set_title(f"{metric} per epoch, top {len(best)} finished trials")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)
@@ -186,9 +203,10 @@ def study_from_trials(ranked: pd.DataFrame, metric: str, mode: str):
     return study, list(distributions)
 
 
-def importances(ranked: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFrame, list[str]]:
+def importances(ranked: pd.DataFrame, metric: str, mode: str,
+                min_trials: int = MIN_IMPORTANCE_TRIALS) -> tuple[pd.DataFrame, list[str]]:
     """Hyperparameter -> importance under each of Optuna's evaluators, plus a message per evaluator
-    that could not run (too few finished trials is the usual reason: each is named)."""
+    that could not run; none at all, with the reason, below `min_trials` finished trials."""
     from optuna.importance import (
         FanovaImportanceEvaluator,
         MeanDecreaseImpurityImportanceEvaluator,
@@ -203,9 +221,9 @@ def importances(ranked: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFr
     table, messages = pd.DataFrame(index=pd.Index(names, name="hyperparameter")), []
     if not names:
         return table, ["no hyperparameter took more than one value: nothing to attribute"]
-    if complete < 2:
-        return table, [f"importances need at least 2 finished trials with {metric}; this sweep "
-                       f"has {complete}"]
+    if complete < max(2, min_trials):
+        return table, [f"importances need at least {max(2, min_trials)} finished trials with "
+                       f"{metric}; this sweep has {complete}"]
     for label, evaluator in evaluators.items():
         try:
             scores = get_param_importances(study, evaluator=evaluator)
@@ -258,7 +276,7 @@ def plot_sample_grids(ranked: pd.DataFrame, metric: str, source: dict, path: Pat
                       top: int = TOP_GRIDS) -> Path:
     from matplotlib.image import imread
 
-    rows = [row for _, row in ranked.head(top).iterrows()]
+    rows = [row for _, row in best_rows(ranked, metric, top).iterrows()]
     with tempfile.TemporaryDirectory() as cache:  # grids fetched from MLflow, read, then dropped
         grids = [final_grid(row, source, Path(cache)) for row in rows]
         images = [None if grid is None else imread(grid) for grid in grids]
@@ -273,9 +291,75 @@ def plot_sample_grids(ranked: pd.DataFrame, metric: str, source: dict, path: Pat
         ax.set_title(f"#{row['rank']} {row['trial_id']}\n{metric} "
                      f"{'n/a' if pd.isna(value) else f'{value:.4g}'} ({row['status']})", fontsize=8)
         ax.set_axis_off()
-    fig.suptitle("final sample grids of the best trials")
+    if not rows:
+        axes[0].text(0.5, 0.5, "no trial finished", ha="center", transform=axes[0].transAxes)
+        axes[0].set_axis_off()
+    fig.suptitle("final sample grids of the best finished trials")
     fig.savefig(path)
     return path
+
+
+def sweep_options(sweep: Sweep) -> dict:
+    """The options the sweep ran with: its gensweep_options.json (Ray's folder), else the parent
+    run's params (MLflow); {} when neither is there."""
+    options = sweep.source.get("options")
+    if options or not sweep.source.get("parent_run_id"):
+        return options or {}
+    from mlflow.tracking import MlflowClient
+
+    from analysis.mlflow_runs import parse_param
+
+    run = MlflowClient(sweep.source["uri"]).get_run(sweep.source["parent_run_id"])
+    return {k: parse_param(v) for k, v in run.data.params.items()}
+
+
+def default_rows(ranked: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The trials that ran the seed's default configuration (the first trial of a sweep)."""
+    if ranked.empty or model is None:
+        return ranked.iloc[:0]
+    return ranked[ranked.apply(is_default_config, axis=1, model=model)]
+
+
+def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
+                 options: dict) -> list[str]:
+    """How the sweep chose its configurations, and how the best compares with the default."""
+    notes = []
+    defaults = default_rows(ranked, model)
+    num = options.get("num_samples")
+    if isinstance(num, int) and num > 0:
+        sized = "no_default_first" in options  # sweeps since the default ran first
+        startup = startup_trials(num) if sized else OPTUNA_STARTUP
+        at_once = options.get("max_concurrent")
+        fuse = options.get("fuse") or 1
+        split = budget_split(num, not defaults.empty, startup, at_once or 1, fuse)
+        unit = "configurations" if fuse == 1 else f"configurations in groups of {fuse}"
+        ran = (f"{at_once} {'trials' if fuse == 1 else 'groups'} ran at once" if at_once else
+               f"as many ran at once as fit, so more than {split.random} may have started at random")
+        notes.append(
+            f"Search budget: {num} {unit}: {split.describe()}; {split.default + split.random} of "
+            f"{num} ({(split.default + split.random) / num:.0%}) not guided by TPE. Derived from "
+            f"TPE's start-up count{'' if sized else ' (Optuna default, before sweeps sized it)'}, "
+            f"not recorded per trial: TPE samples at random until {startup} configurations have "
+            f"ended, and {ran}; a failed trial does not count as ended.")
+    else:
+        notes.append("Search budget: unknown (the sweep's options were not found).")
+    best = best_rows(ranked, metric, 1)
+    if defaults.empty:
+        notes.append("No trial ran the seed's default configuration (--no-default-first, a range "
+                     "that excludes it, or a sweep from before it ran first): no comparison.")
+    elif not usable_mask(defaults, metric).any():
+        row = defaults.iloc[0]
+        notes.append(f"The default configuration (trial {row['trial_id']}) did not finish with "
+                     f"{metric}: {row['status']}.")
+    else:
+        row = defaults[usable_mask(defaults, metric)].iloc[0]
+        top = best.iloc[0]
+        gain = (top[metric] - row[metric]) * (1 if mode == "max" else -1)
+        verdict = (f"the best trial ({top['trial_id']}) beats it by {gain:.4g}" if gain > 0 else
+                   "no trial beat it: the default is the sweep's best")
+        notes.append(f"The default configuration (trial {row['trial_id']}) ranks #{row['rank']} "
+                     f"with {metric} {row[metric]:.4g}; {verdict} (one seed each).")
+    return notes
 
 
 def html_table(frame: pd.DataFrame) -> str:
@@ -284,9 +368,12 @@ def html_table(frame: pd.DataFrame) -> str:
 
 
 def write_page(sweep: Sweep, ranked: pd.DataFrame, files: dict[str, Path],
-               importance: pd.DataFrame, messages: list[str], path: Path) -> Path:
+               importance: pd.DataFrame, messages: list[str], path: Path,
+               notes: list[str] = ()) -> Path:
     counts = ranked["status"].value_counts().to_dict()
-    shown = ranked.head(PAGE_ROWS)[summary_columns(ranked, sweep.metric)]
+    columns = summary_columns(ranked, sweep.metric)
+    shown = best_rows(ranked, sweep.metric, PAGE_ROWS)[[c for c in columns if c != "error"]]
+    apart = ranked[~usable_mask(ranked, sweep.metric)][columns]
     source = sweep.source.get("results") or f"MLflow experiment {sweep.source.get('experiment')} " \
                                                 f"at {sweep.source.get('uri')}"
 
@@ -295,7 +382,10 @@ def write_page(sweep: Sweep, ranked: pd.DataFrame, files: dict[str, Path],
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
     importance_html = html_table(importance.reset_index()) if importance.shape[1] else ""
-    notes = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
+    importance_notes = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
+    search_html = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    apart_html = (f"<h2>Not among the best: failed, diverged, unfinished or without "
+                  f"{html.escape(sweep.metric)}</h2>{html_table(apart)}" if len(apart) else "")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(sweep.name)}: sweep report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}img{{max-width:100%}}
@@ -307,12 +397,13 @@ border-bottom:1px solid #ddd;text-align:right}}</style></head><body>
 <b>{html.escape(sweep.metric)}</b> ({"higher" if sweep.mode == "max" else "lower"} is better);
 failed, diverged and unfinished trials rank last. Full table: <a href="{files["csv"].name}">
 {files["csv"].name}</a>.</p>
-<h2>Ranking</h2>{html_table(shown)}
+<h2>How the configurations were chosen</h2>{search_html}
+<h2>Best trials</h2>{html_table(shown)}{apart_html}
 <h2>The metric against each hyperparameter</h2>{figure("vs_hyperparameters", "metric vs hyperparameters")}
 <h2>Learning curves</h2>{figure("learning_curves", "learning curves of the top trials")}
 <h2>Parallel coordinates</h2>{figure("parallel_coordinates", "parallel coordinates")}
 <h2>Hyperparameter importances</h2>{figure("importances", "importances")}{importance_html}
-<ul>{notes}</ul>
+<ul>{importance_notes}</ul>
 <h2>Samples of the best trials</h2>{figure("sample_grids", "final sample grids")}
 </body></html>
 """
@@ -321,8 +412,10 @@ failed, diverged and unfinished trials rank last. Full table: <a href="{files["c
 
 
 def write_report(sweep: Sweep, out_dir: str | Path, top: int = TOP_GRIDS,
-                 scope: str = "last") -> dict[str, Path]:
-    """Every file of the report in `out_dir`; returns name -> path (the page is "page")."""
+                 scope: str = "last", say=None) -> dict[str, Path]:
+    """Every file of the report in `out_dir`; returns name -> path (the page is "page").
+    `say` (e.g. print) also gets the page's notes: the search budget, the default configuration
+    against the best, and why importances are missing when they are."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, scope=scope)
@@ -341,5 +434,8 @@ def write_report(sweep: Sweep, out_dir: str | Path, top: int = TOP_GRIDS,
     files["importances"] = plot_importances(table, messages, out / "importances.png")
     files["sample_grids"] = plot_sample_grids(ranked, metric, sweep.source,
                                               out / "best_sample_grids.png", top)
-    files["page"] = write_page(sweep, ranked, files, table, messages, out / "report.html")
+    notes = search_notes(ranked, metric, mode, sweep.model, sweep_options(sweep))
+    files["page"] = write_page(sweep, ranked, files, table, messages, out / "report.html", notes)
+    for line in (notes + messages) if say else ():
+        say(line)
     return files

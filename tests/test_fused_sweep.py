@@ -15,7 +15,7 @@ from conftest import mlflow_runs
 from analysis import load_trials, rank_trials
 from genmodels.names import GROUP_TAG, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY
 from sweeps.fused_search import FusedOptunaSearch
-from sweeps.search_space import SPACES
+from sweeps.search_space import SPACES, is_default_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,6 +100,10 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
         assert steps in ([], [2])
     pd.testing.assert_series_equal(rank_trials(from_ray)["test_elbo"],
                                    rank_trials(from_mlflow)["test_elbo"])
+    # The first configuration (m000) is the seed's default, and the analysis recognises it.
+    first = from_ray[from_ray["trial_id"].str.endswith("-m000")]  # <group id>-<member>
+    assert len(first) == 1 and is_default_config(first.iloc[0], "vae")
+    assert from_ray.apply(is_default_config, axis=1, model="vae").sum() == 1
 
 
 def test_a_vae_sweep_on_gpus_fuses_by_default_and_the_gan_does_not():
@@ -122,6 +126,9 @@ def test_diverged_members_are_failed_trials_and_the_exit_code_says_so(data_dir, 
          "--space", str(space)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 3, run.stdout[-3000:] + run.stderr[-3000:]  # EXIT_TRIALS_FAILED
+    # The default (lr 1e-3) is outside this space: said, skipped; the diverged are never "best"
+    assert "The default configuration is not run first: lr 0.001 is outside" in run.stdout
+    assert "no configuration ended with a result" in run.stdout
     runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "absurd")
     members = runs[runs[f"tags.{GROUP_TAG}"].notna()]
     assert len(members) == 2
