@@ -357,8 +357,10 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
         gain = (top[metric] - row[metric]) * (1 if mode == "max" else -1)
         verdict = (f"the best trial ({top['trial_id']}) beats it by {gain:.4g}" if gain > 0 else
                    "no trial beat it: the default is the sweep's best")
+        early = (f" It was stopped early by the scheduler after {row.get('epochs', '?')} epoch(s), so its "
+                 "value is not at the full budget." if row["status"] == "stopped_early" else "")
         notes.append(f"The default configuration (trial {row['trial_id']}) ranks #{row['rank']} "
-                     f"with {metric} {row[metric]:.4g}; {verdict} (one seed each).")
+                     f"with {metric} {row[metric]:.4g}; {verdict} (one seed each).{early}")
     return notes
 
 

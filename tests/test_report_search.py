@@ -76,6 +76,11 @@ def test_a_default_that_is_the_best_is_said_so():
     ranked = rank_trials(trials_table(3).assign(**{METRIC: lambda f: -f[METRIC]}), METRIC, MODE)
     default = search_notes(ranked, METRIC, MODE, "vae", OPTIONS)[1]
     assert default.endswith("no trial beat it: the default is the sweep's best (one seed each).")
+    early = ranked.assign(status=ranked["status"].where(ranked["trial_id"] != "t00", "stopped_early"),
+                          epochs=1)
+    assert search_notes(early, METRIC, MODE, "vae", OPTIONS)[1].endswith(
+        "It was stopped early by the scheduler after 1 epoch(s), so its value is not at the full "
+        "budget.")
 
 
 @pytest.mark.parametrize("finished", [3, MIN_IMPORTANCE_TRIALS - 1])
