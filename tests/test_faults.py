@@ -246,6 +246,61 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     assert "--epochs 5 differs from the sweep's 2" in changed.stderr
 
 
+def member_epochs(group: Path) -> dict[str, list[int]]:
+    """A fused group's reports: member id -> the epochs it reported, in order."""
+    path = group / "result.json"
+    seen: dict[str, list[int]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            for member, values in (json.loads(line).get("member_results") or {}).items():
+                if "epoch" in values and values.get("status") == "running":
+                    seen.setdefault(member, []).append(values["epoch"])
+    return seen
+
+
+@pytest.mark.slow
+def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(data_dir, tmp_path):
+    """--fuse 2: SIGTERM to the driver while the first group trains, then --resume: every
+    configuration ends with each epoch once, in its folder and in its own MLflow run."""
+    configs, epochs = 4, 3
+    log = tmp_path / "sweep.log"
+    command = sweep_command(data_dir, tmp_path, "fused", "--fuse", "2", "--num-samples",
+                            str(configs), "--max-concurrent", "1", "--epochs", str(epochs),
+                            "--train-subset", "256", "--test-top", "0")
+    process = start(command, tmp_path, log)
+    experiment = tmp_path / "ray" / "fused"
+
+    def groups() -> list[Path]:
+        return sorted(experiment.glob("train_group*")) if experiment.exists() else []
+
+    wait_for(lambda: any(1 in e for g in groups() for e in member_epochs(g).values()),
+             "the first group's first epoch", process, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
+
+    log2 = tmp_path / "resume.log"
+    resumed = start(sweep_command(data_dir, tmp_path, "fused", "--resume"), tmp_path, log2)
+    assert resumed.wait(timeout=2 * WAIT_SECONDS) == EXIT_OK, log2.read_text()[-3000:]
+
+    assert len(groups()) == configs // 2  # no group started twice
+    members = {m for g in groups() for m in member_epochs(g)}
+    assert len(members) == configs
+    for group in groups():
+        for member, reported in member_epochs(group).items():
+            # a group resumed from its checkpoint repeats no epoch (the last may be reported as
+            # "finished" rather than "running": the epochs before it are all here, once)
+            assert reported == list(range(1, len(reported) + 1)), (group.name, member, reported)
+            assert (group / member / "samples" / f"epoch_{epochs:03d}.png").exists()
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "fused")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == configs  # one run per configuration, none duplicated by --resume
+    assert set(runs["status"]) == {"FINISHED"}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run_id in children.run_id:
+        assert metric_steps(client, run_id, "val_elbo") == list(range(1, epochs + 1))
+        assert image_steps(client, run_id) == list(range(1, epochs + 1))
+
+
 @pytest.fixture(scope="module")
 def trainer(data_dir) -> Trainer:
     data = load_dataset("mnist", data_dir)
