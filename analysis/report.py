@@ -375,6 +375,8 @@ def write_page(sweep: Sweep, ranked: pd.DataFrame, files: dict[str, Path],
     counts = ranked["status"].value_counts().to_dict()
     columns = summary_columns(ranked, sweep.metric)
     shown = best_rows(ranked, sweep.metric, PAGE_ROWS)[[c for c in columns if c != "error"]]
+    defaults = set(default_rows(ranked, sweep.model)["trial_id"])
+    shown.insert(2, "default", ["yes" if t in defaults else "" for t in shown["trial_id"]])
     apart = ranked[~usable_mask(ranked, sweep.metric)][columns]
     source = sweep.source.get("results") or f"MLflow experiment {sweep.source.get('experiment')} " \
                                                 f"at {sweep.source.get('uri')}"

@@ -184,7 +184,8 @@ def trials_at_once(args) -> int | None:
 
 def search_line(plan) -> str:
     """How the sweep's configurations are chosen, e.g. "Optuna TPE (seed 0): trial 1 the default,
-    3 random start-up, 12 guided (random until 4 trials have ended; 1 at once)"."""
+    3 random start-up, 12 guided (random until 4 configurations have ended; 1 trial at once)."
+    Derived from TPE's start-up count (sweeps/search_space.py, budget_split)."""
     a = plan.args
     default_first = not getattr(a, "no_default_first", False)
     skipped = ""

@@ -105,6 +105,7 @@ def test_the_page_lists_the_failed_apart_and_says_it_to_the_console(tmp_path):
     assert "x-diverged" not in best and "y-failed" not in best
     assert "x-diverged" in apart.split("<h2>")[0] and "y-failed" in apart.split("<h2>")[0]
     assert "trial 1 the default, 3 random start-up, 12 guided" in page
+    assert "<th>default</th>" in best and best.count("<td>yes</td>") == 1  # t00 is marked
     assert said[-1] == (f"importances need at least {MIN_IMPORTANCE_TRIALS} finished trials with "
                         f"{METRIC}; this sweep has 4")
     assert any(line.startswith("The default configuration (trial t00)") for line in said)
