@@ -74,17 +74,10 @@ def default_values(model: str) -> dict:
 
 
 def is_default_row(row: pd.Series, model: str) -> bool:
-    """Whether a trial of the table ran the default configuration: each searched value (its
-    `config/<name>` columns) equals the config's default (floats within a relative tolerance: a
-    value read back from MLflow's text params or a CSV may lose digits)."""
-    default = default_values(model)
-    searched = [c for c in row.index if c.startswith("config/") and c[len("config/"):] in default]
-    try:
-        return bool(searched) and all(
-            math.isclose(float(row[c]), float(default[c[len("config/"):]]), rel_tol=1e-6,
-                         abs_tol=1e-12) for c in searched)
-    except (TypeError, ValueError):  # a missing value (NA) is not the default
-        return False
+    """Whether a trial of the table (its `config/<name>` columns) ran the default configuration."""
+    from sweeps.search_space import is_default_config  # plain data: no Ray, no torch
+
+    return is_default_config(row.to_dict(), model)
 
 
 def row_config(row: pd.Series, model: str) -> dict:
@@ -280,7 +273,7 @@ def comparison(runs: pd.DataFrame, metric: str) -> str:
     low, high = mean - half, mean + half
     interval = f"{CONFIDENCE:.0%} t-interval [{low:.3g}, {high:.3g}]"
     better = "lower" if sign < 0 else "higher"
-    stated = f"{abs(mean):.3g} ± {se:.2g} {what} over {n} seeds (paired by seed, mean ± standard error"
+    stated = f"{abs(mean):.4g} ± {se:.3g} {what} over {n} seeds (paired by seed, mean ± standard error"
     if low > 0:
         return f"the best configuration beats the default by {stated}; {interval}; {better} is better)"
     if high < 0:
