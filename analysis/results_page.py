@@ -53,6 +53,7 @@ ARTIFACT_DIR = "results"  # where the page lands in the parent run's artifacts
 TOP_CURVES = 5
 TABLE_ROWS = 10
 DPI = 110
+WIDE_ASPECT = 2.0  # images wider than this (width / height) are stacked, not side by side
 # The seed's figures, as a trial folder holds them: key -> (file in the folder, caption).
 FIGURES = {
     "final_samples": (None, "samples from fixed noise after the last epoch"),
@@ -118,14 +119,19 @@ def collect_figures(row: pd.Series, role: str, model: str, data_dir: str | None,
 
 
 def side_by_side(left: Path | None, right: Path | None, titles: tuple[str, str], path: Path) -> Path:
-    """Two images in one PNG, left and right, each with its title (matplotlib)."""
+    """Two images in one PNG, each with its title (matplotlib): left and right, or one above the
+    other when they are wide (samples across ten epochs would be unreadable side by side)."""
     from matplotlib.image import imread
 
     images = [None if p is None else imread(p) for p in (left, right)]
     shapes = [im.shape for im in images if im is not None]
-    height = max(s[0] / s[1] for s in shapes) if shapes else 1.0
-    fig = Figure(figsize=(10, 5 * height + 0.6), dpi=DPI, layout="constrained")
-    for ax, image, title in zip(fig.subplots(1, 2), images, titles):
+    aspect = max(s[1] / s[0] for s in shapes) if shapes else 1.0  # width / height
+    stacked = aspect > WIDE_ASPECT
+    width = 14 if stacked else 10
+    panel_height = (width if stacked else width / 2) / aspect
+    fig = Figure(figsize=(width, panel_height * (2 if stacked else 1) + 0.8), dpi=DPI,
+                 layout="constrained")
+    for ax, image, title in zip(fig.subplots(2, 1) if stacked else fig.subplots(1, 2), images, titles):
         if image is None:
             ax.text(0.5, 0.5, "not available", ha="center", transform=ax.transAxes)
         else:
@@ -147,8 +153,9 @@ def plot_curves(ranked: pd.DataFrame, history: pd.DataFrame, metric: str, best: 
         return curves[curves["trial_id"] == trial_id].sort_values("epoch")
 
     usable = ranked[ranked["status"].isin(USABLE)]
+    bold = {best["trial_id"], None if default is None else default["trial_id"]}
     for _, row in usable.head(top).iterrows():
-        if row["trial_id"] == best["trial_id"]:
+        if row["trial_id"] in bold:
             continue
         c = curve(row["trial_id"])
         ax.plot(c["epoch"].astype(float), c["value"], lw=0.9, alpha=0.7, marker=".",
@@ -260,7 +267,8 @@ def write_page(sweep: Sweep, out: str | Path, data_dir: str | None = None,
         if default["status"] != "finished":
             lines += [f"- The default trial did not run the whole budget ({default['status']} after "
                       f"{int(default['epochs'])} of {options.get('epochs')} epochs)."]
-    lines += ["", "## Figures: best (left) and default (right)", ""]
+    lines += ["", "## Figures: the best trial and the default configuration's", "",
+              "Each composite: the best trial first (left or above), the default second.", ""]
     for key in MODEL_FIGURES[sweep.model]:
         lines += [f"### {FIGURES[key][1].capitalize()}", "",
                   f"![{key}, best and default]({files[f'compare_{key}'].name})", ""]
