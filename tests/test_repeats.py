@@ -151,3 +151,26 @@ def test_bad_input_is_named_early(tmp_path, capsys):
     assert "no sweep folder" in capsys.readouterr().err
     assert page_main(["--results", str(tmp_path / "missing")]) == 2
     assert "no sweep folder" in capsys.readouterr().err
+
+
+def runs_table(metric: str, best: list[float], default: list[float]) -> pd.DataFrame:
+    """Per-seed rows as repeat_best writes them (the objective's columns left out)."""
+    rows = [{"configuration": label, "seed": seed, "objective": f"val_{metric}",
+             "test_metric": f"test_{metric}", f"val_{metric}": value, f"test_{metric}": value}
+            for label, values in (("best #1", best), ("default", default))
+            for seed, value in enumerate(values, start=1)]
+    return pd.DataFrame(rows)
+
+
+def test_the_sentence_follows_the_metrics_direction_and_the_interval():
+    # GAN: lower fcd is better; the best config lower on every seed by 10 +- 1.
+    _, said = summarize(runs_table("fcd", [100.0, 110.0, 121.0], [110.0, 121.0, 130.0]))
+    assert said.startswith("the best configuration beats the default by 10 ± 0.577 test_fcd over "
+                           "3 seeds"), said
+    # VAE: the default higher (better) on every seed.
+    _, said = summarize(runs_table("elbo", [-120.0, -121.0, -122.0], [-110.0, -111.5, -112.0]))
+    assert said.startswith("the best configuration does not beat the default: the default is "
+                           "better by 9.833 ± 0.167 nats test_elbo"), said
+    # A gain whose 95% interval spans 0.
+    _, said = summarize(runs_table("elbo", [-100.0, -110.0], [-105.0, -104.0]))
+    assert "does not beat the default clearly" in said and "includes 0" in said, said
