@@ -44,6 +44,7 @@ from analysis.repeats import (
     markdown_table,
     summarize,
     sweep_options,
+    unit_of,
 )
 from genmodels.names import CHECKPOINT_FILE, STATUSES, TEST_METRICS, on_test_split
 
@@ -262,7 +263,9 @@ def write_page(sweep: Sweep, out: str | Path, data_dir: str | None = None,
                   f"epochs)."]
         if pd.notna(value):
             gain = (best[sweep.metric] - value) * (1 if sweep.mode == "max" else -1)
-            lines += [f"- On the validation split the best trial is {gain:.4g} better than the default "
+            unit = unit_of(sweep.metric)
+            lines += [f"- On the validation split the best trial is {gain:.4g}{' ' + unit if unit else ''} "
+                      "better than the default "
                       "(one seed each; the seed repeats below say whether that holds)."]
         if default["status"] != "finished":
             lines += [f"- The default trial did not run the whole budget ({default['status']} after "
