@@ -178,7 +178,8 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
                  "--storage-path", str(tmp_path), "--name", "gpus", "--num-samples", "2",
                  "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--epochs", "12",
                  # trials long enough (~20 s) to outlast the second worker's start-up (~10 s): they overlap
-                 "--train-subset", "2000", "--batch-size", "64", "--scheduler", "fifo",
+                 # 1800: the test data's 2000 training images less the 10% validation split
+                 "--train-subset", "1800", "--batch-size", "64", "--scheduler", "fifo",
                  "--fuse", "1",  # unfused trials (a VAE sweep on GPUs fuses 16 by default)
                  env=CLUSTER_ENV, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
