@@ -19,7 +19,6 @@ Imports torch, torchvision and genmodels only: it runs where Ray, Optuna and MLf
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import sys
@@ -31,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, load_dataset  # noqa: E402
-from genmodels.fused.layers import MemberConv2d, MemberConvTranspose2d  # noqa: E402
+from genmodels.device import PRECISIONS, autocast_factory, setup_device  # noqa: E402
+from genmodels.fused.layers import CONV_LAYOUTS  # noqa: E402
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.tasks import GANTask, VAETask  # noqa: E402
@@ -56,24 +56,20 @@ def member_configs(model: str, k: int) -> list:
                       dropout=0.0) for i in range(k)]
 
 
-def set_conv_layout(task, grouped: bool) -> None:
-    """Grouped convolutions, or K per-member calls, in every fused conv layer of the task."""
-    for module in task.modules.values():
-        for layer in module.modules():
-            if isinstance(layer, (MemberConv2d, MemberConvTranspose2d)):
-                layer.grouped = grouped
-
-
-def build_task(model: str, k: int | None, data: ImageData, device: torch.device):
-    """A fused task of k members, or (k None) one standalone trial's task."""
+def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
+               layout: str = "auto", precision: str = "fp32"):
+    """A fused task of k members, or (k None) one standalone trial's task, in `precision` (set
+    for the process as a run sets it: `setup_device`)."""
+    setup_device(str(device), precision, torch.get_num_threads())
+    autocast = autocast_factory(device, precision)
     torch.manual_seed(SEED)
-    train_cfg = TrainConfig(device=str(device), iwae_samples=0)
+    train_cfg = TrainConfig(device=str(device), iwae_samples=0, precision=precision)
     cfgs = member_configs(model, k or 1)
     if k is None:
         task_class = VAETask if model == "vae" else GANTask
-        return task_class(cfgs[0], data, device, train_cfg, contextlib.nullcontext)
+        return task_class(cfgs[0], data, device, train_cfg, autocast)
     task_class = FusedVAETask if model == "vae" else FusedGANTask
-    return task_class(FusedConfig(cfgs), data, device, train_cfg, contextlib.nullcontext)
+    return task_class(FusedConfig(cfgs, conv_layout=layout), data, device, train_cfg, autocast)
 
 
 def sync(device: torch.device) -> None:
@@ -141,8 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--quick", action="store_true", help="fewer steps (a GPU run in about 2 minutes)")
     p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
+    p.add_argument("--layouts", default="per-member,matmul",
+                   help=f"the fused GAN's convolution layouts to time, from {', '.join(CONV_LAYOUTS)}")
+    p.add_argument("--precisions", default="fp32",
+                   help=f"precisions of the fused rows, from {', '.join(PRECISIONS)} (the unfused "
+                        "trials run in fp32, PyTorch's default)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    layouts, precisions = args.layouts.split(","), args.precisions.split(",")
+    for value, allowed, flag in ((layouts, CONV_LAYOUTS, "--layouts"),
+                                 (precisions, PRECISIONS, "--precisions")):
+        if not set(value) <= set(allowed):
+            p.error(f"{flag} takes values from {', '.join(allowed)}, got {','.join(value)}")
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
     print(f"device {name}; {len(data.train_images)} training images, batch {BATCH}; "
-          f"{steps} timed steps per row")
+          f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}")
 
     rows = []
     models = ["vae", "gan"] if args.model == "both" else [args.model]
@@ -169,19 +175,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": model, "mode": f"unfused x{n}", "trial_epochs_per_hour": rate})
             print(f"{model}  unfused, {n} process(es)     {rate:10.1f} trial-epochs/h   "
                   f"{rate / reference:5.2f}x one trial", flush=True)
-        # The GAN's convolutions: one grouped call per layer, or K calls (the VAE has none).
-        layouts = ["grouped", "per-member"] if model == "gan" else ["-"]
+        # The GAN's convolution layouts (the VAE has none), each in every precision asked for.
+        variants = [(layout, precision) for layout in (layouts if model == "gan" else ["auto"])
+                    for precision in precisions]
         for k in args.members:
-            for layout in layouts:
-                task = build_task(model, k, data, device)
-                if model == "gan":
-                    set_conv_layout(task, layout == "grouped")
+            for layout, precision in variants:
+                task = build_task(model, k, data, device, layout, precision)
                 seconds = time_trial_epoch(task, data, device, steps, warmup)
                 rate = k * 3600 / seconds
                 rows.append({"model": model, "mode": f"fused K={k}", "convs": layout,
-                             "trial_epochs_per_hour": rate})
-                print(f"{model}  fused, K = {k:<2} {layout:<10} {rate:10.1f} trial-epochs/h   "
-                      f"{rate / reference:5.2f}x one trial", flush=True)
+                             "precision": precision, "trial_epochs_per_hour": rate})
+                print(f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} {rate:10.1f} "
+                      f"trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
                 del task
                 if cuda:
                     torch.cuda.empty_cache()

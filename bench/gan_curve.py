@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from genmodels.classifier import ensure_classifier, load_scorer  # noqa: E402
 from genmodels.data import load_dataset  # noqa: E402
-from genmodels.device import resolve_device  # noqa: E402
+from genmodels.device import PRECISIONS, resolve_device  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.training import TrainConfig, Trainer  # noqa: E402
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-samples", type=int, default=10_000)
     p.add_argument("--test-samples", type=int, default=10_000)
     p.add_argument("--train-subset", type=int, default=None)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="scoring classifier cache")
     p.add_argument("--json", default=None, help="write the curves here")

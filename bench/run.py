@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))  # `python bench/run.py` from a checkout, without 
 
 from genmodels.classifier import ScoringCNN, build_cache, cache_path, load_cache, scorer_from_cache  # noqa: E402
 from genmodels.data import DATASETS, iterate_batches, load_dataset  # noqa: E402
-from genmodels.device import resolve_device  # noqa: E402
+from genmodels.device import PRECISIONS, resolve_device  # noqa: E402
 from genmodels.gan import Discriminator, GANConfig, Generator  # noqa: E402
 from genmodels.scores import MIN_SAMPLES  # noqa: E402
 from genmodels.tasks import elbo_means, iwae_mean  # noqa: E402
@@ -138,14 +138,14 @@ def parse_variant(variant: str, precision: str) -> dict:
     """'bf16+channels-last+compile' -> TrainConfig options; --precision is the default precision."""
     options = {"precision": precision}
     for part in filter(None, variant.split("+")):
-        if part in ("fp32", "bf16"):
+        if part in PRECISIONS:
             options["precision"] = part
         elif part == "channels-last":
             options["channels_last"] = True
         elif part in ("compile", "reduce-overhead"):
             options["compile_mode"] = "default" if part == "compile" else part
         else:
-            raise SystemExit(f"error: unknown variant part {part!r}; use fp32, bf16, "
+            raise SystemExit(f"error: unknown variant part {part!r}; use fp32, tf32, bf16, "
                              "channels-last, compile, reduce-overhead joined by '+'")
     return options
 
@@ -307,10 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--steps", type=int, default=None, help="timed steps per pipeline and variant")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="precision of the common pipeline, evaluation and variants without one")
     p.add_argument("--variants", default=None,
-                   help="comma-separated variants of our loop, parts joined by '+': fp32, bf16, "
+                   help="comma-separated variants of our loop, parts joined by '+': fp32, tf32, bf16, "
                         "channels-last, compile, reduce-overhead (default: --precision only)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", default=None,

@@ -17,7 +17,9 @@ from contextlib import AbstractContextManager
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+# fp32 (PyTorch's default: cuDNN may run convolutions in TF32); tf32: fp32 numbers, CUDA matrix
+# products on the TF32 tensor cores too (a 10-bit mantissa in the products, fp32 sums); bf16: autocast.
+PRECISIONS = ("fp32", "tf32", "bf16")
 # torch.compile modes of the train step ("off": eager). "reduce-overhead" adds CUDA graphs, which cut
 # the per-kernel launch cost that dominates these small models' steps on a GPU.
 COMPILE_MODES = ("off", "default", "reduce-overhead")
@@ -46,12 +48,16 @@ def check_precision(device: torch.device, precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16; use --precision fp32")
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"precision tf32 is for NVIDIA GPUs (its tensor cores); on {device} use "
+                         "--precision fp32 or bf16")
 
 
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager]:
-    """A zero-argument context-manager factory: bf16 autocast, or a do-nothing context for fp32."""
+    """A zero-argument context-manager factory: bf16 autocast, or a do-nothing context for fp32
+    and tf32 (set for the process by `setup_device`)."""
     check_precision(device, precision)
-    if precision == "fp32":
+    if precision in ("fp32", "tf32"):
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -61,6 +67,12 @@ def setup_device(device: str, precision: str, num_threads: int | None) -> torch.
     resolved = resolve_device(device)
     check_precision(resolved, precision)
     torch.set_num_threads(num_threads or available_cpus())
+    if resolved.type == "cuda":
+        # PyTorch's defaults let cuDNN convolutions use TF32 but keep matrix products in full fp32;
+        # tf32 lets the products use it too. The flag is per process (a run or a Ray trial is one)
+        # and backward passes need it, so it is set here, for fp32 too (a later run in the same
+        # process must not inherit it), not in an autocast-like context.
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     return resolved
 
 

@@ -28,6 +28,7 @@ from genmodels.data import (
     load_dataset,
     resolve_data_dir,
 )
+from genmodels.device import PRECISIONS
 from genmodels.files import read_status, write_json
 from genmodels.names import (
     DIRECTIONS,
@@ -114,7 +115,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                         "missing (needs internet; done before Ray starts)")
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N images")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="fp32; tf32 (NVIDIA GPUs: fp32 on the tensor cores); bf16 autocast")
     p.add_argument("--storage-path", default="runs/sweeps",
                    help="where Ray keeps results and checkpoints: a local folder, a shared file "
                         "system or a cloud URI (s3://, gs://) for clusters (default runs/sweeps)")

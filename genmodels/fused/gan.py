@@ -1,10 +1,11 @@
 """K GANs of the seed report (Tables 3 and 4) trained as one: each member its own generator and
 discriminator weights, BatchNorm statistics, D dropout and latent size.
 
-Convolutions run over the channel-stacked layout [N, K*C, H, W] (one grouped call, or K calls:
-`grouped`); G's fully connected projection runs as a batched matrix product. Noise h is padded
-to the largest latent size L; the projection's padded input columns are zero and the padded noise
-coordinates are zeroed, so each member's generator computes exactly its standalone output.
+Convolutions run over the channel-stacked layout [N, K*C, H, W] (one grouped call, K calls, or
+one batched matrix product: `layout`, see `genmodels.fused.layers`); G's fully connected
+projection runs as a batched matrix product. Noise h is padded to the largest latent size L; the
+projection's padded input columns are zero and the padded noise coordinates are zeroed, so each
+member's generator computes exactly its standalone output.
 Members share each real minibatch.
 """
 
@@ -33,7 +34,7 @@ from genmodels.gan import LEAKY_SLOPE, Discriminator, Generator
 class FusedGenerator(nn.Module):
     """Table 4 for K members: h [K, N, L] -> images [K, N, 1, 28, 28] in [-1, 1]."""
 
-    def __init__(self, members: list[Generator], grouped: bool = True):
+    def __init__(self, members: list[Generator], layout: str = "grouped"):
         super().__init__()
         self.num_members = len(members)
         self.latent_dims = [g.latent_dim for g in members]
@@ -44,13 +45,13 @@ class FusedGenerator(nn.Module):
                                                  in_features=self.latent_dim)
         self.project_norm = MemberBatchNorm([g.project[1] for g in members])
         deconv = [g.deconv for g in members]
-        self.up1 = MemberConvTranspose2d([d[0] for d in deconv], grouped)  # 3 x 3 x 256
+        self.up1 = MemberConvTranspose2d([d[0] for d in deconv], layout)  # 3 x 3 x 256
         self.norm1 = MemberBatchNorm([d[1].norm for d in deconv])  # per (channel, position)
-        self.up2 = MemberConvTranspose2d([d[3] for d in deconv], grouped)  # 7 x 7 x 128
+        self.up2 = MemberConvTranspose2d([d[3] for d in deconv], layout)  # 7 x 7 x 128
         self.norm2 = MemberBatchNorm([d[4] for d in deconv])
-        self.up3 = MemberConvTranspose2d([d[6] for d in deconv], grouped)  # 14 x 14 x 64
+        self.up3 = MemberConvTranspose2d([d[6] for d in deconv], layout)  # 14 x 14 x 64
         self.norm3 = MemberBatchNorm([d[7] for d in deconv])
-        self.up4 = MemberConvTranspose2d([d[9] for d in deconv], grouped)  # 28 x 28 x 1
+        self.up4 = MemberConvTranspose2d([d[9] for d in deconv], layout)  # 28 x 28 x 1
 
     def member(self, k: int) -> Generator:
         """Member k as a standalone `Generator` (its own weights and BatchNorm statistics)."""
@@ -89,13 +90,13 @@ class FusedDiscriminator(nn.Module):
     """Table 3 for K members: images shared [N, 1, 28, 28] or per member [K, N, 1, 28, 28] ->
     logits [K, N]."""
 
-    def __init__(self, members: list[Discriminator], dropouts: list[float], grouped: bool = True):
+    def __init__(self, members: list[Discriminator], dropouts: list[float], layout: str = "grouped"):
         super().__init__()
         self.num_members = len(members)
         p = torch.tensor(dropouts, dtype=torch.float32)
         feats = [d.features for d in members]
         # features: (conv, [bn], leaky, dropout) blocks; conv at 0, 3, 7, 11 and bn at 4, 8, 12
-        self.convs = nn.ModuleList(MemberConv2d([f[i] for f in feats], grouped) for i in (0, 3, 7, 11))
+        self.convs = nn.ModuleList(MemberConv2d([f[i] for f in feats], layout) for i in (0, 3, 7, 11))
         self.norms = nn.ModuleList(MemberBatchNorm([f[i] for f in feats]) for i in (4, 8, 12))
         self.drops = nn.ModuleList(MemberDropout(p, channels=c) for c in (64, 128, 256, 512))
         self.classifier = MemberLinear.from_linears([d.classifier for d in members])

@@ -8,10 +8,17 @@ checkpoints all index the same way. Two activation layouts are used, each where 
 - channel-stacked `[N, K * C, H, W]` for convolutions: one grouped convolution (`groups=K`), and
   BatchNorm over the K * C channels, so each member keeps its own batch statistics.
 
-Convolutions run either as one grouped call or as K plain calls whose outputs are concatenated
-(`grouped=False`). Grouped convolutions are HFTA's choice, but PyTorch's grouped (transposed)
-convolutions ran slower than K separate calls both on the CPU here (up to 2x) and on an H200 (2.3x
-fewer GAN trial-epochs per hour at K = 16, bench/RESULTS.md), so the fused tasks use K calls.
+Convolutions run in one of three layouts (`CONV_LAYOUTS`), all exact:
+- "grouped": one grouped call (`groups=K`), HFTA's choice;
+- "per-member": K plain calls whose outputs are concatenated;
+- "matmul": the convolution as a batched matrix product over the members: `F.unfold` cuts the
+  input into 5 x 5 patches, one `einsum` multiplies each member's patches by its weights, and
+  `F.fold` sums a transposed convolution's patches back. The seed's convolutions have tiny outputs
+  (7 x 7 down to 2 x 2), which run few, small kernels in cuDNN; as one batched product of K large
+  matrices they run on the tensor cores.
+PyTorch's grouped (transposed) convolutions ran slower than K separate calls both on the CPU here
+(up to 2x) and on an H200 (2.3x fewer GAN trial-epochs per hour at K = 16); which layout the fused
+GAN uses on each device is `genmodels.fused.tasks.default_conv_layout`, from bench/RESULTS.md.
 
 A shared input (the real images every member sees) enters without copies: `[N, F]` for a linear
 layer (one plain matrix product against all K weight matrices) and `[N, C, H, W]` for a conv
@@ -76,6 +83,14 @@ def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {f"{prefix}.{name}": value.detach().clone() for name, value in state.items()}
 
 
+CONV_LAYOUTS = ("grouped", "per-member", "matmul")
+
+
+def check_conv_layout(layout: str) -> None:
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"conv layout must be one of {CONV_LAYOUTS}, got {layout!r}")
+
+
 def grouped_or_looped(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       groups: int, grouped: bool, **options) -> torch.Tensor:
     """`conv` (F.conv2d or F.conv_transpose2d) of K members: one grouped call, or K calls."""
@@ -88,39 +103,81 @@ def grouped_or_looped(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return torch.cat(outputs, dim=1)
 
 
+def with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Add a stacked bias [K, C] to a channel-stacked output [N, K*C, H, W]."""
+    return y if bias is None else y + bias.flatten().view(1, -1, 1, 1).to(y.dtype)
+
+
+def conv2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride, padding) -> torch.Tensor:
+    """K convolutions [N, K*C_in, H, W] -> [N, K*C_out, H', W'] as one batched matrix product:
+    each output position is member k's weights [C_out, C_in*k*k] times the patch under it."""
+    k, c_out, c_in, kh, kw = weight.shape
+    n = len(x)
+    patches = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, K*C_in*kh*kw, L]
+    height = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    width = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    y = torch.einsum("koi,nkil->nkol", weight.reshape(k, c_out, -1).to(patches.dtype),
+                     patches.view(n, k, c_in * kh * kw, -1))
+    return with_bias(y.reshape(n, k * c_out, height, width), bias)
+
+
+def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            stride, padding, output_padding) -> torch.Tensor:
+    """K transposed convolutions [N, K*C_in, H, W] -> [N, K*C_out, H', W']: each input position
+    times member k's weights [C_in, C_out*k*k] gives a patch, and `F.fold` sums the overlapping
+    patches into the output (the transpose of `conv2d_matmul`'s unfold)."""
+    k, c_in, c_out, kh, kw = weight.shape
+    n, _, height, width = x.shape
+    out_h = (height - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
+    out_w = (width - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
+    patches = torch.einsum("kio,nkil->nkol", weight.reshape(k, c_in, -1).to(x.dtype),
+                           x.reshape(n, k, c_in, height * width))  # [N, K, C_out*kh*kw, H*W]
+    y = F.fold(patches.reshape(n, k * c_out * kh * kw, height * width), (out_h, out_w),
+               (kh, kw), padding=padding, stride=stride)
+    return with_bias(y, bias)
+
+
 class MemberConv2d(nn.Module):
     """K convolutions, weight [K, C_out, C_in, k, k]: [N, K*C_in, H, W] or shared [N, C_in, H, W]
     -> [N, K*C_out, H', W']."""
 
-    def __init__(self, layers: list[nn.Conv2d], grouped: bool = True):
+    def __init__(self, layers: list[nn.Conv2d], layout: str = "grouped"):
         super().__init__()
+        check_conv_layout(layout)
         first = layers[0]
-        self.grouped = grouped
+        self.layout = layout
         self.stride, self.padding = first.stride, first.padding
         self.weight = nn.Parameter(stacked([m.weight for m in layers]))
         self.bias = nn.Parameter(stacked([m.bias for m in layers])) if first.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         groups = x.shape[1] // self.weight.shape[2]  # 1 for a shared input, K otherwise
-        return grouped_or_looped(F.conv2d, x, self.weight, self.bias, groups, self.grouped,
-                                 stride=self.stride, padding=self.padding)
+        if self.layout == "matmul" and groups > 1:  # a shared input is one plain conv already
+            return conv2d_matmul(x, self.weight, self.bias, self.stride, self.padding)
+        return grouped_or_looped(F.conv2d, x, self.weight, self.bias, groups,
+                                 self.layout == "grouped", stride=self.stride, padding=self.padding)
 
 
 class MemberConvTranspose2d(nn.Module):
     """K transposed convolutions, weight [K, C_in, C_out, k, k]: [N, K*C_in, H, W] -> [N, K*C_out, ...]."""
 
-    def __init__(self, layers: list[nn.ConvTranspose2d], grouped: bool = True):
+    def __init__(self, layers: list[nn.ConvTranspose2d], layout: str = "grouped"):
         super().__init__()
+        check_conv_layout(layout)
         first = layers[0]
-        self.grouped = grouped
+        self.layout = layout
         self.stride, self.padding = first.stride, first.padding
         self.output_padding = first.output_padding
         self.weight = nn.Parameter(stacked([m.weight for m in layers]))
         self.bias = nn.Parameter(stacked([m.bias for m in layers])) if first.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "matmul":
+            return conv_transpose2d_matmul(x, self.weight, self.bias, self.stride, self.padding,
+                                           self.output_padding)
         return grouped_or_looped(F.conv_transpose2d, x, self.weight, self.bias,
-                                 self.weight.shape[0], self.grouped, stride=self.stride,
+                                 self.weight.shape[0], self.layout == "grouped", stride=self.stride,
                                  padding=self.padding, output_padding=self.output_padding)
 
 

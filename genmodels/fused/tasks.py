@@ -29,7 +29,7 @@ from genmodels.fused.gan import (
     fused_discriminator_loss,
     fused_generator_loss,
 )
-from genmodels.fused.layers import MemberDropout
+from genmodels.fused.layers import CONV_LAYOUTS, MemberDropout
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
 from genmodels.gan import Discriminator, GANConfig, Generator
@@ -53,13 +53,18 @@ CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}
 
 @dataclass
 class FusedConfig:
-    """The members of one fused group, each a full model config (VAEConfig or GANConfig)."""
+    """The members of one fused group, each a full model config (VAEConfig or GANConfig), and how
+    the GAN's convolutions run ("auto": `default_conv_layout` of the device; the VAE has none)."""
 
     members: list
+    conv_layout: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.members:
             raise ValueError("a fused group needs at least one member")
+        if self.conv_layout not in ("auto", *CONV_LAYOUTS):
+            raise ValueError(f"conv_layout must be 'auto' or one of {CONV_LAYOUTS}, got "
+                             f"{self.conv_layout!r}")
         self.members = [CONFIG_CLASSES[self.model](**m) if isinstance(m, dict) else m
                         for m in self.members]
         model = self.model
@@ -81,6 +86,12 @@ class FusedConfig:
 
     def __len__(self) -> int:
         return len(self.members)
+
+
+def default_conv_layout(device: torch.device) -> str:
+    """The fused GAN's convolution layout on `device`, as `bench/bench_fused.py` measured it
+    (bench/RESULTS.md): K separate calls beat one grouped call on the CPU and on an H200."""
+    return "per-member"
 
 
 def build_members(build, cfgs: list, seed: int) -> list:
@@ -263,12 +274,10 @@ class FusedGANTask(_KeepMembers):
         # A standalone GANTask builds G then D right after seeding: the same order here.
         pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)),
                               members, train_cfg.seed)
-        # One call per member's convolution: faster than one grouped call on the CPU here and on
-        # an H200 alike (bench/RESULTS.md); `grouped=True` stays available to measure it again.
-        grouped = False
-        self.generator = FusedGenerator([g for g, _ in pairs], grouped).to(device)
+        layout = default_conv_layout(device) if cfg.conv_layout == "auto" else cfg.conv_layout
+        self.generator = FusedGenerator([g for g, _ in pairs], layout).to(device)
         self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
-                                                grouped).to(device)
+                                                layout).to(device)
         betas = ([m.beta1 for m in members], [m.beta2 for m in members])
         self.opt_g = StackedAdam(self.generator.parameters(), [m.lr_g for m in members], betas)
         self.opt_d = StackedAdam(self.discriminator.parameters(), [m.lr_d for m in members], betas)
