@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from genmodels.data import load_dataset, to_unit_interval
-from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask
+from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d
+from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
 from genmodels.gan import GANConfig
 from genmodels.tasks import GANTask, VAETask
 from genmodels.training import TrainConfig, Trainer, TrainingDiverged
@@ -199,9 +200,9 @@ def gan_batches(mnist):
     return [x[:GAN_BATCH].double() for x in batches(mnist)]
 
 
-def run_fused_gan(mnist, members, data):
-    fused = FusedGANTask(FusedConfig(members), mnist, torch.device("cpu"), train_cfg(),
-                         contextlib.nullcontext)
+def run_fused_gan(mnist, members, data, layout="auto"):
+    fused = FusedGANTask(FusedConfig(members, conv_layout=layout), mnist, torch.device("cpu"),
+                         train_cfg(), contextlib.nullcontext)
     record(fused.discriminator.drops)
     generator = torch.Generator().manual_seed(3)
     noise, losses = [], []
@@ -260,6 +261,62 @@ def test_a_diverging_gan_member_is_frozen_and_the_others_are_untouched(mnist):
     assert_same_members(sick, well, [0, 2])
     for name, value in sick.generator.member(1).state_dict().items():
         assert torch.isfinite(value.float()).all(), name
+
+
+@pytest.mark.parametrize("layout", CONV_LAYOUTS)
+@pytest.mark.parametrize("transposed, size, kernel, stride, padding, output_padding", [
+    (False, 14, 5, 2, 2, 0), (False, 4, 5, 2, 2, 0), (False, 9, 3, 1, 0, 0),
+    (True, 1, 5, 2, 1, 0), (True, 7, 5, 2, 2, 1), (True, 5, 4, 3, 1, 1), (True, 6, 3, 1, 1, 0),
+])
+def test_every_conv_layout_is_each_members_own_convolution(layout, transposed, size, kernel, stride,
+                                                           padding, output_padding):
+    """Outputs and gradients of each layout equal K standalone (transposed) convolutions, for the
+    seed's shapes and a few others (fp64, so only the summation order may differ)."""
+    torch.manual_seed(0)
+    k, c_in, c_out = 3, 4, 5
+    if transposed:
+        layers = [nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, output_padding).double()
+                  for _ in range(k)]
+        fused = MemberConvTranspose2d(layers, layout)
+    else:
+        layers = [nn.Conv2d(c_in, c_out, kernel, stride, padding).double() for _ in range(k)]
+        fused = MemberConv2d(layers, layout)
+    x = torch.randn(2, k * c_in, size, size, dtype=torch.float64, requires_grad=True)
+    expected = torch.cat([layer(xk) for layer, xk in zip(layers, x.chunk(k, dim=1))], dim=1)
+    actual = fused(x)
+    torch.testing.assert_close(actual, expected)
+    direction = torch.randn_like(expected)
+    grads = torch.autograd.grad((actual * direction).sum(), [x, fused.weight, fused.bias])
+    expected_grads = torch.autograd.grad((expected * direction).sum(),
+                                         [x] + [layer.weight for layer in layers]
+                                         + [layer.bias for layer in layers])
+    torch.testing.assert_close(grads[0], expected_grads[0])
+    torch.testing.assert_close(grads[1], torch.stack(expected_grads[1:1 + k]))
+    torch.testing.assert_close(grads[2], torch.stack(expected_grads[1 + k:]))
+
+
+@pytest.mark.slow
+def test_a_fused_gan_trains_the_same_in_the_gpus_layout(mnist, fp64):
+    """The 20-step test above runs the CPU's layout; the GPU's ("matmul", exact layer by layer in
+    the test before) trains the same group to the same weights and losses."""
+    data = gan_batches(mnist)[:3]
+    torch.manual_seed(1)
+    per_member, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
+    torch.manual_seed(1)
+    matmul, _, matmul_losses = run_fused_gan(mnist, GAN_MEMBERS, data, "matmul")
+    torch.testing.assert_close(matmul_losses, losses, rtol=RTOL, atol=1e-8)
+    for module_a, module_b in zip(matmul.modules.values(), per_member.modules.values()):
+        assert_close_states(module_a.state_dict(), module_b.state_dict())
+
+
+def test_the_fused_gan_layout_follows_the_measurements():
+    assert default_conv_layout(torch.device("cpu"), "fp32") == "per-member"
+    assert default_conv_layout(torch.device("cpu"), "bf16") == "per-member"
+    assert default_conv_layout(torch.device("cuda"), "fp32") == "per-member"
+    assert default_conv_layout(torch.device("cuda"), "tf32") == "matmul"
+    assert default_conv_layout(torch.device("cuda"), "bf16") == "matmul"
+    with pytest.raises(ValueError, match="conv_layout must be"):
+        FusedConfig([GANConfig()], conv_layout="fast")
 
 
 # ---- the shared loop -------------------------------------------------------------------------

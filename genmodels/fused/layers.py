@@ -11,11 +11,11 @@ checkpoints all index the same way. Two activation layouts are used, each where 
 Convolutions run in one of three layouts (`CONV_LAYOUTS`), all exact:
 - "grouped": one grouped call (`groups=K`), HFTA's choice;
 - "per-member": K plain calls whose outputs are concatenated;
-- "matmul": the convolution as a batched matrix product over the members: `F.unfold` cuts the
-  input into 5 x 5 patches, one `einsum` multiplies each member's patches by its weights, and
-  `F.fold` sums a transposed convolution's patches back. The seed's convolutions have tiny outputs
-  (7 x 7 down to 2 x 2), which run few, small kernels in cuDNN; as one batched product of K large
-  matrices they run on the tensor cores.
+- "matmul": the convolution as one batched matrix product over the members: a strided view cuts
+  the input into patches and one `einsum` multiplies each member's patches by its weights; a
+  transposed convolution is first rewritten as a plain one (`conv_transpose2d_matmul`). The
+  seed's convolutions have tiny outputs (7 x 7 down to 2 x 2), which cuDNN runs as many small
+  kernels; as one product of K large matrices they fill the tensor cores.
 PyTorch's grouped (transposed) convolutions ran slower than K separate calls both on the CPU here
 (up to 2x) and on an H200 (2.3x fewer GAN trial-epochs per hour at K = 16); which layout the fused
 GAN uses on each device is `genmodels.fused.tasks.default_conv_layout`, from bench/RESULTS.md.
@@ -111,30 +111,41 @@ def with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 def conv2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   stride, padding) -> torch.Tensor:
     """K convolutions [N, K*C_in, H, W] -> [N, K*C_out, H', W'] as one batched matrix product:
-    each output position is member k's weights [C_out, C_in*k*k] times the patch under it."""
+    each output position is member k's weights [C_out, C_in*kh*kw] times the patch under it.
+    The patches are a strided view (`Tensor.unfold`), which einsum gathers in one copy; F.unfold
+    would launch one kernel per image on CUDA."""
     k, c_out, c_in, kh, kw = weight.shape
-    n = len(x)
-    patches = F.unfold(x, (kh, kw), padding=padding, stride=stride)  # [N, K*C_in*kh*kw, L]
-    height = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    width = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
-    y = torch.einsum("koi,nkil->nkol", weight.reshape(k, c_out, -1).to(patches.dtype),
-                     patches.view(n, k, c_in * kh * kw, -1))
-    return with_bias(y.reshape(n, k * c_out, height, width), bias)
+    padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    patches = padded.unfold(2, kh, stride[0]).unfold(3, kw, stride[1])  # [N, K*C_in, H', W', kh, kw]
+    y = torch.einsum("koiyx,nkihwyx->nkohw", weight.to(patches.dtype),
+                     patches.unflatten(1, (k, c_in)))
+    return with_bias(y.flatten(1, 2), bias)
 
 
 def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                             stride, padding, output_padding) -> torch.Tensor:
-    """K transposed convolutions [N, K*C_in, H, W] -> [N, K*C_out, H', W']: each input position
-    times member k's weights [C_in, C_out*k*k] gives a patch, and `F.fold` sums the overlapping
-    patches into the output (the transpose of `conv2d_matmul`'s unfold)."""
+    """K transposed convolutions [N, K*C_in, H, W] -> [N, K*C_out, H', W'], by the sub-pixel
+    decomposition: output row s*m + a (a < stride) sums input rows m - t against kernel row
+    s*t + a, so each of the stride x stride output phases is a plain stride-1 convolution with
+    ceil(kernel / stride) taps. One `conv2d_matmul` computes all phases as stride^2 * C_out output
+    channels, which are then interleaved (a pixel shuffle) and cropped by the padding."""
     k, c_in, c_out, kh, kw = weight.shape
-    n, _, height, width = x.shape
-    out_h = (height - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
-    out_w = (width - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
-    patches = torch.einsum("kio,nkil->nkol", weight.reshape(k, c_in, -1).to(x.dtype),
-                           x.reshape(n, k, c_in, height * width))  # [N, K, C_out*kh*kw, H*W]
-    y = F.fold(patches.reshape(n, k * c_out * kh * kw, height * width), (out_h, out_w),
-               (kh, kw), padding=padding, stride=stride)
+    (sh, sw), n = stride, len(x)
+    th, tw = -(-kh // sh), -(-kw // sw)  # taps per phase
+    # Kernel row s*t + a (zero past the kernel) -> phase a, tap th-1-t (a correlation's order).
+    phased = F.pad(weight, (0, sw * tw - kw, 0, sh * th - kh))
+    phased = phased.view(k, c_in, c_out, th, sh, tw, sw).flip(3, 5)
+    phased = phased.permute(0, 4, 6, 2, 1, 3, 5).reshape(k, sh * sw * c_out, c_in, th, tw)
+    y = conv2d_matmul(x, phased, None, (1, 1), (th - 1, tw - 1))  # [N, K*sh*sw*C_out, h', w']
+    h, w = y.shape[2:]
+    canvas = y.view(n, k, sh, sw, c_out, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+    canvas = canvas.reshape(n, k * c_out, h * sh, w * sw)  # row s*m + a <- phase a, row m
+    out_h = (x.shape[2] - 1) * sh - 2 * padding[0] + kh + output_padding[0]
+    out_w = (x.shape[3] - 1) * sw - 2 * padding[1] + kw + output_padding[1]
+    if padding[0] + out_h > h * sh or padding[1] + out_w > w * sw:
+        raise ValueError(f"output_padding {output_padding} larger than the padding {padding} "
+                         "allows for this kernel and stride")
+    y = canvas[:, :, padding[0]:padding[0] + out_h, padding[1]:padding[1] + out_w]
     return with_bias(y, bias)
 
 
@@ -231,7 +242,9 @@ class MemberDropout(nn.Module):
             p = self.p.repeat_interleave(self.channels).view(1, -1, *[1] * (x.dim() - 2))
         else:
             p = self.p.view(-1, *[1] * (x.dim() - 1))
-        keep = torch.rand_like(x) >= p
+        # torch.rand, not rand_like: rand_like follows x's strides, and the layouts leave x in
+        # different memory orders, which would hand each unit another random number.
+        keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= p
         if self.recorded is not None:
             self.recorded.append(keep)
         return x * keep / (1 - p)

@@ -54,7 +54,8 @@ CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}
 @dataclass
 class FusedConfig:
     """The members of one fused group, each a full model config (VAEConfig or GANConfig), and how
-    the GAN's convolutions run ("auto": `default_conv_layout` of the device; the VAE has none)."""
+    the GAN's convolutions run ("auto": `default_conv_layout` for the device and precision; the VAE
+    has none)."""
 
     members: list
     conv_layout: str = "auto"
@@ -88,9 +89,13 @@ class FusedConfig:
         return len(self.members)
 
 
-def default_conv_layout(device: torch.device) -> str:
-    """The fused GAN's convolution layout on `device`, as `bench/bench_fused.py` measured it
-    (bench/RESULTS.md): K separate calls beat one grouped call on the CPU and on an H200."""
+def default_conv_layout(device: torch.device, precision: str) -> str:
+    """The fused GAN's convolution layout, as `bench/bench_fused.py` measured it (bench/RESULTS.md):
+    on an H200 in tf32 or bf16 one batched matrix product per layer beat K cuDNN calls (1.1-1.8x
+    the trial-epochs per hour at K = 8-64); in full fp32 (no tensor cores for the product) and on
+    the CPU, K separate calls win, and one grouped call loses everywhere."""
+    if device.type == "cuda" and precision in ("tf32", "bf16"):
+        return "matmul"
     return "per-member"
 
 
@@ -274,7 +279,9 @@ class FusedGANTask(_KeepMembers):
         # A standalone GANTask builds G then D right after seeding: the same order here.
         pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)),
                               members, train_cfg.seed)
-        layout = default_conv_layout(device) if cfg.conv_layout == "auto" else cfg.conv_layout
+        layout = cfg.conv_layout
+        if layout == "auto":
+            layout = default_conv_layout(device, train_cfg.precision)
         self.generator = FusedGenerator([g for g, _ in pairs], layout).to(device)
         self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
                                                 layout).to(device)
