@@ -57,6 +57,12 @@ from sweeps.tracking import TrackingError, check_reachable, close_sweep, open_sw
 # (H200: the VAE at K = 16 did 11.6x one trial's trial-epochs per hour and 2.95x four packed
 # processes'; the GAN only matched four packed processes, so it stays unfused by default).
 GPU_FUSE = {"vae": 16}
+DEFAULT_EPOCHS, DEFAULT_GRACE_PERIOD = 10, 1
+# --epochs and --grace-period of a GAN sweep on GPUs: bench/gan_curve.py on an H200 (bench/RESULTS.md)
+# had the seed's GAN at Inception Score 9 on the validation split at epoch 100 (about a minute and a
+# half of training there), and configurations separating from epoch 10 on (at epoch 5 a slow starter
+# such as the default still scores 1.6), so ASHA's first rung waits until then.
+GPU_GAN_EPOCHS, GPU_GAN_GRACE_PERIOD = 100, 10
 SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "num_samples": 4, "epochs": 2, "train_subset": 512, "batch_size": 64, "max_concurrent": 2,
     "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2, "iwae_samples": 5,
@@ -98,15 +104,18 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=16, help="trials to run (default 16)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials at once (default: as many as the resources allow)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs per trial (ASHA's max_t; default {DEFAULT_EPOCHS}, a GAN sweep on "
+                        f"GPUs {GPU_GAN_EPOCHS}: what the seed's GAN needs to reach IS 9)")
     p.add_argument("--cpus-per-trial", type=float, default=1,
                    help="CPUs per trial; also torch's thread count (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0,
                    help="GPUs per trial, fractions allowed: 0.25 packs four trials on a GPU")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
                    help="asha stops poor trials early (default); fifo runs every trial to the end")
-    p.add_argument("--grace-period", type=int, default=1,
-                   help="ASHA: epochs every trial gets before it may be stopped")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help=f"ASHA: epochs every trial gets before it may be stopped (default "
+                        f"{DEFAULT_GRACE_PERIOD}, a GAN sweep on GPUs {GPU_GAN_GRACE_PERIOD})")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", default=None,
                    help=f"folder with MNIST/raw, FashionMNIST/raw (default ${DATA_DIR_ENV} or ./data)")
@@ -183,8 +192,13 @@ def parse_options(model: str, argv: list[str] | None) -> argparse.Namespace:
         for key, value in SMOKE.items():
             if hasattr(args, key) and parser.get_default(key) == getattr(args, key):
                 setattr(args, key, value)
+    gpu_gan = model == "gan" and args.gpus_per_trial > 0
     if args.fuse is None:
         args.fuse = GPU_FUSE.get(model, 1) if args.gpus_per_trial > 0 else 1
+    if args.epochs is None:
+        args.epochs = GPU_GAN_EPOCHS if gpu_gan else DEFAULT_EPOCHS
+    if args.grace_period is None:
+        args.grace_period = min(GPU_GAN_GRACE_PERIOD if gpu_gan else DEFAULT_GRACE_PERIOD, args.epochs)
     check_options(args)
     return args
 

@@ -116,6 +116,18 @@ def test_bad_options_are_clear_errors(argv, message):
         parse_options("vae", argv)
 
 
+def test_a_gan_sweep_on_gpus_trains_long_enough_to_reach_is_9():
+    """bench/RESULTS.md: the seed's GAN reached IS 9 at epoch 100 on an H200; on GPUs that is the
+    default budget, with ASHA's first rung at epoch 10; CPU sweeps and VAE sweeps keep 10 and 1."""
+    gpu = parse_options("gan", ["--gpus-per-trial", "0.5"])
+    assert (gpu.epochs, gpu.grace_period) == (100, 10)
+    assert (parse_options("gan", []).epochs, parse_options("gan", []).grace_period) == (10, 1)
+    vae_gpu = parse_options("vae", ["--gpus-per-trial", "1"])
+    assert (vae_gpu.epochs, vae_gpu.grace_period) == (10, 1)
+    assert parse_options("gan", ["--gpus-per-trial", "1", "--epochs", "5"]).grace_period == 5
+    assert parse_options("gan", ["--gpus-per-trial", "1", "--smoke"]).epochs == 2
+
+
 def test_whole_gpus_are_allowed():
     assert parse_options("gan", ["--gpus-per-trial", "2"]).gpus_per_trial == 2
 
