@@ -81,6 +81,22 @@ def parent_run(sweep: Sweep, uri: str | None) -> tuple[str, str]:
     return uri, runs[0].info.run_id
 
 
+def attach_to_parent(sweep: Sweep, uri: str | None, paths: list[Path],
+                     artifact_dir: str) -> tuple[str, str]:
+    """Log `paths` (files, or folders with all they hold) to the sweep's parent run under
+    `artifact_dir`; returns (tracking URI, parent run id). LoadError if there is no parent run."""
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = parent_run(sweep, uri)
+    client = MlflowClient(uri)
+    for path in paths:
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), artifact_dir)
+        else:
+            client.log_artifact(run_id, str(path), artifact_dir)
+    return uri, run_id
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 1:
@@ -107,14 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ranked table: {files['csv']}")
     print(f"report: {files['page']}")
     if args.log_to_mlflow:
-        from mlflow.tracking import MlflowClient
-
         try:
-            uri, run_id = parent_run(sweep, args.mlflow_uri)
+            uri, run_id = attach_to_parent(sweep, args.mlflow_uri, [out], ARTIFACT_DIR)
         except LoadError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        MlflowClient(uri).log_artifacts(run_id, str(out), ARTIFACT_DIR)
         print(f"report attached to MLflow run {run_id} under {ARTIFACT_DIR}/ ({uri})")
     return 0
 

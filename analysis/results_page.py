@@ -327,18 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"results page: {files['page']}")
     if args.log_to_mlflow:
-        from mlflow.tracking import MlflowClient
-
-        from analysis.rank import parent_run
+        from analysis.rank import attach_to_parent
 
         try:
-            uri, run_id = parent_run(sweep, args.mlflow_uri)
+            uri, run_id = attach_to_parent(sweep, args.mlflow_uri, list(files.values()), ARTIFACT_DIR)
         except LoadError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        client = MlflowClient(uri)
-        for path in files.values():
-            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
         print(f"page attached to MLflow run {run_id} under {ARTIFACT_DIR}/ ({uri})")
     return 0
 

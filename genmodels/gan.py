@@ -139,6 +139,12 @@ class Generator(nn.Module):
         return self.deconv(self.project(h).view(-1, 512, 1, 1))
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """G's output (tanh, in [-1, 1], any precision) as float images in [0, 1], the range the data,
+    the figures and the scorer use."""
+    return (images.float() + 1) / 2
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Eq. (2), D's side: maximize log D(x) + log(1 - D(G(h))), i.e. minimize the BCE of
     'real' on x and 'fake' on G(h) (Goodfellow et al. 2014, eq. 1)."""

@@ -27,6 +27,7 @@ from genmodels.gan import (
     Generator,
     discriminator_loss,
     generator_loss,
+    to_unit_range,
 )
 from genmodels.vae import VAE, VAEConfig, elbo_terms, iwae_bound
 
@@ -108,14 +109,15 @@ def vae_test_metrics(model: VAE, test_targets: torch.Tensor, train_cfg,
 
 
 def generated_images(generate: Callable[[torch.Tensor], torch.Tensor], latent_dim: int,
-                     count: int, device: torch.device) -> torch.Tensor:
-    """`count` images from the scoring noise (SCORE_NOISE_SEED: the same in every run)."""
+                     count: int, device: torch.device, dim: int = 0) -> torch.Tensor:
+    """`count` images from the scoring noise (SCORE_NOISE_SEED: the same in every run), generated
+    a batch at a time and joined along `dim` (1 for a fused group's [K, N, ...] images)."""
     generator = torch.Generator().manual_seed(SCORE_NOISE_SEED)
     images = []
     for n in torch.arange(count).split(EVAL_BATCH):
         h = torch.randn(len(n), latent_dim, generator=generator).to(device)
         images.append(generate(h))
-    return torch.cat(images)
+    return torch.cat(images, dim=dim)
 
 
 def gan_test_metrics(generate: Callable[[torch.Tensor], torch.Tensor], latent_dim: int,
@@ -292,8 +294,7 @@ class GANTask:
         """Images in [0, 1] from noise h (G in eval mode: BatchNorm uses running statistics)."""
         self.generator.eval()
         with self.autocast():
-            images = self.generator(h)
-        return (images.float() + 1) / 2
+            return to_unit_range(self.generator(h))
 
     def sample_images(self) -> torch.Tensor:
         return self.generate(self.fixed_h)

@@ -25,6 +25,7 @@ from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, check_dataset_name, 
 from genmodels.device import PRECISIONS, autocast_factory, check_compile_mode, setup_device
 from genmodels.files import atomic_write, write_json
 from genmodels.fused.tasks import FUSED_TASKS
+from genmodels.gan import to_unit_range
 from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS, gan_test_metrics, vae_test_metrics, vae_test_targets
@@ -366,7 +367,7 @@ def evaluate_on_test_split(path: str | os.PathLike, data: ImageData, train_cfg: 
         @torch.no_grad()
         def generate(h: torch.Tensor) -> torch.Tensor:
             with autocast():
-                return (network(h).float() + 1) / 2
+                return to_unit_range(network(h))
 
         return gan_test_metrics(generate, cfg.latent_dim, scorer, train_cfg, device)
 
@@ -379,6 +380,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         vae = load_model("runs/vae/checkpoint.pt")
         images = vae.sample(torch.randn(64, vae.latent_dim))          # [64, 1, 28, 28] in [0, 1]
         generator = load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path="best_model"))
-        images = (generator(torch.randn(64, generator.latent_dim)) + 1) / 2
+        images = to_unit_range(generator(torch.randn(64, generator.latent_dim)))  # from genmodels.gan
     """
     return saved_model(path, device)[2]

@@ -32,7 +32,7 @@ from genmodels.fused.gan import (
 from genmodels.fused.layers import CONV_LAYOUTS, MemberDropout
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
-from genmodels.gan import Discriminator, GANConfig, Generator
+from genmodels.gan import Discriminator, GANConfig, Generator, to_unit_range
 from genmodels.tasks import (
     EVAL_BATCH,
     IWAE_BATCH_SAMPLES,
@@ -341,9 +341,8 @@ class FusedGANTask(_KeepMembers):
         whole group. Every member gets the same noise (each uses its own leading coordinates)."""
         if self.val_scorer is None:
             return {}
-        images = generated_images(
-            lambda h: self.generate(h.expand(self.num_members, -1, -1)).transpose(0, 1),
-            self.generator.latent_dim, self.eval_samples, self.device).transpose(0, 1)
+        images = generated_images(lambda h: self.generate(h.expand(self.num_members, -1, -1)),
+                                  self.generator.latent_dim, self.eval_samples, self.device, dim=1)
         per_member = self.val_scorer.score_groups(images, value_range=(0.0, 1.0))
         return {f"val_{key}": [m[key] for m in per_member] for key in per_member[0]}
 
@@ -352,8 +351,7 @@ class FusedGANTask(_KeepMembers):
         """Images [K, N, 1, 28, 28] in [0, 1] from noise h [K, N, L] (BatchNorm in eval mode)."""
         self.generator.eval()
         with self.autocast():
-            images = self.generator(h)
-        return (images.float() + 1) / 2
+            return to_unit_range(self.generator(h))
 
     def sample_images(self) -> torch.Tensor:
         return self.generate(self.fixed_h)
