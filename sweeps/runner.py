@@ -51,7 +51,13 @@ from sweeps.final_test import (
     measure_chosen,
     scorer_for_test,
 )
-from sweeps.tracking import TrackingError, check_reachable, close_sweep, open_sweep
+from sweeps.tracking import (
+    TrackingError,
+    check_reachable,
+    close_sweep,
+    open_sweep,
+    trials_view_link,
+)
 
 # --fuse when not given, on GPUs: where bench/bench_fused.py showed fusing beats packed processes
 # (H200: the VAE at K = 16 did 11.6x one trial's trial-epochs per hour and 2.95x four packed
@@ -612,7 +618,8 @@ def open_records(plan: SweepPlan):
     """The sweep's MLflow experiment and parent run (on --resume, the same parent)."""
     args = plan.args
     return open_sweep(plan.mlflow_uri, args.name, plan.model, plan.experiment, vars(args),
-                      spaces.describe(plan.model, plan.space), args.resume)
+                      spaces.describe(plan.model, plan.space), args.resume, plan.mode,
+                      tuple(plan.space))
 
 
 def load_inputs(plan: SweepPlan, data) -> tuple:
@@ -685,7 +692,8 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
         print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
     print(f"results, checkpoints and per-trial figures: {plan.experiment}")
     print(f"MLflow runs: experiment {args.name!r} in {plan.mlflow_uri} "
-          f"(`mlflow ui --backend-store-uri {plan.mlflow_uri}`)")
+          f"(`mlflow ui --backend-store-uri {plan.mlflow_uri}`); the trials ranked: "
+          f"{trials_view_link(plan.mlflow_uri, tracking.experiment_id)}")
     if interrupted:
         print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
               f"--name {args.name}", file=sys.stderr)

@@ -46,6 +46,12 @@ SWEEP_NOTE = (
     "each trial's `samples` image steps through its epochs. Here: the options, "
     "search_space.txt, leaderboard.csv, best_config.json and the best model (best_model/).")
 BEST_MODEL_DIR = "best_model"  # the parent run's artifacts: weights.pt and model.json
+# The trials' view in the MLflow UI, saved on the experiment with the UI's own "share view" mechanism
+# (an experiment tag `mlflow.sharedViewState.<key>` holding the view as JSON; the link names the key).
+# Unsorted, the UI shows a sweep as its parent run with the trials folded inside; sorted by the
+# objective it lists every trial with the chosen columns.
+TRIALS_VIEW_KEY = "gensweep"
+UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 UNCLOSED_REASON = ("the trial ended without closing its run (the tracking server was unreachable "
                    "from it at its end): its results are in Ray's trial folder")
 
@@ -69,9 +75,32 @@ def check_reachable(uri: str) -> None:
         ) from err
 
 
+def save_trials_view(client: MlflowClient, experiment_id: str, metric: str, mode: str,
+                     params: list[str]) -> None:
+    """The experiment's trials view: sorted by `metric`, its validation and test values, the
+    status and the searched `params` as columns, and charts of the val_* metrics per epoch."""
+    test = metric.replace("val_", "test_", 1)
+    view = {"orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
+            "selectedColumns": [f"metrics.`{metric}`", f"metrics.`{test}`", f"tags.`{STATUS_TAG}`"]
+                               + [f"params.`{p}`" for p in params],
+            "chartsSearchFilter": "val_"}
+    retry(lambda: client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW_KEY}",
+                                            json.dumps(view)))
+
+
+def trials_view_link(uri: str, experiment_id: str) -> str:
+    """The UI's address of the trials view: on the tracking server, or where `mlflow ui` serves a
+    local store by default."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT_URL
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={TRIALS_VIEW_KEY}")
+
+
 def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: dict,
-               space_text: str, resume: bool) -> SweepRecords:
-    """The experiment (one per sweep name) and the parent run; on --resume, the same parent."""
+               space_text: str, resume: bool, mode: str = "max",
+               searched: tuple[str, ...] = ()) -> SweepRecords:
+    """The experiment (one per sweep name, with its trials view: `options["metric"]` in `mode`,
+    the `searched` parameters) and the parent run; on --resume, the same parent."""
     check_reachable(uri)
     client = MlflowClient(uri)
     experiment = retry(lambda: client.get_experiment_by_name(name))
@@ -81,6 +110,7 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
             location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / name).as_uri()
         experiment_id = retry(lambda: client.create_experiment(
             name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}))
+        save_trials_view(client, experiment_id, options["metric"], mode, list(searched))
     else:
         experiment_id = experiment.experiment_id
     parent_id = None

@@ -4,6 +4,7 @@
     pytest tests/test_mlflow.py -q
 """
 
+import json
 import socket
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def check_sweep_records(uri: str, name: str, trials: int, epochs: int = 2) -> No
     parent_id = parents.run_id.iloc[0]
     experiment = client.get_experiment(runs.experiment_id.iloc[0])
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
+    # The trials view the sweep's closing lines link to: every trial listed, ranked by the objective.
+    view = json.loads(experiment.tags["mlflow.sharedViewState.gensweep"])
+    assert view["orderByKey"] == "metrics.`val_elbo`" and view["orderByAsc"] is False
+    assert {"metrics.`val_elbo`", "metrics.`test_elbo`", "params.`lr`"} <= set(view["selectedColumns"])
     assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
     assert set(runs["status"]) == {"FINISHED"}
     assert {"leaderboard.csv", "best_config.json", "search_space.txt"} <= {
