@@ -128,7 +128,26 @@ def gan_test_metrics(generate: Callable[[torch.Tensor], torch.Tensor], latent_di
     return {f"test_{k}": v for k, v in scorer.score(images, value_range=(0.0, 1.0)).items()}
 
 
-class VAETask:
+class VAEFigures:
+    """The figures' images of a task with a `model` that encodes and samples (a VAE, or a fused
+    group of them: its images then carry a leading member dimension), `fixed_z` and
+    `test_targets`."""
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        self.model.eval()
+        return self.model.sample(self.fixed_z).float()
+
+    @torch.no_grad()
+    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Test digits and their reconstructions (the posterior mean, decoded)."""
+        self.model.eval()
+        real = self.test_targets[:NUM_COMPARISON]
+        mu, _ = self.model.encode(real)
+        return real, self.model.sample(mu).float()
+
+
+class VAETask(VAEFigures):
     name = "vae"
     sampler = "model"  # the module that draws samples: what a trained model is, after training
 
@@ -180,18 +199,6 @@ class VAETask:
         """The test metrics, once after training (`vae_test_metrics`)."""
         return vae_test_metrics(self.model, self.test_targets, self.train_cfg, self.autocast)
 
-    @torch.no_grad()
-    def sample_images(self) -> torch.Tensor:
-        self.model.eval()
-        return self.model.sample(self.fixed_z).float()
-
-    @torch.no_grad()
-    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test digits and their reconstructions (the posterior mean, decoded)."""
-        self.model.eval()
-        real = self.test_targets[:NUM_COMPARISON]
-        mu, _ = self.model.encode(real)
-        return real, self.model.sample(mu).float()
 
 
 class GANTask:

@@ -37,6 +37,7 @@ from genmodels.tasks import (
     EVAL_BATCH,
     IWAE_BATCH_SAMPLES,
     NUM_COMPARISON,
+    VAEFigures,
     fixed_noise,
     generated_images,
     vae_targets,
@@ -179,7 +180,7 @@ class _KeepMembers:
                 setattr(self, name, getattr(self, name)[index])
 
 
-class FusedVAETask(_KeepMembers):
+class FusedVAETask(_KeepMembers, VAEFigures):
     name = "fused-vae"
 
     def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
@@ -248,19 +249,6 @@ class FusedVAETask(_KeepMembers):
             with self.autocast():
                 total = total + fused_iwae_bound(self.model, x, k).sum(dim=1)
         return (total / len(targets)).tolist()
-
-    @torch.no_grad()
-    def sample_images(self) -> torch.Tensor:
-        """[K, 64, 1, 28, 28] from each member's fixed noise."""
-        self.model.eval()
-        return self.model.sample(self.fixed_z).float()
-
-    @torch.no_grad()
-    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        self.model.eval()
-        real = self.test_targets[:NUM_COMPARISON]
-        mu, _ = self.model.encode(real)
-        return real, self.model.sample(mu).float()
 
 
 class FusedGANTask(_KeepMembers):
