@@ -18,7 +18,9 @@ from contextlib import AbstractContextManager
 import torch
 
 # fp32 (PyTorch's default: cuDNN may run convolutions in TF32); tf32: fp32 numbers, CUDA matrix
-# products on the TF32 tensor cores too (a 10-bit mantissa in the products, fp32 sums); bf16: autocast.
+# products on the TF32 tensor cores too (a 10-bit mantissa in the products, fp32 sums), and plain
+# fp32 where there are none (the CPU: so a sweep's driver or a repeat on a CPU can run a tf32
+# sweep's models, as torch.set_float32_matmul_precision does); bf16: autocast.
 PRECISIONS = ("fp32", "tf32", "bf16")
 # torch.compile modes of the train step ("off": eager). "reduce-overhead" adds CUDA graphs, which cut
 # the per-kernel launch cost that dominates these small models' steps on a GPU.
@@ -48,9 +50,6 @@ def check_precision(device: torch.device, precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16; use --precision fp32")
-    if precision == "tf32" and device.type != "cuda":
-        raise ValueError(f"precision tf32 is for NVIDIA GPUs (its tensor cores); on {device} use "
-                         "--precision fp32 or bf16")
 
 
 def autocast_factory(device: torch.device, precision: str) -> Callable[[], AbstractContextManager]:

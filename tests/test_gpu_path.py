@@ -1,4 +1,4 @@
-"""The GPU-path options (bf16 autocast, channels-last, torch.compile) run on the CPU and train the
+"""The GPU-path options (bf16 autocast, tf32, channels-last, torch.compile) run on the CPU and train the
 same model: their losses match plain fp32 within the precision's tolerance.
 
     pytest tests/test_gpu_path.py -q
@@ -83,6 +83,12 @@ def test_speed_options_match_fp32(model, options, mnist):
 def test_bf16_really_changes_the_arithmetic(mnist):
     """The autocast path is taken: bf16 losses differ from fp32 ones (within tolerance above)."""
     assert losses("vae", mnist, precision="bf16") != reference("vae", mnist)
+
+
+def test_tf32_is_plain_fp32_where_there_are_no_tensor_cores(mnist):
+    """tf32 changes CUDA's matrix products only: on the CPU a tf32 run is the fp32 run, bit for bit
+    (so a sweep's driver or a repeat on a CPU can run a tf32 sweep's models)."""
+    assert losses("vae", mnist, precision="tf32") == reference("vae", mnist)
 
 
 @pytest.mark.slow
