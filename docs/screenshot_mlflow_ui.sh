@@ -45,6 +45,6 @@ shot() {
 shot "$out/mlflow-ui-runs.png" "$view"
 shot "$out/mlflow-ui-charts.png" "$view&compareRunsMode=CHART"
 shot "$out/mlflow-ui-trial-figure.png" \
-  "http://127.0.0.1:$port/#/experiments/$exp/runs/$run/artifacts/figures/samples_across_epochs.png"
+  "http://127.0.0.1:$port/#/experiments/$exp/runs/$run/artifacts/figures/samples_across_epochs.png?workflowType=machine_learning"
 echo "wrote $out/mlflow-ui-runs.png, $out/mlflow-ui-charts.png and $out/mlflow-ui-trial-figure.png"
 echo "the view: $view"
