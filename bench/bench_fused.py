@@ -2,6 +2,8 @@
 
     python bench/bench_fused.py                          # CPU, both models, K = 1 2 4 8 16
     python bench/bench_fused.py --device cuda --quick    # the GPU run (torch + genmodels only)
+    python bench/bench_fused.py --device cuda --quick --model gan --layouts per-member,matmul \
+        --precisions fp32,tf32,bf16                      # the fused GAN's convolution layouts
 
 For each model it times, on the same device in one run:
 - fused groups of K = 1, 2, 4, 8, 16 members (one process, `genmodels.fused`), every member with

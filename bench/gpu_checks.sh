@@ -2,7 +2,7 @@
 # The GPU checks, as one prepared script for a lent GPU machine (torch + genmodels only: Ray, Optuna
 # and MLflow are not installed there). From the repository root:
 #
-#     bash bench/gpu_checks.sh OUT DATA_DIR          # on the GPU, about 7 minutes
+#     bash bench/gpu_checks.sh OUT DATA_DIR          # on the GPU: 317 s on an H200
 #     QUICK=1 bash bench/gpu_checks.sh /tmp/out tests/data   # a check of the script on a CPU
 #
 # 1. bench_fused: the fused GAN's convolution layouts (K calls, one batched matrix product) in
