@@ -279,8 +279,9 @@ def comparison(runs: pd.DataFrame, metric: str) -> str:
     if high < 0:
         return (f"the best configuration does not beat the default: the default is better by "
                 f"{stated}; {interval} of best - default gain; {better} is better)")
-    return (f"the best configuration does not beat the default clearly: {'+' if mean >= 0 else '-'}"
-            f"{stated}; the {interval} includes 0; {better} is better)")
+    return (f"the best configuration does not beat the default clearly: it is "
+            f"{'better' if mean >= 0 else 'worse'} by {stated}; the {interval} of its gain "
+            f"includes 0; {better} is better)")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
