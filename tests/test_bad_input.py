@@ -131,6 +131,7 @@ def test_bad_input_is_refused_early_and_writes_nothing(options, spoil, message, 
     assert after == before, f"written: {sorted(map(str, after - before))}"  # no folder, no db
 
 
+@pytest.mark.slow  # a fresh Python that imports torch: seconds
 def test_the_script_prints_one_line_and_exits_2(tmp_path):
     """As a user sees it: the script's own exit code and stderr, nothing else on stderr."""
     result = subprocess.run(

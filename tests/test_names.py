@@ -32,6 +32,7 @@ def test_rank_help_imports_neither_ray_nor_torch():
     assert "ray" not in modules and "torch" not in modules
 
 
+@pytest.mark.slow  # a fresh Python that imports torch: seconds
 def test_print_space_imports_no_ray():
     modules = imported_modules(str(REPO / "sweeps" / "gan_sweep.py"), "--print-space")
     assert "torch" in modules  # the ranges are checked against the model's config
@@ -74,6 +75,7 @@ def test_tracking_uri_order(monkeypatch, tmp_path):
     assert tracking_uri("http://option:5000") == "http://option:5000"
 
 
+@pytest.mark.slow  # a fresh Python that imports torch: seconds
 def test_every_console_script_runs_its_command():
     """`[project.scripts]` in pyproject.toml: each target imports and answers --help (one fresh
     interpreter runs them all, as the installed wrappers would: `sys.exit(main())`)."""

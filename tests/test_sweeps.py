@@ -261,6 +261,7 @@ def test_bad_options_are_clear_errors(args, message, data_dir, tmp_path, capsys)
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh Python that imports torch: seconds
 def test_bad_options_fail_before_ray_is_imported(data_dir, tmp_path):
     """Every check runs before Ray: a fresh interpreter that ran all the bad commands never
     imported it (so never started it)."""
