@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 REPORT_ENV = "GENSWEEP_FAULT_REPORT"  # tests/test_faults.py writes faults.jsonl there
 COLUMNS = [("scenario", "scenario"), ("injected", "injected"), ("outcome", "what the sweep did"),
            ("trials_requested", "trials requested"), ("trials_finished", "finished"),
+           ("trials_diverged", "diverged"), ("trials_failed", "failed, with the reason"),
            ("trials_lost", "lost"), ("epochs_expected", "epochs expected"),
            ("epochs_found", "epochs in MLflow"), ("runs_running", "runs RUNNING"),
            ("duplicates", "duplicates"), ("longest_epoch_s", "longest epoch (s)")]

@@ -62,6 +62,9 @@ class ConsoleCallback(tune.Callback):
         epochs = (trial.last_result or {}).get("training_iteration", 0)
         self.progress.ended(trial.trial_id, epochs)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.progress.retrying(trial.trial_id, reason_of(getattr(trial, "error_file", None)))
+
     def on_trial_error(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("training_iteration", 0)
         self.progress.ended(trial.trial_id, epochs, reason_of(getattr(trial, "error_file", None)))
@@ -116,7 +119,10 @@ class TrialStatusCallback(tune.Callback):
                 MODEL_TAG: self.tracking.model})).info.run_id
             retry(lambda: client.log_batch(run_id, params=[
                 Param(k, str(v)) for k, v in trial.config.items()]))
-        if retry(lambda: client.get_run(run_id)).info.status == "RUNNING":
+        # RUNNING: the trial could not close its run. KILLED: an interrupted sweep's run that this
+        # --resume could not continue (e.g. its checkpoint is unreadable): now it has failed. A
+        # run the trial closed itself (FAILED, with its own reason) is left as it is.
+        if retry(lambda: client.get_run(run_id)).info.status in ("RUNNING", "KILLED"):
             retry(lambda: client.log_batch(run_id, tags=[RunTag(STATUS_TAG, status),
                                                          RunTag(FAILURE_TAG, reason)]))
             retry(lambda: client.set_terminated(run_id, "FAILED"))

@@ -1,7 +1,8 @@
 """What a sweep prints, and where the libraries' own output goes instead.
 
 A sweep prints its resolved setup, one line per trial event (started, each epoch's objective,
-finished / stopped early / failed with the reason), a summary line (done, running, pending, the best
+retrying after a failure and restarted, finished / stopped early / failed or diverged with the
+reason), a summary line (done, running, pending, the best
 so far, elapsed, an estimate of what remains) every `SUMMARY_EVERY_SECONDS` when trials moved on, or
 every `QUIET_SUMMARY_SECONDS` as a sign of life while long epochs run, and the final table.
 Ray's, MLflow's and Optuna's own log records and Python warnings go to `sweep.log` in the sweep's
@@ -78,7 +79,8 @@ class Progress:
         self.started_at = now()
         self.last_summary = self.started_at
         self.running: set[str] = set()
-        self.done: dict[str, str] = {}  # trial id -> finished | stopped_early | failed
+        self.done: dict[str, str] = {}  # trial id -> finished | stopped_early | failed | diverged
+        self.retried: set[str] = set()  # trials Tune restarted after a failure (--max-failures)
         self.best: tuple[float, str] | None = None  # (value, trial id)
         self.events_since_summary = 0
 
@@ -86,6 +88,7 @@ class Progress:
         """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
         process, whose clock starts now."""
         self.__dict__.update(state)
+        self.__dict__.setdefault("retried", set())  # a sweep saved by an older gensweep
         self.started_at = self.last_summary = self.now()
 
     def say(self, text: str) -> None:
@@ -97,7 +100,16 @@ class Progress:
 
     def started(self, trial_id: str, config: dict) -> None:
         self.running.add(trial_id)
-        self.event(f"{trial_id} started    {short_config(config)}")
+        if trial_id in self.retried:
+            self.event(f"{trial_id} restarted  from its last checkpoint")
+        else:
+            self.event(f"{trial_id} started    {short_config(config)}")
+
+    def retrying(self, trial_id: str, reason: str) -> None:
+        """Its worker or node died, or it raised: Tune restarts it (up to --max-failures)."""
+        self.running.discard(trial_id)
+        self.retried.add(trial_id)
+        self.event(f"{trial_id} retrying   after {reason[:REASON_CHARS]}")
 
     def epoch(self, trial_id: str, epoch: int, result: dict) -> None:
         value = result.get(self.metric)
@@ -112,8 +124,10 @@ class Progress:
     def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
         self.running.discard(trial_id)
         if reason is not None:
-            self.done[trial_id] = "failed"
-            self.event(f"{trial_id} failed     {reason[:REASON_CHARS]}")
+            # TrainingDiverged, or TrialDivergedBefore for a diverged trial's retry
+            outcome = "diverged" if "Diverged" in reason else "failed"
+            self.done[trial_id] = outcome
+            self.event(f"{trial_id} {outcome:<10} {reason[:REASON_CHARS]}")
         elif epochs_done < self.epochs:
             self.done[trial_id] = "stopped_early"
             self.event(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")

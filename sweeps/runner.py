@@ -29,10 +29,9 @@ from genmodels.data import (
     resolve_data_dir,
 )
 from genmodels.device import PRECISIONS
-from genmodels.files import read_status, write_json
+from genmodels.files import write_json
 from genmodels.names import (
     DIRECTIONS,
-    DIVERGED,
     LOCK_FILE,
     OBJECTIVES,
     OPTIONS_FILE,
@@ -443,14 +442,6 @@ def lock_sweep(experiment: Path) -> FileLock:
     return lock
 
 
-def diverged_trials(experiment: Path) -> frozenset[str]:
-    """Ids of the trials whose status.json says diverged: --resume does not retry them (they
-    would diverge again at the same step). A trial folder is train_trial_<id>_..."""
-    return frozenset(status.parent.name.split("_")[2]
-                     for status in experiment.glob("train_trial_*/status.json")
-                     if read_status(status.parent).get("status") == DIVERGED)
-
-
 class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM while the trials run: Tune stops gracefully (saves the
     experiment state, unfinished trials stay resumable), and the exit code says which came.
@@ -528,7 +519,6 @@ def _run(model: str, argv: list[str] | None) -> int:
     if plan.args.print_space:
         return EXIT_OK
     data = check_inputs(plan)
-    skip = diverged_trials(Path(plan.experiment)) if plan.args.resume and plan.local else frozenset()
 
     import ray
 
@@ -547,7 +537,7 @@ def _run(model: str, argv: list[str] | None) -> int:
         save_options(plan)
         data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
-        tuner = build_tuner(plan, data, scorer_cache, tracking, resources, stop, skip)
+        tuner = build_tuner(plan, data, scorer_cache, tracking, resources, stop)
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume

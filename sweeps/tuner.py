@@ -45,13 +45,12 @@ def tune_trials(args) -> int:
 
 
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
-                resources: dict, stop=None, skip_trials: frozenset[str] = frozenset()) -> tune.Tuner:
+                resources: dict, stop=None) -> tune.Tuner:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
     its resources, in a new Tuner (Optuna's TPE, ASHA or FIFO) or, on --resume, the restored one.
 
     `plan` is the runner's SweepPlan: the options, the search space and the training settings.
     `stop` (the runner's StopSignals) tells the status callback an interrupt from an early stop;
-    `skip_trials`: trials that diverged before, which --resume ends at once instead of retrying.
     A trial whose worker or node dies is retried from its last checkpoint (`--max-failures`).
     """
     args = plan.args
@@ -65,7 +64,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
                                         rungs=rungs, **inputs)
     else:
-        function = tune.with_parameters(train_trial, skip_trials=skip_trials, **inputs)
+        function = tune.with_parameters(train_trial, **inputs)
     trainable = tune.with_resources(function, resources)
     callbacks = [ConsoleCallback(Progress(tune_trials(args), args.epochs, args.metric, plan.mode)),
                  TrialStatusCallback(tracking, args.epochs, stop)]

@@ -1,6 +1,7 @@
 """Faults a long sweep meets, each injected for real: a trial's worker SIGKILLed mid-run, the
-driver stopped by SIGTERM or SIGKILL and resumed (with a second --resume refused meanwhile), the
-tracking server away for 30 s mid-sweep, and checkpoints that are truncated or crafted to run code.
+driver stopped by SIGINT (Ctrl-C), SIGTERM or SIGKILL and resumed (with a second --resume refused
+meanwhile), the tracking server away for 30 s mid-sweep, a node of a two-node cluster lost, and
+checkpoints that are truncated or crafted to run code.
 
     pytest tests/test_faults.py -q
 """
@@ -9,7 +10,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +20,13 @@ import pytest
 import torch
 from conftest import mlflow_runs
 from mlflow.tracking import MlflowClient
+from ray_cluster import CLUSTER_ENV, free_port, kill_node, on_node, start_head, start_node, stop_node
 
 from genmodels.data import load_dataset
 from genmodels.files import read_status
 from genmodels.training import TrainConfig, Trainer, TrainingDiverged
 from genmodels.vae import VAEConfig
-from sweeps.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_TERMINATED
+from sweeps.runner import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_TRIALS_FAILED
 from trainables.trainable import CheckpointError, resume_from
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,21 +103,34 @@ def image_steps(client: MlflowClient, run_id: str) -> list[int]:
 def record_fault(scenario: str, injected: str, outcome: str, experiment: Path, uri: str,
                  trials: int, epochs: int) -> None:
     """What the sweep kept, counted from its own folder and MLflow, for bench/faults.py's table
-    (written only when $GENSWEEP_FAULT_REPORT names a folder)."""
+    (written only when $GENSWEEP_FAULT_REPORT names a folder). A trial is kept when it finished
+    (all `epochs`), diverged (its status.json says so) or failed with its reason (its error.txt);
+    any other requested trial is lost. Epochs expected in MLflow: every epoch a trial completed."""
     folder = os.environ.get(REPORT_ENV)
     if not folder:
         return
     dirs = trial_dirs(experiment)
-    finished = sum(read_status(t).get("status") == "finished" for t in dirs)
+    ended = {"finished": 0, "diverged": 0, "failed": 0}
+    epochs_expected = 0
+    for trial in dirs:
+        status = read_status(trial)
+        if status.get("status") in ("finished", "diverged"):
+            ended[status["status"]] += 1
+            done = epochs if status["status"] == "finished" else status["epoch"] - 1
+        else:
+            ended["failed"] += (trial / "error.txt").exists()
+            done = len(set(epochs_reported(trial)))
+        epochs_expected += done
     runs = mlflow_runs(uri, experiment.name)
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     client = MlflowClient(uri)
     steps = [metric_steps(client, r, "val_elbo") for r in children.run_id]
-    stalls = [json.loads(line)["time_this_iter_s"] for t in dirs
+    stalls = [json.loads(line)["time_this_iter_s"] for t in dirs if (t / "result.json").exists()
               for line in (t / "result.json").read_text().splitlines()]
     row = {"scenario": scenario, "injected": injected, "outcome": outcome,
-           "trials_requested": trials, "trials_finished": finished,
-           "trials_lost": trials - finished, "epochs_expected": trials * epochs,
+           "trials_requested": trials, "trials_finished": ended["finished"],
+           "trials_diverged": ended["diverged"], "trials_failed": ended["failed"],
+           "trials_lost": trials - sum(ended.values()), "epochs_expected": epochs_expected,
            "epochs_found": sum(len(set(s)) for s in steps),
            "runs_running": int((runs["status"] == "RUNNING").sum()),
            "duplicates": sum(len(s) - len(set(s)) for s in steps)
@@ -124,6 +138,50 @@ def record_fault(scenario: str, injected: str, outcome: str, experiment: Path, u
            "longest_epoch_s": round(max(stalls, default=0.0), 1)}
     with (Path(folder) / "faults.jsonl").open("a") as out:
         out.write(json.dumps(row) + "\n")
+
+
+@pytest.mark.slow
+def test_diverging_trials_are_failed_with_their_reason_and_the_sweep_goes_on(data_dir, tmp_path):
+    """Learning rates up to 1e7 (Adam steps that make the loss NaN at once): those trials end
+    diverged and FAILED with the reason, Optuna is told they failed, and the others finish."""
+    trials, epochs = 3, 2
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1.0e-3, high: 1.0e+7, log: true}\n")  # the default 1e-3 first
+    log = tmp_path / "sweep.log"
+    process = start(sweep_command(data_dir, tmp_path, "diverge", "--num-samples", str(trials),
+                                  "--epochs", str(epochs), "--train-subset", "256",
+                                  "--space", str(space), "--test-top", "1"), tmp_path, log)
+    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TRIALS_FAILED, log.read_text()[-3000:]
+    assert "failed or diverged" in log.read_text()
+    experiment = tmp_path / "ray" / "diverge"
+    statuses = {t.name: read_status(t) for t in trial_dirs(experiment)}
+    assert len(statuses) == trials
+    diverged = [name for name, s in statuses.items() if s["status"] == "diverged"]
+    finished = [name for name, s in statuses.items() if s["status"] == "finished"]
+    assert diverged and finished and len(diverged) + len(finished) == trials
+    for name in diverged:  # Ray's error is the real one (TrainingDiverged pickles), no TypeError
+        error = (experiment / name / "error.txt").read_text()
+        assert "training diverged at epoch 1" in error and "TypeError" not in error
+        # Tune retries every error (--max-failures 2): a diverged trial's retries end at once
+        retries = error.split("Failure # ")[2:]
+        assert len(retries) == 2 and all("TrialDivergedBefore: not trained again" in r
+                                          for r in retries)
+    (searcher,) = experiment.glob("searcher-state-*.pkl")
+    study = pickle.loads(searcher.read_bytes())["_ot_study"]
+    states = sorted(t.state.name for t in study.trials)
+    assert states == sorted(["FAIL"] * len(diverged) + ["COMPLETE"] * len(finished))
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = mlflow_runs(uri, "diverge")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    failed = children[children["status"] == "FAILED"]
+    assert len(failed) == len(diverged) and set(failed["tags.gensweep.status"]) == {"diverged"}
+    assert all("diverged" in reason for reason in failed["tags.gensweep.failure_reason"])
+    assert (children[children["status"] != "FAILED"]["tags.gensweep.status"] == "finished").all()
+    assert "RUNNING" not in set(runs["status"])
+    record_fault("divergence", "learning rates up to 1e7 (NaN loss at once)",
+                 f"{len(diverged)} diverged: FAILED with the reason, Optuna told FAIL; the rest "
+                 "finished; exit 3", experiment, uri, trials, epochs)
 
 
 @pytest.mark.slow
@@ -178,7 +236,8 @@ def stop_leftovers(pids: dict[int, str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_driver(
         stop_signal, data_dir, tmp_path):
     trials, epochs = 3, 2
@@ -191,20 +250,23 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     wait_for(lambda: [t for t in trial_dirs(experiment) if len(epochs_reported(t)) == epochs],
              "a finished trial", process, log)
     ray_processes = descendants(process.pid)
-    # SIGTERM: what `timeout` or a cluster scheduler sends; SIGKILL: no chance to clean up.
+    # SIGINT: Ctrl-C; SIGTERM: what `timeout` or a cluster scheduler sends; SIGKILL: no chance to
+    # clean up.
     process.send_signal(stop_signal)
     code = process.wait(timeout=WAIT_SECONDS)
     finished = {t.name: epochs_reported(t) for t in trial_dirs(experiment)
                 if len(epochs_reported(t)) == epochs}
     assert 1 <= len(finished) < trials
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    if stop_signal == signal.SIGTERM:
-        assert code == EXIT_TERMINATED, log.read_text()[-3000:]
+    if stop_signal != signal.SIGKILL:
+        expected = EXIT_INTERRUPTED if stop_signal == signal.SIGINT else EXIT_TERMINATED
+        assert code == expected, log.read_text()[-3000:]  # 130 or 143, though Tune swallows them
         runs = mlflow_runs(uri, "term")
         assert "RUNNING" not in set(runs["status"])  # nothing left in a false state
         parent = runs[runs["tags.mlflow.parentRunId"].isna()]
         assert list(parent["status"]) == ["KILLED"]
         killed = runs[runs["status"] == "KILLED"]
+        # "unfinished", never "stopped_early" (which the analysis ranks as usable)
         assert set(killed["tags.gensweep.status"].dropna()) <= {"unfinished"}
     else:
         assert code == -signal.SIGKILL
@@ -229,6 +291,8 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     runs = mlflow_runs(uri, "term")
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert len(runs) - len(children) == 1 and len(children) == trials
+    # resumed trials continued their own runs
+    assert sorted(children["tags.ray.trial_id"]) == sorted(t.name.split("_")[2] for t in all_trials)
     assert set(runs["status"]) == {"FINISHED"}
     client = MlflowClient(uri)
     for run_id in children.run_id:
@@ -301,6 +365,47 @@ def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(data_
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
 
 
+@pytest.mark.slow
+def test_corrupt_checkpoint_fails_its_trial_with_the_reason_and_the_sweep_goes_on(data_dir, tmp_path):
+    """SIGTERM to the driver mid-trial, the trial's checkpoints truncated on disk, then --resume:
+    that trial ends FAILED with a clear reason (never trained from a wrong state), the rest of the
+    sweep finishes."""
+    trials, epochs = 2, 4
+    log = tmp_path / "sweep.log"
+    command = sweep_command(data_dir, tmp_path, "corrupt", "--num-samples", str(trials),
+                            "--max-concurrent", "1", "--epochs", str(epochs),
+                            "--train-subset", "512", "--test-top", "0")
+    process = start(command, tmp_path, log)
+    experiment = tmp_path / "ray" / "corrupt"
+    wait_for(lambda: any(epochs_reported(t) for t in trial_dirs(experiment)), "a checkpoint",
+             process, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
+    (cut,) = [t for t in trial_dirs(experiment) if read_status(t).get("status") != "finished"]
+    checkpoints = list(cut.glob("checkpoint_*/checkpoint.pt"))
+    assert checkpoints
+    for path in checkpoints:  # a disk that filled up, a copy cut short
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+    log2 = tmp_path / "resume.log"
+    resumed = start(sweep_command(data_dir, tmp_path, "corrupt", "--resume"), tmp_path, log2)
+    assert resumed.wait(timeout=WAIT_SECONDS) == EXIT_TRIALS_FAILED, log2.read_text()[-3000:]
+    assert "cannot resume this trial: its checkpoint checkpoint.pt is unreadable" in log2.read_text()
+    statuses = {t.name: read_status(t).get("status") for t in trial_dirs(experiment)}
+    assert len(statuses) == trials and statuses[cut.name] is None  # failed, not "finished"
+    assert sum(s == "finished" for s in statuses.values()) == trials - 1
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = mlflow_runs(uri, "corrupt")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    failed = children[children["status"] == "FAILED"]
+    assert len(failed) == 1
+    assert "unreadable or unsafe" in failed["tags.gensweep.failure_reason"].iloc[0]
+    assert "RUNNING" not in set(runs["status"]) and len(children) == trials
+    record_fault("corrupt checkpoint", "a trial's checkpoints truncated while the sweep was "
+                 "stopped (SIGTERM), then --resume", "that trial FAILED with the reason "
+                 "(CheckpointError), the other finished; exit 3", experiment, uri, trials, epochs)
+
+
 @pytest.fixture(scope="module")
 def trainer(data_dir) -> Trainer:
     data = load_dataset("mnist", data_dir)
@@ -347,12 +452,6 @@ def test_diverged_error_survives_pickling():
 
 OUTAGE_SECONDS = 30  # how long the tracking server is away mid-sweep
 SERVER_START_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(port: int, folder: Path) -> subprocess.Popen:
@@ -429,3 +528,72 @@ def test_tracking_server_away_mid_sweep_stalls_nothing_and_loses_nothing(data_di
                      epochs)
     finally:
         stop_server(server)
+
+
+@pytest.mark.slow
+def test_lost_node_moves_its_trial_to_the_surviving_node_from_its_checkpoint(data_dir, tmp_path):
+    """A real two-node Ray cluster on loopback (a head and a worker node, 1 CPU each, one trial
+    on each); the worker node is killed outright (all its processes) once its trial has
+    checkpointed an epoch. The trial is retried on the head from that checkpoint and finishes;
+    the sweep's storage (this test's folder) is reachable from both nodes, as a shared file
+    system is on a real cluster."""
+    trials, epochs = 2, 5
+    head, address = start_head(tmp_path / "head.log", "--num-cpus=1", "--num-gpus=0")
+    nodes = [head]
+    log = tmp_path / "sweep.log"
+    experiment = tmp_path / "ray" / "lost"
+    process = None
+    try:
+        worker = start_node(tmp_path / "worker.log", f"--address={address}", "--num-cpus=1",
+                            "--num-gpus=0")
+        nodes.append(worker)
+        command = sweep_command(data_dir, tmp_path, "lost", "--address", address,
+                                "--num-samples", str(trials), "--max-concurrent", str(trials),
+                                "--cpus-per-trial", "1", "--epochs", str(epochs),
+                                "--train-subset", "1024", "--test-top", "0")
+        with log.open("w") as out:
+            process = subprocess.Popen(command, cwd=tmp_path, stdout=out,
+                                       stderr=subprocess.STDOUT, text=True, env=CLUSTER_ENV)
+
+        def worker_trial() -> Path | None:
+            """The trial on the worker node, once its first epoch's checkpoint is stored."""
+            for trial in trial_dirs(experiment):
+                placement = trial / "placement.json"
+                if (placement.exists() and epochs_reported(trial)
+                        and on_node(json.loads(placement.read_text())["pid"], worker)):
+                    return trial
+            return None
+
+        moved = wait_for(worker_trial, "a checkpointed epoch on the worker node", process, log)
+        lost_node = json.loads((moved / "placement.json").read_text())["node_id"]
+        reported_before = len(epochs_reported(moved))
+        kill_node(worker)  # the node goes away: raylet, object store and the trial's worker
+        assert process.wait(timeout=2 * WAIT_SECONDS) == EXIT_OK, log.read_text()[-3000:]
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+        for node in reversed(nodes):
+            stop_node(node)
+
+    assert "Failure # 1" in (moved / "error.txt").read_text()  # the node's loss hit the trial
+    placement = json.loads((moved / "placement.json").read_text())
+    assert placement["node_id"] != lost_node  # it finished on the surviving node
+    reported = epochs_reported(moved)
+    assert sorted(set(reported)) == list(range(1, epochs + 1))
+    assert reported[:reported_before] == list(range(1, reported_before + 1))
+    assert reported.count(1) == 1  # resumed from its checkpoint: epoch 1 not trained again
+    all_trials = trial_dirs(experiment)
+    assert len(all_trials) == trials  # retried, not replaced
+    for trial in all_trials:
+        assert read_status(trial)["status"] == "finished", trial.name
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = mlflow_runs(uri, "lost")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == trials and set(runs["status"]) == {"FINISHED"}
+    client = MlflowClient(uri)
+    for run_id in children.run_id:
+        assert metric_steps(client, run_id, "val_elbo") == list(range(1, epochs + 1))
+        assert image_steps(client, run_id) == list(range(1, epochs + 1))
+    record_fault("node lost", "SIGKILL to every process of the worker node after its trial's "
+                 "epoch 1 (two-node cluster)", "trial retried on the head from its checkpoint, "
+                 "exit 0", experiment, uri, trials, epochs)

@@ -80,5 +80,21 @@ def test_console_lines_follow_the_trials():
     progress.epoch("t3", 1, {"fcd": float("nan")})
     progress.ended("t3", 1, "TrainingDiverged: training diverged at epoch 1")
     progress.summary()
-    assert lines[-2] == "t3 failed     TrainingDiverged: training diverged at epoch 1"
+    assert lines[-2] == "t3 diverged   TrainingDiverged: training diverged at epoch 1"
     assert lines[-1] == "3 done, 0 running, 0 pending; best fcd 30 (t1); 06:20 elapsed, done"
+
+
+def test_console_says_when_a_trial_is_retried():
+    lines = []
+    progress = Progress(num_trials=1, epochs=3, metric="elbo", mode="max", now=lambda: 0.0)
+    progress.say = lines.append
+    progress.started("t1", {"lr": 0.001})
+    progress.epoch("t1", 1, {"elbo": -200.0})
+    progress.retrying("t1", "RayActorError: The actor died unexpectedly")
+    progress.started("t1", {"lr": 0.001})
+    progress.epoch("t1", 2, {"elbo": -190.0})
+    progress.ended("t1", 3, "CheckpointError: cannot resume this trial")
+    assert lines[2:] == ["t1 retrying   after RayActorError: The actor died unexpectedly",
+                         "t1 restarted  from its last checkpoint",
+                         "t1 epoch 2/3  elbo -190",
+                         "t1 failed     CheckpointError: cannot resume this trial"]

@@ -1,35 +1,22 @@
-"""Sweeps end to end on a real Ray: local, on a two-node cluster with a logical GPU, resumed after an
-interrupt, and every check that must fail before a trial starts.
+"""Sweeps end to end on a real Ray: local, on a two-node cluster with a logical GPU, and every check
+that must fail before a trial starts (interrupted and resumed sweeps: tests/test_faults.py).
 
     pytest tests/test_sweeps.py -q
 """
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_runs
+from ray_cluster import CLUSTER_ENV, start_head, start_node, stop_node
 
-from sweeps.runner import EXIT_INTERRUPTED, run
+from sweeps.runner import run
 from sweeps.search_space import default_point, is_default_config, search_space
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "256", "--batch-size", "64", "--cpus-per-trial", "1", "--epochs", "1"]
-RAY_START_TIMEOUT = 120
-
-
-# `ray start --head` turns on token authentication (Ray >= 2.5x): every process that joins the
-# cluster reads the token from ~/.ray/auth_token when RAY_AUTH_MODE=token, as a user's would.
-CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
-# The nodes themselves: no 30 s drain on SIGTERM (a Ray Serve courtesy this test does not need).
-NODE_ENV = {**CLUSTER_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
-NODE_STOP_TIMEOUT = 60
 
 
 def sweep(model: str, *args: str, env: dict | None = None,
@@ -102,59 +89,16 @@ def test_gan_sweep_scores_trials(data_dir, tmp_path):
     assert len(list((tmp_path / "cache").glob("classifier-*.pt"))) == 1  # trained once
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(log: Path, *args: str) -> subprocess.Popen:
-    """`ray start ... --block` as this test's own child, in its own process group: ending it stops
-    that node's processes and nobody else's (`ray stop` would stop every Ray on the machine,
-    including other test runs'). Returns once the node is up."""
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    with log.open("w") as out:
-        process = subprocess.Popen([ray_bin, "start", *args, "--block"], stdout=out,
-                                   stderr=subprocess.STDOUT, env=NODE_ENV, start_new_session=True)
-    deadline = time.time() + RAY_START_TIMEOUT
-    while "Ray runtime started" not in log.read_text():
-        if process.poll() is not None or time.time() > deadline:
-            stop_node(process)
-            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return process
-
-
-def stop_node(process: subprocess.Popen) -> None:
-    """SIGTERM: `ray start --block` then stops the processes it started; a node that does not end
-    in time is killed with its whole process group (only this node's)."""
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=NODE_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # leftovers of this node only
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory):
     """A real Ray cluster on this machine: a head with 1 CPU and 1 logical GPU, a worker with 1 CPU
     (started as a user would, with `ray start`)."""
     logs = tmp_path_factory.mktemp("ray-nodes")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    local = "--node-ip-address=127.0.0.1"
-    head = start_node(logs / "head.log", "--head", f"--port={port}", "--num-cpus=1",
-                      "--num-gpus=1", "--include-dashboard=false", "--disable-usage-stats", local)
+    head, address = start_head(logs / "head.log", "--num-cpus=1", "--num-gpus=1")
     nodes = [head]
     try:
         nodes.append(start_node(logs / "worker.log", f"--address={address}", "--num-cpus=1",
-                                "--num-gpus=0", "--disable-usage-stats", local))
+                                "--num-gpus=0"))
         yield address
     finally:
         for node in reversed(nodes):
@@ -190,52 +134,6 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
     starts = [p["started_at"] for p in places]
     ends = [json.loads((t / "status.json").read_text())["ended_at"] for t in trials]
     assert max(starts) < min(ends), "the two trials did not overlap in time"
-
-
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(data_dir, tmp_path):
-    args = [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
-            "--storage-path", str(tmp_path), "--name", "resume", "--num-samples", "4",
-            "--max-concurrent", "1", "--scheduler", "fifo", "--epochs", "2",
-            "--train-subset", "256", "--batch-size", "64"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    experiment = tmp_path / "resume"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        done = [t for t in trial_dirs(experiment) if len(results(t)) == 2] if experiment.exists() else []
-        if done:
-            break
-        time.sleep(0.5)
-    assert done, "no trial finished in time"
-    process.send_signal(signal.SIGINT)  # Ctrl-C
-    assert process.wait(timeout=120) == EXIT_INTERRUPTED  # 130, though Tune swallows the Ctrl-C
-    finished_before = {t.name: len(results(t)) for t in trial_dirs(experiment)
-                       if len(results(t)) == 2}
-    assert 1 <= len(finished_before) < 4
-    interrupted = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
-    assert "RUNNING" not in set(interrupted["status"])  # Ctrl-C leaves nothing RUNNING
-    cut = interrupted[interrupted["tags.mlflow.parentRunId"].notna()
-                      & (interrupted["status"] == "KILLED")]
-    assert set(cut["tags.gensweep.status"]) <= {"unfinished"}  # not stopped_early: not usable
-    assert (interrupted[interrupted["tags.mlflow.parentRunId"].isna()]["status"] == "KILLED").all()
-
-    again = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
-                  "--name", "resume", "--resume", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    trials = trial_dirs(experiment)
-    assert len(trials) == 4
-    for trial in trials:
-        assert [r["epoch"] for r in results(trial)] == [1, 2], trial.name  # each epoch once
-    for name, count in finished_before.items():
-        assert len(results(experiment / name)) == count  # finished trials were not rerun
-
-    # MLflow: one parent, one child per trial (resumed trials continued their runs), none RUNNING.
-    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
-    children = runs[runs["tags.mlflow.parentRunId"].notna()]
-    assert len(runs) - len(children) == 1
-    assert sorted(children["tags.ray.trial_id"]) == sorted(t.name.split("_")[2] for t in trials)
-    assert set(runs["status"]) == {"FINISHED"}
 
 
 BAD_OPTIONS = [

@@ -24,11 +24,15 @@ from genmodels.classifier import scorer_from_cache
 from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
-from genmodels.files import write_json, write_status
+from genmodels.files import read_status, write_json, write_status
 from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE
 from genmodels.tasks import TASKS
 from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
 from trainables.tracking import SweepRecords, start_tracker
+
+
+class TrialDivergedBefore(RuntimeError):
+    """A retried or resumed trial that had diverged: it ends at once, with the recorded reason."""
 
 
 class CheckpointError(RuntimeError):
@@ -75,14 +79,14 @@ def resume_from(trainer: Trainer, checkpoint_file: Path) -> None:
 
 def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
                 fixed: dict, scorer_cache: dict | None,
-                tracking: SweepRecords | None = None,
-                skip_trials: frozenset[str] = frozenset()) -> None:
-    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim).
-    `skip_trials`: ids of trials that diverged in an earlier run of this sweep; --resume retries
-    errored trials, but these would only diverge again, so they end at once."""
-    if tune.get_context().get_trial_id() in skip_trials:
-        raise RuntimeError("not resumed: this trial diverged in an earlier run of the sweep (its "
-                           "status.json and MLflow run say where)")
+                tracking: SweepRecords | None = None) -> None:
+    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    earlier = read_status(trial_dir)
+    if earlier.get("status") == DIVERGED:
+        # Tune retries every error (--max-failures) and --resume every errored trial; a diverged
+        # trial would only diverge again at the same step, so its retry ends at once, unchanged.
+        raise TrialDivergedBefore(f"not trained again: {earlier.get('message') or 'diverged'}")
     model_cfg = model_config_from_tune(model, {**fixed, **config})
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     train_cfg = TrainConfig(**train_settings, num_threads=cpus)
@@ -90,7 +94,6 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
     scorer = scorer_from_cache(scorer_cache, device) if scorer_cache else None
     trainer = Trainer.create(model, model_cfg, train_cfg, data, scorer=scorer)
 
-    trial_dir = Path(tune.get_context().get_trial_dir())
     write_placement(trial_dir, trainer)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

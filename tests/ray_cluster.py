@@ -1,0 +1,99 @@
+"""A real multi-node Ray cluster on this machine, for the tests that need one: each node is
+`ray start ... --block` as the test's own child in its own process group, so stopping (or killing)
+a node ends that node's processes and nobody else's (`ray stop` would stop every Ray on the
+machine, other test runs' included)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# `ray start --head` turns on token authentication (Ray >= 2.5x): every process that joins the
+# cluster reads the token from ~/.ray/auth_token when RAY_AUTH_MODE=token, as a user's would.
+CLUSTER_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+# The nodes themselves: no 30 s drain on SIGTERM (a Ray Serve courtesy these tests do not need).
+NODE_ENV = {**CLUSTER_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+RAY_START_TIMEOUT = 120
+NODE_STOP_TIMEOUT = 60
+LOOPBACK = "--node-ip-address=127.0.0.1"  # the nodes talk over loopback only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(log: Path, *args: str) -> subprocess.Popen:
+    """One node, `ray start <args> --block`; returns once the node is up."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    with log.open("w") as out:
+        process = subprocess.Popen([ray_bin, "start", *args, LOOPBACK, "--disable-usage-stats",
+                                    "--block"], stdout=out, stderr=subprocess.STDOUT,
+                                   env=NODE_ENV, start_new_session=True)
+    deadline = time.time() + RAY_START_TIMEOUT
+    while "Ray runtime started" not in log.read_text():
+        if process.poll() is not None or time.time() > deadline:
+            stop_node(process)
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def start_head(log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """The head node (no dashboard); returns it and the cluster's address."""
+    port = free_port()
+    head = start_node(log, "--head", f"--port={port}", "--include-dashboard=false", *args)
+    return head, f"127.0.0.1:{port}"
+
+
+def kill_node(process: subprocess.Popen) -> None:
+    """The node lost without warning, as when a machine goes away: SIGKILL, all at once, to every
+    process of it: `ray start`, its raylet, object store and workers (its descendants; some run in
+    their own process groups), and anything left in its process group."""
+    doomed = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+              if on_node(pid, process)]
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def parent(pid: int) -> int:
+    """The parent of process `pid` (0 once it is gone), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state letter
+
+
+def on_node(pid: int, node: subprocess.Popen) -> bool:
+    """Whether process `pid` (e.g. a trial's worker) belongs to the node `node` started: the node
+    (`ray start`) is among its ancestors (worker <- raylet <- ray start)."""
+    while pid > 1:
+        if pid == node.pid:
+            return True
+        pid = parent(pid)
+    return False
+
+
+def stop_node(process: subprocess.Popen) -> None:
+    """SIGTERM: `ray start --block` then stops the processes it started; a node that does not end
+    in time is killed with its whole process group (only this node's)."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=NODE_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_node(process)  # leftovers of this node only
