@@ -307,6 +307,21 @@ def fixed_model_values(model: str, searched: dict) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cfg_class) if f.name not in searched}
 
 
+# Ray binds its gRPC servers (GCS, raylet, workers) to 127.0.0.1 only when the node's address is
+# 127.0.0.1, and picks that address only where it does not expect a multi-machine cluster: Ray's
+# Windows/macOS default, which this variable turns on for Linux too. Ray reads it on import.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def keep_local_ray_on_loopback() -> None:
+    """A local sweep's Ray (no --address) listens on 127.0.0.1 only, so nothing on the network
+    can reach it. Must run before Ray is imported: in a process that imported Ray already (a
+    notebook), Ray keeps its default and a user who wants loopback sets the variable first."""
+    if "ray" not in sys.modules:
+        for name, value in LOOPBACK_ONLY_ENV.items():
+            os.environ.setdefault(name, value)
+
+
 def start_ray(address: str | None) -> None:
     import ray
 
@@ -520,6 +535,8 @@ def _run(model: str, argv: list[str] | None) -> int:
         return EXIT_OK
     data = check_inputs(plan)
 
+    if not plan.args.address:
+        keep_local_ray_on_loopback()
     import ray
 
     from sweeps.tuner import build_tuner  # Ray's side: imported once the checks have passed

@@ -97,3 +97,45 @@ def stop_node(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         pass
     kill_node(process)  # leftovers of this node only
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and every process under it."""
+    parents = {p: parent(p) for p in map(int, filter(str.isdigit, os.listdir("/proc")))}
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, q in parents.items() if q in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+def listening_addresses(pids: set[int]) -> set[str]:
+    """The local addresses (IPv4 or IPv6, without the port) on which these processes listen for
+    TCP connections, from /proc: each socket's inode, matched to the processes' open files."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:  # the process ended meanwhile
+            continue
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                listening.add(hex_address(local.split(":")[0]))
+    return listening
+
+
+def hex_address(word: str) -> str:
+    """/proc/net/tcp's address: little-endian 32-bit words of hex. 0100007F -> 127.0.0.1; an
+    IPv6 address of an IPv4 one (::ffff:a.b.c.d) -> a.b.c.d."""
+    raw = b"".join(bytes.fromhex(word[i:i + 8])[::-1] for i in range(0, len(word), 8))
+    if len(raw) == 16 and raw[:12] == bytes(10) + b"\xff\xff":
+        raw = raw[12:]
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)

@@ -7,10 +7,11 @@ that must fail before a trial starts (interrupted and resumed sweeps: tests/test
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from ray_cluster import CLUSTER_ENV, start_head, start_node, stop_node
+from ray_cluster import CLUSTER_ENV, listening_addresses, process_tree, start_head, start_node, stop_node
 
 from sweeps.runner import run
 from sweeps.search_space import default_point, is_default_config, search_space
@@ -134,6 +135,29 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
     starts = [p["started_at"] for p in places]
     ends = [json.loads((t / "status.json").read_text())["ended_at"] for t in trials]
     assert max(starts) < min(ends), "the two trials did not overlap in time"
+
+
+@pytest.mark.slow
+def test_a_local_sweeps_ray_listens_on_loopback_only(data_dir, tmp_path):
+    """Nothing a local sweep starts (its GCS, raylet, workers, the driver) can be reached from the
+    network: every listening socket of the sweep's process tree is on 127.0.0.1."""
+    args = [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
+            "--storage-path", str(tmp_path), "--name", "loopback", "--num-samples", "1",
+            "--epochs", "3", "--train-subset", "1024", "--batch-size", "64", "--test-top", "0"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.glob("loopback/train_trial_*/placement.json")):
+            assert process.poll() is None and time.time() < deadline, "no trial started"
+            time.sleep(0.5)
+        tree = process_tree(process.pid)
+        addresses = listening_addresses(tree)
+    finally:
+        process.kill()
+        process.wait()
+    assert len(tree) > 3 and addresses  # the driver, Ray's servers and the trial's worker
+    assert addresses == {"127.0.0.1"}, addresses
 
 
 BAD_OPTIONS = [
