@@ -50,6 +50,18 @@ def start_head(log: Path, *args: str) -> tuple[subprocess.Popen, str]:
     return head, f"127.0.0.1:{port}"
 
 
+def forget_cluster(address: str) -> None:
+    """`ray start --head` notes its address in /tmp/ray/ray_current_cluster for a later
+    `ray.init()` to join; `ray stop` removes the note, a stopped --block node does not. Removes it
+    if it names this test's cluster (same port), so no later `ray.init()` tries a dead cluster."""
+    note = Path("/tmp/ray/ray_current_cluster")
+    try:
+        if note.read_text().strip().rsplit(":", 1)[-1] == address.rsplit(":", 1)[-1]:
+            note.unlink()
+    except OSError:
+        pass
+
+
 def kill_node(process: subprocess.Popen) -> None:
     """The node lost without warning, as when a machine goes away: SIGKILL, all at once, to every
     process of it: `ray start`, its raylet, object store and workers (its descendants; some run in

@@ -20,7 +20,16 @@ import pytest
 import torch
 from conftest import mlflow_runs
 from mlflow.tracking import MlflowClient
-from ray_cluster import CLUSTER_ENV, free_port, kill_node, on_node, start_head, start_node, stop_node
+from ray_cluster import (
+    CLUSTER_ENV,
+    forget_cluster,
+    free_port,
+    kill_node,
+    on_node,
+    start_head,
+    start_node,
+    stop_node,
+)
 
 from genmodels.data import load_dataset
 from genmodels.files import read_status
@@ -574,6 +583,7 @@ def test_lost_node_moves_its_trial_to_the_surviving_node_from_its_checkpoint(dat
             process.kill()
         for node in reversed(nodes):
             stop_node(node)
+        forget_cluster(address)
 
     assert "Failure # 1" in (moved / "error.txt").read_text()  # the node's loss hit the trial
     placement = json.loads((moved / "placement.json").read_text())

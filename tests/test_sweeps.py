@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_cluster import CLUSTER_ENV, listening_addresses, process_tree, start_head, start_node, stop_node
+from ray_cluster import (
+    CLUSTER_ENV,
+    forget_cluster,
+    listening_addresses,
+    process_tree,
+    start_head,
+    start_node,
+    stop_node,
+)
 
 from sweeps.runner import run
 from sweeps.search_space import default_point, is_default_config, search_space
@@ -104,6 +112,7 @@ def two_node_cluster(tmp_path_factory):
     finally:
         for node in reversed(nodes):
             stop_node(node)
+        forget_cluster(address)
 
 
 @pytest.mark.slow
