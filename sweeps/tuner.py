@@ -6,8 +6,11 @@ Only `sweeps/runner.py` imports this module, once the checks have passed: everyt
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 from optuna.samplers import TPESampler
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -44,6 +47,27 @@ def tune_trials(args) -> int:
     return -(-args.num_samples // args.fuse)
 
 
+def follow_moved_folder(experiment: Path) -> None:
+    """A sweep folder copied or moved elsewhere resumes into itself. Tune points its restored
+    trials at the folder's new place, but not the experiment spec that its search algorithm makes
+    new trials from (Ray 2.60): their checkpoints would go to the original folder. This sets that
+    spec's storage to the folder's place, in the saved search state that Tuner.restore reads, as
+    Tune does for its trials (`TuneController._restore_trials`)."""
+    for path in experiment.glob("search_gen_state-*.json"):  # Tune's cloudpickle, despite .json
+        state = cloudpickle.loads(path.read_bytes())
+        spec = state["experiment"].spec
+        storage = spec["storage"]
+        if (storage.storage_fs_path, storage.experiment_dir_name) == (str(experiment.parent),
+                                                                       experiment.name):
+            continue
+        storage = copy.copy(storage)
+        storage.storage_fs_path, storage.experiment_dir_name = str(experiment.parent), experiment.name
+        state["experiment"].storage = spec["storage"] = storage
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(cloudpickle.dumps(state))
+        temporary.replace(path)  # atomic: a crash leaves the old file, never half a file
+
+
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                 resources: dict, stop=None) -> tune.Tuner:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
@@ -70,6 +94,8 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                  TrialStatusCallback(tracking, args.epochs, stop)]
     failure = tune.FailureConfig(max_failures=args.max_failures)
     if args.resume:
+        if plan.local:
+            follow_moved_folder(Path(plan.experiment))
         # Errored trials resume from their checkpoints too (a worker killed once retries ran out).
         tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, restart_errored=False)

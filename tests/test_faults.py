@@ -9,6 +9,7 @@ checkpoints that are truncated or crafted to run code.
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -413,6 +414,60 @@ def test_corrupt_checkpoint_fails_its_trial_with_the_reason_and_the_sweep_goes_o
     record_fault("corrupt checkpoint", "a trial's checkpoints truncated while the sweep was "
                  "stopped (SIGTERM), then --resume", "that trial FAILED with the reason "
                  "(CheckpointError), the other finished; exit 3", experiment, uri, trials, epochs)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: relative path -> (size, modification time in ns)."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_copied_sweep_folder_resumes_into_itself_never_into_the_original(data_dir, tmp_path):
+    """SIGTERM mid-trial, the sweep folder copied elsewhere, the copy resumed: the original's
+    folder and MLflow runs stay exactly as they were; the copy finishes under a parent run of its
+    own, each trial's run holding every epoch once (the epochs trained before the copy are written
+    from the trial's own checkpoint)."""
+    trials, epochs = 2, 3
+    log = tmp_path / "sweep.log"
+    process = start(sweep_command(data_dir, tmp_path, "copied", "--num-samples", str(trials),
+                                  "--max-concurrent", "1", "--epochs", str(epochs),
+                                  "--train-subset", "512", "--test-top", "0"), tmp_path, log)
+    original = tmp_path / "ray" / "copied"
+    wait_for(lambda: any(epochs_reported(t) for t in trial_dirs(original)), "a checkpoint",
+             process, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before_runs = mlflow_runs(uri, "copied")[["run_id", "status", "end_time"]]
+    before_files = snapshot(original)
+    copy = tmp_path / "elsewhere" / "copied"
+    shutil.copytree(original, copy)
+
+    log2 = tmp_path / "resume.log"
+    command = sweep_command(data_dir, tmp_path, "copied", "--resume")
+    command[command.index("--storage-path") + 1] = str(copy.parent)
+    resumed = start(command, tmp_path, log2)
+    assert resumed.wait(timeout=WAIT_SECONDS) == EXIT_OK, log2.read_text()[-3000:]
+
+    assert snapshot(original) == before_files  # not a byte of the original touched
+    runs = mlflow_runs(uri, "copied")
+    kept = runs[runs.run_id.isin(before_runs.run_id)][["run_id", "status", "end_time"]]
+    assert kept.sort_values("run_id").reset_index(drop=True).equals(
+        before_runs.sort_values("run_id").reset_index(drop=True))
+    assert len(trial_dirs(copy)) == trials
+    for trial in trial_dirs(copy):
+        assert read_status(trial)["status"] == "finished"
+        assert sorted(set(epochs_reported(trial))) == list(range(1, epochs + 1))
+    new = runs[~runs.run_id.isin(before_runs.run_id)]
+    (parent,) = new[new["tags.mlflow.parentRunId"].isna()].run_id
+    assert new[new.run_id == parent]["tags.gensweep.sweep_dir"].item() == str(copy)
+    children = new[new["tags.mlflow.parentRunId"] == parent]
+    assert len(children) == trials and set(new["status"]) == {"FINISHED"}
+    client = MlflowClient(uri)
+    for run_id in children.run_id:
+        assert metric_steps(client, run_id, "val_elbo") == list(range(1, epochs + 1))
+        assert image_steps(client, run_id) == list(range(1, epochs + 1))
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,18 @@ def resume_from(trainer: Trainer, checkpoint_file: Path) -> None:
         ) from None
 
 
+def backfill(tracker, trainer: Trainer, trial_dir: Path) -> None:
+    """Epochs the checkpoint holds but the trial's run lacks, written now from the trial's own
+    records (a copied sweep folder resumed into a run of its own; writes a killed worker held back
+    while the server was away). The tracker skips the epochs its run has, so each is there once."""
+    for epoch, (metrics, samples) in enumerate(zip(trainer.history, trainer.sample_history),
+                                               start=1):
+        grid = trial_dir / "samples" / f"epoch_{epoch:03d}.png"
+        if not grid.exists():
+            save_sample_grid(samples, grid)  # the uint8 grid the checkpoint keeps
+        tracker.log_epoch(epoch, metrics, grid, {})
+
+
 def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
                 fixed: dict, scorer_cache: dict | None,
                 tracking: SweepRecords | None = None) -> None:
@@ -101,6 +113,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
             resume_from(trainer, Path(folder) / CHECKPOINT_FILE)
 
     tracker = start_tracker(tracking, trial_dir, model_cfg, train_cfg)
+    backfill(tracker, trainer, trial_dir)
 
     def on_epoch(report: EpochReport) -> None:
         grid = save_sample_grid(report.samples, trial_dir / "samples" / f"epoch_{report.epoch:03d}.png")
