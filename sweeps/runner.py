@@ -71,6 +71,7 @@ GPU_GAN_EPOCHS, GPU_GAN_GRACE_PERIOD = 100, 10
 SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "num_samples": 4, "epochs": 2, "train_subset": 512, "batch_size": 64, "max_concurrent": 2,
     "cpus_per_trial": 1, "eval_samples": 500, "classifier_epochs": 2, "iwae_samples": 5,
+    "test_samples": 1000,  # the GAN's test scores of the best --test-top (a real run: 10,000)
 }
 TABLE_ROWS = 5
 # On --resume the sweep keeps its own options (epochs, data set, space...). Its location and Ray
