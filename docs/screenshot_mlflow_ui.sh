@@ -19,20 +19,21 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from genmodels.names import DIRECTIONS
+from genmodels.names import DIRECTIONS, FINISHED, MODEL_TAG, STATUS_TAG
 from sweeps.search_space import SPACES
 from sweeps.tracking import save_trials_view, trials_view_link
 
 uri = f"sqlite:///{sys.argv[1]}"
 client = MlflowClient(uri)
 exp = client.get_experiment_by_name(sys.argv[2]).experiment_id
-parent = client.search_runs([exp], "params.metric != 'x'", max_results=1)[0]  # the sweep's run
-metric, model = parent.data.params["metric"], parent.data.tags["gensweep.model"]
+runs = client.search_runs([exp])
+parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)  # the sweep's run
+metric, model = parent.data.params["metric"], parent.data.tags[MODEL_TAG]
 mode = DIRECTIONS[metric]
 save_trials_view(client, exp, metric, mode, list(SPACES[model]))  # sweeps made before it existed
 trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                             order_by=[f"metrics.`{metric}` {'ASC' if mode == 'min' else 'DESC'}"])
-best = next(t for t in trials if t.data.tags.get("gensweep.status") == "finished")
+best = next(t for t in trials if t.data.tags.get(STATUS_TAG) == FINISHED)
 print(exp, best.info.run_id, trials_view_link(uri, exp).replace(":5000", ":" + sys.argv[3]))
 PY
 )

@@ -246,8 +246,9 @@ def stop_leftovers(pids: dict[int, str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
-                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
+# SIGTERM (what `timeout` or a cluster scheduler sends) takes SIGINT's path: the corrupt-checkpoint,
+# copied-folder and fused tests below stop their sweeps with it and check the same.
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_driver(
         stop_signal, data_dir, tmp_path):
     trials, epochs = 3, 2
@@ -260,8 +261,7 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     wait_for(lambda: [t for t in trial_dirs(experiment) if len(epochs_reported(t)) == epochs],
              "a finished trial", process, log)
     ray_processes = descendants(process.pid)
-    # SIGINT: Ctrl-C; SIGTERM: what `timeout` or a cluster scheduler sends; SIGKILL: no chance to
-    # clean up.
+    # SIGINT: Ctrl-C; SIGKILL: no chance to clean up.
     process.send_signal(stop_signal)
     code = process.wait(timeout=WAIT_SECONDS)
     finished = {t.name: epochs_reported(t) for t in trial_dirs(experiment)
@@ -439,7 +439,14 @@ def test_a_copied_sweep_folder_resumes_into_itself_never_into_the_original(data_
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before_runs = mlflow_runs(uri, "copied")[["run_id", "status", "end_time"]]
+    before = mlflow_runs(uri, "copied")
+    # SIGTERM, like Ctrl-C: the sweep and its cut trial KILLED (unfinished, resumable), none RUNNING
+    assert "RUNNING" not in set(before["status"])
+    assert before[before["tags.mlflow.parentRunId"].isna()]["status"].item() == "KILLED"
+    cut = before[before["tags.mlflow.parentRunId"].notna() & (before["status"] != "FINISHED")]
+    assert set(cut["status"]) == {"KILLED"}
+    assert set(cut["tags.gensweep.status"].dropna()) <= {"unfinished"}  # never "stopped_early"
+    before_runs = before[["run_id", "status", "end_time"]]
     before_files = snapshot(original)
     copy = tmp_path / "elsewhere" / "copied"
     shutil.copytree(original, copy)
