@@ -36,6 +36,7 @@ from genmodels.device import PRECISIONS, autocast_factory, setup_device  # noqa:
 from genmodels.fused.layers import CONV_LAYOUTS  # noqa: E402
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
+from genmodels.graphs import WARMUP_STEPS, GraphedStep  # noqa: E402
 from genmodels.tasks import GANTask, VAETask  # noqa: E402
 from genmodels.training import TrainConfig  # noqa: E402
 
@@ -79,18 +80,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, warmup: int) -> float:
+def step_function(task, graphs: bool):
+    """The task's train step, or the same step replayed as a CUDA graph (`--graphs on`)."""
+    return GraphedStep(task) if graphs else task.train_step
+
+
+def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, warmup: int,
+                     graphs: bool = False) -> float:
     """Seconds of one trial-epoch of `task`: its steps over the training split (scaled from
     `steps` timed steps) plus one evaluation (validation ELBO for the VAE, samples for the GAN)."""
     images = data.train_images
     order = torch.randperm(len(images), device=device)
     batches = [order[i * BATCH:(i + 1) * BATCH] for i in range(len(images) // BATCH)]
-    for i in range(warmup):
-        task.train_step(images[batches[i % len(batches)]])
+    step = step_function(task, graphs)
+    for i in range(warmup + (WARMUP_STEPS + 1 if graphs else 0)):  # graphs: capture untimed
+        step(images[batches[i % len(batches)]])
     sync(device)
     start = time.perf_counter()
     for i in range(steps):
-        task.train_step(images[batches[i % len(batches)]])
+        step(images[batches[i % len(batches)]])
     sync(device)
     step_seconds = (time.perf_counter() - start) / steps
     start = time.perf_counter()
@@ -101,23 +109,23 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     return step_seconds * len(batches) + (time.perf_counter() - start)
 
 
-def _unfused_worker(model, data, device, steps, warmup, threads, barrier, results) -> None:
+def _unfused_worker(model, data, device, steps, warmup, threads, graphs, barrier, results) -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
     data = data.to(device)
     task = build_task(model, None, data, device)
     time_trial_epoch(task, data, device, 2, 1)  # warm the process up (CUDA context, allocator)
     barrier.wait()
-    results.put(time_trial_epoch(task, data, device, steps, warmup))
+    results.put(time_trial_epoch(task, data, device, steps, warmup, graphs))
 
 
 def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, warmup: int,
-            threads: int) -> float:
+            threads: int, graphs: bool = False) -> float:
     """Trial-epochs per hour of `procs` standalone trials running at once as separate processes."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
     workers = [ctx.Process(target=_unfused_worker, args=(model, data, device, steps, warmup,
-                                                         threads, barrier, results))
+                                                         threads, graphs, barrier, results))
                for _ in range(procs)]
     for w in workers:
         w.start()
@@ -144,11 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="fp32",
                    help=f"precisions of the fused rows, from {', '.join(PRECISIONS)} (the unfused "
                         "trials run in fp32, PyTorch's default)")
+    p.add_argument("--graphs", default="off",
+                   help="off, on or off,on: the steps (fused and unfused) eager, replayed as CUDA "
+                        "graphs (genmodels.graphs; CUDA only), or both")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     layouts, precisions = args.layouts.split(","), args.precisions.split(",")
+    graph_modes = args.graphs.split(",")
+    if "on" in graph_modes and args.device == "cpu":
+        p.error("--graphs on needs a CUDA device (CUDA graphs)")
     for value, allowed, flag in ((layouts, CONV_LAYOUTS, "--layouts"),
-                                 (precisions, PRECISIONS, "--precisions")):
+                                 (precisions, PRECISIONS, "--precisions"),
+                                 (graph_modes, ("off", "on"), "--graphs")):
         if not set(value) <= set(allowed):
             p.error(f"{flag} takes values from {', '.join(allowed)}, got {','.join(value)}")
 
@@ -168,27 +183,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     models = ["vae", "gan"] if args.model == "both" else [args.model]
     for model in models:
-        reference = None
-        for n in procs:
-            # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
-            per_proc = max(1, threads // n) if not cuda else 1
-            rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc)
-            reference = reference or rate
-            rows.append({"model": model, "mode": f"unfused x{n}", "trial_epochs_per_hour": rate})
-            print(f"{model}  unfused, {n} process(es)     {rate:10.1f} trial-epochs/h   "
-                  f"{rate / reference:5.2f}x one trial", flush=True)
+        reference = None  # one eager unfused trial: the first row
+        for graphs in graph_modes:
+            for n in procs:
+                # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
+                per_proc = max(1, threads // n) if not cuda else 1
+                rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
+                               graphs == "on")
+                reference = reference or rate
+                rows.append({"model": model, "mode": f"unfused x{n}", "graphs": graphs,
+                             "trial_epochs_per_hour": rate})
+                print(f"{model}  unfused, {n} process(es), graphs {graphs:<3}  {rate:10.1f} "
+                      f"trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
         # The GAN's convolution layouts (the VAE has none), each in every precision asked for.
-        variants = [(layout, precision) for layout in (layouts if model == "gan" else ["auto"])
-                    for precision in precisions]
+        variants = [(layout, precision, graphs)
+                    for layout in (layouts if model == "gan" else ["auto"])
+                    for precision in precisions for graphs in graph_modes]
         for k in args.members:
-            for layout, precision in variants:
+            for layout, precision, graphs in variants:
                 task = build_task(model, k, data, device, layout, precision)
-                seconds = time_trial_epoch(task, data, device, steps, warmup)
+                seconds = time_trial_epoch(task, data, device, steps, warmup, graphs == "on")
                 rate = k * 3600 / seconds
                 rows.append({"model": model, "mode": f"fused K={k}", "convs": layout,
-                             "precision": precision, "trial_epochs_per_hour": rate})
-                print(f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} {rate:10.1f} "
-                      f"trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
+                             "precision": precision, "graphs": graphs,
+                             "trial_epochs_per_hour": rate})
+                print(f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3} "
+                      f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
                 del task
                 if cuda:
                     torch.cuda.empty_cache()

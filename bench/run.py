@@ -8,7 +8,7 @@ the cost of every test metric and the share of a default run spent training.
 Imports torch, torchvision and genmodels only (no Ray, Optuna or MLflow), so it runs on a bare GPU
 machine. Sections, in order (each in the table and under its key in --json):
 - peak: FLOP/s of a large matrix product on the device (fp32, and bf16 on CUDA), measured here;
-- train: images/s of our loop (uint8 split on the device, batches by permutation, `task.train_step`)
+- train: images/s of our loop (uint8 split on the device, batches by permutation, `Trainer.train_step`)
   for each --variants entry, and of the common pipeline (torchvision dataset + ToTensor + DataLoader
   + the same `task.update` step), their ratio, and the achieved FLOP/s against the peak. FLOPs per
   image are counted from the layers (Linear, Conv2d, ConvTranspose2d; x3 for forward + backward);
@@ -49,7 +49,7 @@ from genmodels.vae import VAE, VAEConfig  # noqa: E402
 # Data: --data-dir, else ../shared/data next to the checkout (or shared/data inside it), else the
 # small committed subset in tests/data (numbers from it say so in the report's data line).
 DATA_CANDIDATES = (REPO.parent / "shared" / "data", REPO / "shared" / "data", REPO / "tests" / "data")
-WARMUP_STEPS = 5  # not timed: allocator warm-up, cuDNN autotuning, compilation
+WARMUP_STEPS = 5  # not timed: allocator warm-up, cuDNN autotuning, compilation, graph capture
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}  # square matrices of the peak measurement
 MATMUL_REPS = {"cpu": 5, "cuda": 50}
 SCORED_SAMPLES = 10_000  # GAN samples scored in the eval section
@@ -142,11 +142,13 @@ def parse_variant(variant: str, precision: str) -> dict:
             options["precision"] = part
         elif part == "channels-last":
             options["channels_last"] = True
+        elif part == "graphs":
+            options["cuda_graphs"] = True
         elif part in ("compile", "reduce-overhead"):
             options["compile_mode"] = "default" if part == "compile" else part
         else:
             raise SystemExit(f"error: unknown variant part {part!r}; use fp32, tf32, bf16, "
-                             "channels-last, compile, reduce-overhead joined by '+'")
+                             "channels-last, graphs, compile, reduce-overhead joined by '+'")
     return options
 
 
@@ -188,7 +190,7 @@ def bench_training(model: str, args, data, device: torch.device, peak: dict) -> 
                                  common_batches(args.data_root, args.dataset, args.batch_size,
                                                 device), steps, device)
             common_rate = images / seconds
-        seconds = time_steps(trainer.task.train_step, our_batches(trainer), steps, device)
+        seconds = time_steps(trainer.train_step, our_batches(trainer), steps, device)
         rate = images / seconds
         dtype_peak = peak.get(options["precision"], peak["fp32"])
         rows.append({"model": model, "variant": variant, "steps": steps, "ours_img_s": rate,
@@ -253,10 +255,12 @@ def bench_eval(args, data, device: torch.device) -> dict:
 
 # ---- share of a default run spent training -------------------------------------------------
 def bench_share(model: str, args, data, device: torch.device) -> dict:
-    """A default run (TrainConfig defaults, 1 epoch) timed from Trainer.create to the end of fit,
-    evaluation and samples included; the GAN is scored as a default run is."""
+    """A default run (TrainConfig defaults with the first --variants entry's options, for
+    --share-epochs epochs) timed from Trainer.create to the end of fit and test, evaluation and
+    samples included; the GAN is scored as a default run is."""
     scorer = gan_scorer(data, device, args.cache_dir)[0] if model == "gan" else None
-    cfg = TrainConfig(epochs=1, device=str(device), precision=args.precision)
+    cfg = TrainConfig(epochs=args.share_epochs, device=str(device),
+                      **parse_variant(args.variants[0], args.precision))
     sync(device)
     start = time.perf_counter()
     trainer = Trainer.create(model, model_config(model), cfg, data, scorer=scorer)
@@ -265,7 +269,8 @@ def bench_share(model: str, args, data, device: torch.device) -> dict:
     sync(device)
     wall = time.perf_counter() - start
     train = sum(m["train_seconds"] for m in history)
-    return {"model": model, "train_images": len(trainer.data.train_images), "wall_s": wall,
+    return {"model": model, "variant": args.variants[0], "epochs": cfg.epochs,
+            "train_images": len(trainer.data.train_images), "wall_s": wall,
             "train_s": train, "train_share": train / wall}
 
 
@@ -293,9 +298,10 @@ def print_report(result: dict) -> None:
         for k, v in result["eval"].items():
             print(f"  {k:<32} {v:.2f}" if isinstance(v, float) else f"  {k:<32} {v}")
     if result["share"]:
-        print("\nshare of a default 1-epoch run spent training:")
+        print("\nshare of a default run spent training:")
         for r in result["share"]:
-            print(f"  {r['model']:<4} {r['train_images']:>6} images: train {r['train_s']:.2f} s of "
+            print(f"  {r['model']:<4} {r['variant']}, {r['epochs']} epoch(s) of "
+                  f"{r['train_images']:>6} images: train {r['train_s']:.2f} s of "
                   f"{r['wall_s']:.2f} s wall = {r['train_share']:.1%}")
     print(f"\ntotal {result['total_s']:.1f} s")
 
@@ -311,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="precision of the common pipeline, evaluation and variants without one")
     p.add_argument("--variants", default=None,
                    help="comma-separated variants of our loop, parts joined by '+': fp32, tf32, bf16, "
-                        "channels-last, compile, reduce-overhead (default: --precision only)")
+                        "channels-last, graphs (CUDA graphs), compile, reduce-overhead (default: --precision only)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", default=None,
                    help="torchvision layout (default ../shared/data if present, else tests/data)")
@@ -319,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--quick", action="store_true",
                    help="fewer steps; K=100 IWAE on 200 images; no GAN share run on the CPU")
+    p.add_argument("--share-epochs", type=int, default=1,
+                   help="epochs of the share section's default run (a sweep trial's default: 10)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: train,eval,share")
     args = p.parse_args(argv)
     args.models = ["vae", "gan"] if args.model == "both" else [args.model]

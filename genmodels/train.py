@@ -45,7 +45,7 @@ from genmodels.training import (
 # Options that may differ on --resume (none changes what was trained): the rest comes from the
 # checkpoint.
 RESUME_OVERRIDES = ("epochs", "device", "num_threads", "eval_every", "compile_mode", "channels_last",
-                    "test_images", "iwae_samples", "iwae_images", "test_samples")
+                    "cuda_graphs", "test_images", "iwae_samples", "iwae_images", "test_samples")
 # TrainConfig fields whose command-line option is spelled out by hand below.
 TRAIN_CHOICES = {"dataset": sorted(DATASETS), "precision": list(PRECISIONS),
                  "compile_mode": list(COMPILE_MODES)}
@@ -58,7 +58,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple = (
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=f"enable {f.name}")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"default: {f.default}")
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
         parser.add_argument(flag, type=kind, default=f.default, choices=TRAIN_CHOICES.get(f.name),

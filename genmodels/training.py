@@ -26,6 +26,7 @@ from genmodels.device import PRECISIONS, autocast_factory, check_compile_mode, s
 from genmodels.files import atomic_write, write_json
 from genmodels.fused.tasks import FUSED_TASKS
 from genmodels.gan import to_unit_range
+from genmodels.graphs import GraphedStep, set_capturable
 from genmodels.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from genmodels.scores import MIN_SAMPLES
 from genmodels.tasks import TASKS, gan_test_metrics, vae_test_metrics, vae_test_targets
@@ -80,6 +81,8 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; None = every CPU this process may use
     channels_last: bool = False  # NHWC images and conv weights (GAN; no-op for the VAE's MLP)
     compile_mode: str = "off"  # torch.compile of the train step: off | default | reduce-overhead
+    # Replay the whole train step as one CUDA graph (genmodels.graphs); no effect on the CPU.
+    cuda_graphs: bool = False
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     eval_samples: int = DEFAULT_EVAL_SAMPLES  # GAN: generated images scored per validation
     # The validation split: this share of the training images, a fixed seeded choice (the same in
@@ -120,6 +123,9 @@ class TrainConfig:
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {self.num_threads!r}")
         check_compile_mode(self.compile_mode)
+        if self.cuda_graphs and self.compile_mode == "reduce-overhead":
+            raise ValueError("cuda_graphs and compile_mode='reduce-overhead' both capture the step "
+                             "in CUDA graphs; use one of them")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -169,6 +175,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, float]] = []  # one metrics dict per completed epoch
         self.sample_history: list[torch.Tensor] = []  # uint8 sample grids, one per epoch
+        self.graphed_step: GraphedStep | None = None  # made at the first step, when asked for
 
     @classmethod
     def create(cls, model: str, model_cfg, train_cfg: TrainConfig, data: ImageData,
@@ -199,7 +206,7 @@ class Trainer:
             f"on {self.device}",
             f"device     {self.device}, {self.train_cfg.precision}, "
             f"{torch.get_num_threads()} CPU threads, compile {self.train_cfg.compile_mode}, "
-            f"channels-last {self.train_cfg.channels_last}",
+            f"channels-last {self.train_cfg.channels_last}, CUDA graphs {self.uses_cuda_graphs}",
         ]
         for name, module in self.task.modules.items():
             params = sum(p.numel() for p in module.parameters())
@@ -207,6 +214,19 @@ class Trainer:
         return "\n".join(lines)
 
     # ---- one epoch -------------------------------------------------------------------------
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        return self.train_cfg.cuda_graphs and self.device.type == "cuda"
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step of the task on `batch`, replayed from a CUDA graph when `cuda_graphs` is on and
+        the device is CUDA. The returned tensors are valid until the next step."""
+        if not self.uses_cuda_graphs:
+            return self.task.train_step(batch)
+        if self.graphed_step is None:
+            self.graphed_step = GraphedStep(self.task)
+        return self.graphed_step(batch)
+
     def _train_epoch(self, progress: bool) -> dict[str, float]:
         epoch = self.epoch + 1
         batches = list(iterate_batches(self.data.train_images, self.train_cfg.batch_size,
@@ -215,7 +235,7 @@ class Trainer:
                    leave=False, unit="batch")
         sums: dict[str, torch.Tensor] = {}
         for step, index in enumerate(bar, start=1):
-            out = self.task.train_step(self.data.train_images[index])
+            out = self.train_step(self.data.train_images[index])
             for key, value in out.items():
                 sums[key] = sums.get(key, 0) + value
             if step % DIVERGENCE_CHECK_EVERY == 0 or step == len(batches):
@@ -291,6 +311,10 @@ class Trainer:
             module.load_state_dict(state["modules"][key])
         for key, optimizer in self.task.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][key])
+        # A checkpoint of a graphed run holds capturable optimizers: back to the default here, and
+        # a new capture (the loaded state tensors are not the ones a graph recorded) if on.
+        set_capturable(self.task.optimizers.values(), False, self.device)
+        self.graphed_step = None
         _set_rng_state(state["rng"], self.device, self.batch_generator)
         self.epoch = state["epoch"]
         self.history = list(state["history"])

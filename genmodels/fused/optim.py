@@ -38,7 +38,9 @@ class StackedAdam:
         if not (len(self.lr) == len(self.beta1) == len(self.beta2) == first.shape[0]):
             raise ValueError("StackedAdam needs one lr, beta1 and beta2 per member")
         self.eps = eps
-        self.steps = 0
+        # The step count lives on the device: a step never reads it back to the host, so the
+        # whole step can be captured in a CUDA graph (genmodels.graphs) and replayed.
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)
         # One flat buffer for the weights and one for the gradients; parameters become views.
         sizes = [p.numel() for p in self.params]
         self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
@@ -89,13 +91,13 @@ class StackedAdam:
         members `index` of this one: their coefficients and moments, nothing of the others."""
         kept = StackedAdam(params, self.lr[index].tolist(),
                            (self.beta1[index].tolist(), self.beta2[index].tolist()), self.eps)
-        kept.steps = self.steps
+        kept.steps.copy_(self.steps)
         for mine, theirs in ((self.exp_avg, kept.exp_avg), (self.exp_avg_sq, kept.exp_avg_sq)):
             torch.cat([t[index].reshape(-1) for t in self._per_param(mine)], out=theirs)
         return kept
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "exp_avg": [t.clone() for t in self._per_param(self.exp_avg)],
+        return {"steps": int(self.steps.item()), "exp_avg": [t.clone() for t in self._per_param(self.exp_avg)],
                 "exp_avg_sq": [t.clone() for t in self._per_param(self.exp_avg_sq)],
                 "lr": self.lr.tolist(), "beta1": self.beta1.tolist(), "beta2": self.beta2.tolist(),
                 "eps": self.eps}
@@ -103,7 +105,7 @@ class StackedAdam:
     def load_state_dict(self, state: dict) -> None:
         if len(state["exp_avg"]) != len(self.params):
             raise ValueError("optimizer state is for another set of parameters")
-        self.steps = state["steps"]
+        self.steps.fill_(state["steps"])
         for mine, saved in zip(self._per_param(self.exp_avg) + self._per_param(self.exp_avg_sq),
                                state["exp_avg"] + state["exp_avg_sq"]):
             mine.copy_(saved)
