@@ -11,6 +11,8 @@
 #    pipeline, and the share of a default 10-epoch trial (with graphs) spent training.
 # 2. bench_fused: fused GAN (K calls, one batched matrix product; tf32, bf16) and fused VAE, eager
 #    and graphed, against 1 and 4 unfused trials eager and graphed, alone on the GPU (it times).
+# 3. (PARTS=3) the share of a default 10-epoch trial spent training on 60,000 images (Fashion-MNIST:
+#    MNIST here has 10,000), and the packing curve of graphed trials.
 # Each part has its own time limit, so one overrunning part leaves the others' results.
 set -u
 OUT=${1:-bench/h200}
@@ -20,24 +22,34 @@ if [ -n "${QUICK:-}" ]; then  # seconds on a CPU: the script's plumbing, not num
     DEVICE=cpu GRAPHS=off FUSED="--members 1 2 --steps 1 --procs 1" PRECISIONS=fp32,bf16
     VAE_MEMBERS="2" RUN="--quick --steps 2 --share-epochs 1" LIMIT=600
     VARIANTS=graphs,fp32  # bf16 on a CPU is minutes per GAN step
+    PACK="--model vae --steps 2"
 else
     DEVICE=cuda GRAPHS=off,on FUSED="--quick --members 8 32 64 --procs 1 4" PRECISIONS=tf32,bf16
     VAE_MEMBERS="16 64" RUN="--quick --share-epochs 10" LIMIT=130
     VARIANTS=graphs,fp32,bf16+graphs,channels-last+graphs
+    PACK="--quick --trials 1,2,4,8"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 python -c "import torch; print('torch', torch.__version__, 'cuDNN TF32 default', torch.backends.cudnn.allow_tf32)"
 
-echo "== 0. CUDA graphs: the same training as eager"
-timeout 90 python bench/check_graphs.py --data-dir "$DATA"
+PARTS=${PARTS:-012}
+[[ $PARTS == *0* ]] && echo "== 0. CUDA graphs: the same training as eager"
+[[ $PARTS == *0* ]] && timeout 90 python bench/check_graphs.py --data-dir "$DATA"
 
-echo "== 1. our loop (eager, graphs, bf16, channels-last) against the common pipeline"
-timeout "$LIMIT" python bench/run.py --device "$DEVICE" --data-dir "$DATA" $RUN --skip eval \
+[[ $PARTS == *1* ]] && echo "== 1. our loop (eager, graphs, bf16, channels-last) against the common pipeline"
+[[ $PARTS == *1* ]] && timeout "$LIMIT" python bench/run.py --device "$DEVICE" --data-dir "$DATA" $RUN --skip eval \
     --variants "$VARIANTS" --json "$OUT/run-graphs.json"
 
-echo "== 2. fused GAN and VAE, eager and graphed, against unfused trials"
-timeout "$LIMIT" python bench/bench_fused.py --device "$DEVICE" --data-dir "$DATA" --model gan \
+[[ $PARTS == *2* ]] && echo "== 2. fused GAN and VAE, eager and graphed, against unfused trials"
+[[ $PARTS == *2* ]] && timeout "$LIMIT" python bench/bench_fused.py --device "$DEVICE" --data-dir "$DATA" --model gan \
     $FUSED --layouts matmul,per-member --precisions "$PRECISIONS" --graphs "$GRAPHS" \
     --json "$OUT/fused-gan-graphs.json"
-timeout 60 python bench/bench_fused.py --device "$DEVICE" --data-dir "$DATA" --model vae $FUSED \
+[[ $PARTS == *2* ]] && timeout 60 python bench/bench_fused.py --device "$DEVICE" --data-dir "$DATA" --model vae $FUSED \
     --members $VAE_MEMBERS --graphs "$GRAPHS" --json "$OUT/fused-vae-graphs.json"
+
+if [[ $PARTS == *3* ]]; then
+    echo "== 3. share of a default 10-epoch trial on 60,000 images; packing of graphed trials"
+    timeout "$LIMIT" python bench/run.py --device "$DEVICE" --data-dir "$DATA" --dataset fashion-mnist \
+        $RUN --variants graphs --skip train,eval --json "$OUT/share-fashion.json"
+    timeout "$LIMIT" python bench/packing.py --device "$DEVICE" --data-dir "$DATA" $PACK --json "$OUT/packing-graphs.json"
+fi

@@ -6,7 +6,7 @@ process (as Ray runs trials), against one trial alone.
 
 Every trial runs the same function (`train_steps`): build the default Trainer of the model, take
 WARMUP_STEPS untimed steps, wait at a barrier for all the others, then time --steps steps of
-`task.train_step` (the loop's own step on on-device uint8 batches). Each process reports its images
+`Trainer.train_step`, a CUDA graph on CUDA by default (the loop's own step on on-device uint8 batches). Each process reports its images
 and its timed interval; the total rate is all images over the span from the first start to the last
 end after the barrier. Processes start with multiprocessing's spawn (a fresh interpreter each, as a
 Ray worker is; CUDA cannot be forked). Imports torch and genmodels only.
@@ -64,12 +64,12 @@ def train_steps(model: str, device: str, threads: int, steps: int, batch_size: i
             torch.cuda.synchronize(dev)
 
     for _ in range(WARMUP_STEPS):
-        trainer.task.train_step(next(source))
+        trainer.train_step(next(source))
     sync()
     barrier.wait()
     start = time.time()  # wall clock: comparable across processes
     for _ in range(steps):
-        trainer.task.train_step(next(source))
+        trainer.train_step(next(source))
     sync()
     results.put({"start": start, "end": time.time(), "images": steps * batch_size})
 

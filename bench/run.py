@@ -135,8 +135,9 @@ def train_flops_per_image(model: str) -> int:
 
 # ---- training throughput -------------------------------------------------------------------
 def parse_variant(variant: str, precision: str) -> dict:
-    """'bf16+channels-last+compile' -> TrainConfig options; --precision is the default precision."""
-    options = {"precision": precision}
+    """'bf16+channels-last+compile' -> TrainConfig options; --precision is the default precision.
+    Steps are eager unless 'graphs' is a part (TrainConfig's default is graphs on CUDA)."""
+    options = {"precision": precision, "cuda_graphs": False}
     for part in filter(None, variant.split("+")):
         if part in PRECISIONS:
             options["precision"] = part
