@@ -40,4 +40,5 @@ def test_variants_parse_into_train_options():
     run = load_run()
     assert run.parse_variant("bf16+channels-last+compile", "fp32") == {
         "precision": "bf16", "channels_last": True, "compile_mode": "default", "cuda_graphs": False}
-    assert run.parse_variant("fp32", "bf16") == {"precision": "fp32"}
+    assert run.parse_variant("fp32", "bf16") == {"precision": "fp32", "cuda_graphs": False}
+    assert run.parse_variant("graphs", "fp32")["cuda_graphs"] is True
