@@ -95,3 +95,17 @@ def test_cli_reports_missing_data(tmp_path, capsys):
 def test_resume_without_a_checkpoint_is_a_clear_error(data_dir, tmp_path, capsys):
     assert main(["vae", "--data-dir", str(data_dir), "--out", str(tmp_path), "--resume"]) == 2
     assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_boolean_options_turn_on_and_off(tmp_path):
+    """CUDA graphs are on by default (a no-op on the CPU); --no-cuda-graphs turns them off, and
+    --channels-last / --no-channels-last work the same way."""
+    from genmodels.train import build_parser, configs_from_args
+
+    def train_cfg(*flags):
+        args = build_parser().parse_args(["vae", *flags])
+        return configs_from_args(args, tmp_path)[1]
+
+    assert train_cfg().cuda_graphs and not train_cfg().channels_last
+    assert not train_cfg("--no-cuda-graphs").cuda_graphs
+    assert train_cfg("--channels-last").channels_last

@@ -1,5 +1,8 @@
 """The GPU-path options (bf16 autocast, tf32, channels-last, torch.compile) run on the CPU and train the
-same model: their losses match plain fp32 within the precision's tolerance.
+same model: their losses match plain fp32 within the precision's tolerance. CUDA graphs
+(`cuda_graphs`, on by default) are CUDA only: on the CPU they must change nothing, and a GPU run's
+checkpoint must resume here; `bench/check_graphs.py` checks them on a GPU (and a test here does,
+where one is present).
 
     pytest tests/test_gpu_path.py -q
     GENSWEEP_TEST_COMPILE=1 pytest tests/test_gpu_path.py -q   # also torch.compile on the CPU
@@ -9,6 +12,7 @@ torch.compile on this 2-core CPU takes minutes (Inductor builds C++ kernels), so
 where a GPU is present or GENSWEEP_TEST_COMPILE=1 asks for it.
 """
 
+import copy
 import os
 
 import pytest
@@ -16,6 +20,7 @@ import torch
 
 from genmodels.data import iterate_batches, load_dataset
 from genmodels.gan import GANConfig
+from genmodels.graphs import GraphedStep
 from genmodels.training import TrainConfig, Trainer
 from genmodels.vae import VAEConfig
 
@@ -52,7 +57,7 @@ def losses(model: str, mnist, **options) -> list[dict[str, float]]:
     batches = iterate_batches(images, BATCH, torch.Generator().manual_seed(0))
     history = []
     for _, index in zip(range(STEPS), batches):
-        out = trainer.task.train_step(images[index])
+        out = trainer.train_step(images[index])
         history.append({k: v.item() for k, v in out.items()})
     return history
 
@@ -108,3 +113,49 @@ def test_compiled_step_matches_eager(model, mnist):
 def test_unknown_compile_mode_is_a_clear_error():
     with pytest.raises(ValueError, match="compile_mode"):
         TrainConfig(compile_mode="fast")
+
+
+def test_cuda_graphs_change_nothing_on_the_cpu(mnist):
+    """On by default, and a no-op without CUDA: the same losses bit for bit as with them off."""
+    assert TrainConfig().cuda_graphs
+    trainer = Trainer.create("vae", VAEConfig(), TrainConfig(device="cpu"), mnist)
+    assert not trainer.uses_cuda_graphs
+    assert losses("vae", mnist, cuda_graphs=False) == reference("vae", mnist)
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedStep(trainer.task)
+
+
+def test_a_graphed_runs_checkpoint_resumes_on_the_cpu(mnist):
+    """A graphed GPU run saves capturable Adam (its step counts on the device). Resumed on the
+    CPU, where capturable Adam cannot run, the optimizers go back to the default mode and the run
+    goes on as if it had never stopped."""
+    cfg = TrainConfig(batch_size=BATCH, device="cpu", num_threads=1, seed=0)
+    trainer = Trainer.create("gan", GANConfig(latent_dim=16), cfg, mnist)
+    images = trainer.data.train_images
+    batches = [index for _, index in zip(range(3), iterate_batches(
+        images, BATCH, torch.Generator().manual_seed(0)))]
+    trainer.train_step(images[batches[0]])
+    state = copy.deepcopy(trainer.state_dict())  # as on disk: not the live tensors
+    for saved in state["optimizers"].values():  # what a graphed run's checkpoint holds
+        for group in saved["param_groups"]:
+            group["capturable"] = True
+    rng = torch.get_rng_state()
+    want = [trainer.train_step(images[index])["loss_d"].item() for index in batches[1:]]
+
+    resumed = Trainer.create("gan", GANConfig(latent_dim=16), cfg, mnist)
+    resumed.load_state_dict(state)
+    torch.set_rng_state(rng)
+    got = [resumed.train_step(images[index])["loss_d"].item() for index in batches[1:]]
+    assert got == want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graphed_steps_train_the_same_models_as_eager(data_dir):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "check_graphs.py"
+    spec = importlib.util.spec_from_file_location("check_graphs", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.main(["--data-dir", str(data_dir)]) == 0
