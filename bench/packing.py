@@ -6,10 +6,11 @@ process (as Ray runs trials), against one trial alone.
 
 Every trial runs the same function (`train_steps`): build the default Trainer of the model, take
 WARMUP_STEPS untimed steps, wait at a barrier for all the others, then time --steps steps of
-`Trainer.train_step`, a CUDA graph on CUDA by default (the loop's own step on on-device uint8 batches). Each process reports its images
-and its timed interval; the total rate is all images over the span from the first start to the last
-end after the barrier. Processes start with multiprocessing's spawn (a fresh interpreter each, as a
-Ray worker is; CUDA cannot be forked). Imports torch and genmodels only.
+`Trainer.train_step` (the loop's own step on on-device uint8 batches; replayed as a CUDA graph on
+CUDA, the default). Each process reports its images and its timed interval; the total rate is all
+images over the span from the first start to the last end after the barrier. Processes start with
+multiprocessing's spawn (a fresh interpreter each, as a Ray worker is; CUDA cannot be forked).
+Imports torch and genmodels only.
 
 On the CPU the question is threads: is one trial with 2 threads faster than two trials with one each?
 On a GPU it is packing: how many trials fill it (--gpus-per-trial 1/N)?

@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="precision of the common pipeline, evaluation and variants without one")
     p.add_argument("--variants", default=None,
                    help="comma-separated variants of our loop, parts joined by '+': fp32, tf32, bf16, "
-                        "channels-last, graphs (CUDA graphs), compile, reduce-overhead (default: --precision only)")
+                        "channels-last, graphs (CUDA graphs), compile, reduce-overhead "
+                        "(default: --precision only, eager)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", default=None,
                    help="torchvision layout (default ../shared/data if present, else tests/data)")

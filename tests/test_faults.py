@@ -1,7 +1,8 @@
 """Faults a long sweep meets, each injected for real: a trial's worker SIGKILLed mid-run, the
-driver stopped by SIGINT (Ctrl-C), SIGTERM or SIGKILL and resumed (with a second --resume refused
-meanwhile), the tracking server away for 30 s mid-sweep, a node of a two-node cluster lost, and
-checkpoints that are truncated or crafted to run code.
+driver stopped by SIGINT (Ctrl-C) or SIGKILL and resumed (with a second --resume refused
+meanwhile; SIGTERM stops the corrupt-checkpoint, copied-folder and fused sweeps), the tracking
+server away for 30 s mid-sweep, a node of a two-node cluster lost, and checkpoints that are
+truncated or crafted to run code.
 
     pytest tests/test_faults.py -q
 """
@@ -268,9 +269,8 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
                 if len(epochs_reported(t)) == epochs}
     assert 1 <= len(finished) < trials
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    if stop_signal != signal.SIGKILL:
-        expected = EXIT_INTERRUPTED if stop_signal == signal.SIGINT else EXIT_TERMINATED
-        assert code == expected, log.read_text()[-3000:]  # 130 or 143, though Tune swallows them
+    if stop_signal == signal.SIGINT:
+        assert code == EXIT_INTERRUPTED, log.read_text()[-3000:]  # 130, though Tune swallows it
         runs = mlflow_runs(uri, "term")
         assert "RUNNING" not in set(runs["status"])  # nothing left in a false state
         parent = runs[runs["tags.mlflow.parentRunId"].isna()]

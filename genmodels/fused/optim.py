@@ -97,7 +97,8 @@ class StackedAdam:
         return kept
 
     def state_dict(self) -> dict:
-        return {"steps": int(self.steps.item()), "exp_avg": [t.clone() for t in self._per_param(self.exp_avg)],
+        return {"steps": int(self.steps.item()),
+                "exp_avg": [t.clone() for t in self._per_param(self.exp_avg)],
                 "exp_avg_sq": [t.clone() for t in self._per_param(self.exp_avg_sq)],
                 "lr": self.lr.tolist(), "beta1": self.beta1.tolist(), "beta2": self.beta2.tolist(),
                 "eps": self.eps}
