@@ -183,14 +183,14 @@ def test_a_diverging_vae_member_is_frozen_and_the_others_are_untouched(mnist):
 
 # ---- GAN -------------------------------------------------------------------------------------
 GAN_BATCH = 4  # fp64 convolutions on the CPU are slow; BatchNorm still sees 4 x H x W values
+EVAL_IMAGES = 16  # images generated and judged in eval mode
 
 
 @pytest.fixture
 def fp64():
-    """Build and train in fp64 (see the module docstring), on one thread, restored afterwards."""
+    """Build and train in fp64 (see the module docstring), restored afterwards."""
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
@@ -232,20 +232,22 @@ def replay_gan_member(mnist, fused, k, data, noise):
 def test_fused_gan_matches_standalone_members_after_20_steps(mnist, fp64):
     data = gan_batches(mnist)
     fused, noise, fused_losses = run_fused_gan(mnist, GAN_MEMBERS, data)
+    # eval mode (BatchNorm's running statistics, no dropout), on EVAL_IMAGES fixed-noise samples
+    # and real test images; the fused passes once for every member
+    generated = fused.generate(fused.fixed_h[:, :EVAL_IMAGES])
+    fused.discriminator.eval()
+    real = to_unit_interval(mnist.test_images[:EVAL_IMAGES]).double() * 2 - 1
+    judged = fused.discriminator(real)
     for k in range(len(GAN_MEMBERS)):
         task, losses = replay_gan_member(mnist, fused, k, data, noise)
         torch.testing.assert_close(fused_losses[:, :, k], losses.to(fused_losses.dtype), rtol=RTOL, atol=1e-6)
         assert_close_states(fused.generator.member(k).state_dict(), task.generator.state_dict())
         assert_close_states(fused.discriminator.member(k).state_dict(),
                             task.discriminator.state_dict())
-        # eval mode: BatchNorm's running statistics, no dropout
-        h = fused.fixed_h
-        torch.testing.assert_close(fused.generate(h)[k], task.generate(task.fixed_h),
+        torch.testing.assert_close(generated[k], task.generate(task.fixed_h[:EVAL_IMAGES]),
                                    rtol=RTOL, atol=1e-5)
-        fused.discriminator.eval(), task.discriminator.eval()
-        real = to_unit_interval(mnist.test_images[:64]).double() * 2 - 1
-        torch.testing.assert_close(fused.discriminator(real)[k], task.discriminator(real),
-                                   rtol=RTOL, atol=1e-5)
+        task.discriminator.eval()
+        torch.testing.assert_close(judged[k], task.discriminator(real), rtol=RTOL, atol=1e-5)
 
 
 @pytest.mark.slow
