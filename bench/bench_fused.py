@@ -80,11 +80,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_function(task, graphs: bool):
-    """The task's train step, or the same step replayed as a CUDA graph (`--graphs on`)."""
-    return GraphedStep(task) if graphs else task.train_step
-
-
 def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, warmup: int,
                      graphs: bool = False) -> float:
     """Seconds of one trial-epoch of `task`: its steps over the training split (scaled from
@@ -92,7 +87,7 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     images = data.train_images
     order = torch.randperm(len(images), device=device)
     batches = [order[i * BATCH:(i + 1) * BATCH] for i in range(len(images) // BATCH)]
-    step = step_function(task, graphs)
+    step = GraphedStep(task) if graphs else task.train_step  # --graphs on: replayed
     for i in range(warmup + (WARMUP_STEPS + 1 if graphs else 0)):  # graphs: capture untimed
         step(images[batches[i % len(batches)]])
     sync(device)
