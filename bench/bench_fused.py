@@ -49,28 +49,30 @@ SEED = 0
 
 
 def member_configs(model: str, k: int) -> list:
-    """K different configurations, as a sweep would sample them (sizes and rates vary)."""
+    """K different configurations, as a sweep would sample them (sizes and rates vary). Every VAE
+    configuration has some dropout, as a sweep's nearly always does: the unfused trials train
+    these same configurations, so neither side is spared the dropout masks."""
     from genmodels.vae import VAEConfig
 
     if model == "vae":
-        return [VAEConfig(latent_dim=8 + 4 * (i % 6), dropout=0.05 * (i % 5), lr=1e-3 * (1 + i % 3))
+        return [VAEConfig(latent_dim=8 + 4 * (i % 6), dropout=0.05 * (1 + i % 4), lr=1e-3 * (1 + i % 3))
                 for i in range(k)]
     return [GANConfig(latent_dim=64 + 16 * (i % 4), lr_g=2e-4 * (1 + i % 3), lr_d=2e-4,
                       dropout=0.0) for i in range(k)]
 
 
 def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
-               layout: str = "auto", precision: str = "fp32"):
-    """A fused task of k members, or (k None) one standalone trial's task, in `precision` (set
-    for the process as a run sets it: `setup_device`)."""
+               layout: str = "auto", precision: str = "fp32", trial: int = 0):
+    """A fused task of k members, or (k None) one standalone trial's task (the `trial`-th
+    configuration), in `precision` (set for the process as a run sets it: `setup_device`)."""
     setup_device(str(device), precision, torch.get_num_threads())
     autocast = autocast_factory(device, precision)
     torch.manual_seed(SEED)
     train_cfg = TrainConfig(device=str(device), iwae_samples=0, precision=precision)
-    cfgs = member_configs(model, k or 1)
     if k is None:
         task_class = VAETask if model == "vae" else GANTask
-        return task_class(cfgs[0], data, device, train_cfg, autocast)
+        return task_class(member_configs(model, trial + 1)[trial], data, device, train_cfg, autocast)
+    cfgs = member_configs(model, k)
     task_class = FusedVAETask if model == "vae" else FusedGANTask
     return task_class(FusedConfig(cfgs, conv_layout=layout), data, device, train_cfg, autocast)
 
@@ -104,11 +106,11 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     return step_seconds * len(batches) + (time.perf_counter() - start)
 
 
-def _unfused_worker(model, data, device, steps, warmup, threads, graphs, barrier, results) -> None:
+def _unfused_worker(model, trial, data, device, steps, warmup, threads, graphs, barrier, results) -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
     data = data.to(device)
-    task = build_task(model, None, data, device)
+    task = build_task(model, None, data, device, trial=trial)
     time_trial_epoch(task, data, device, 2, 1)  # warm the process up (CUDA context, allocator)
     barrier.wait()
     results.put(time_trial_epoch(task, data, device, steps, warmup, graphs))
@@ -119,9 +121,10 @@ def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, wa
     """Trial-epochs per hour of `procs` standalone trials running at once as separate processes."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
-    workers = [ctx.Process(target=_unfused_worker, args=(model, data, device, steps, warmup,
+    # Process i trains configuration i, as fused member i does.
+    workers = [ctx.Process(target=_unfused_worker, args=(model, i, data, device, steps, warmup,
                                                          threads, graphs, barrier, results))
-               for _ in range(procs)]
+               for i in range(procs)]
     for w in workers:
         w.start()
     barrier.wait()
