@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genmodels.convs import Conv2d, ConvTranspose2d
 from genmodels.device import at_least_fp32
 
 KERNEL = 5  # every conv and transposed conv is 5x5, stride 2 (Tables 3 and 4)
@@ -64,7 +65,7 @@ class Discriminator(nn.Module):
 
         def block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
             layers: list[nn.Module] = [
-                nn.Conv2d(c_in, c_out, KERNEL, STRIDE, padding=2, bias=not batch_norm)
+                Conv2d(c_in, c_out, KERNEL, STRIDE, padding=2, bias=not batch_norm)
             ]
             if batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
@@ -119,7 +120,7 @@ class Generator(nn.Module):
         def up(c_in: int, c_out: int, padding: int, output_padding: int,
                norm: nn.Module | None = None) -> list[nn.Module]:
             return [
-                nn.ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, padding, output_padding,
+                ConvTranspose2d(c_in, c_out, KERNEL, STRIDE, padding, output_padding,
                                    bias=False),
                 norm or nn.BatchNorm2d(c_out), nn.ReLU(),
             ]
@@ -130,7 +131,7 @@ class Generator(nn.Module):
                 norm=PositionBatchNorm(256, 3)),  # 3 x 3 x 256
             *up(256, 128, padding=1, output_padding=0),  # 7 x 7 x 128
             *up(128, 64, padding=2, output_padding=1),  # 14 x 14 x 64
-            nn.ConvTranspose2d(64, 1, KERNEL, STRIDE, padding=2, output_padding=1),  # 28 x 28 x 1
+            ConvTranspose2d(64, 1, KERNEL, STRIDE, padding=2, output_padding=1),  # 28 x 28 x 1
             nn.Tanh(),
         )
         self.apply(_init_weights)

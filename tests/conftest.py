@@ -5,6 +5,7 @@ Fashion-MNIST subsets copied to a temporary data folder.
     pytest -q -m "not slow"
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -42,6 +43,18 @@ def in_tmp_path(tmp_path, monkeypatch):
     (runs/sweeps, mlflow.db, mlruns/, reports/, ./data) land in tmp_path, never in the checkout or
     the folder pytest was started from."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """load_bench("run"): a script of bench/ as a module (bench/ is a folder of scripts run from a
+    checkout, not an installed package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -3,24 +3,12 @@
     pytest tests/test_bench.py -q
 """
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from torch import nn
 
-RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 
-
-def load_run():
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_forward_flops_of_each_layer_kind():
-    run = load_run()
+def test_forward_flops_of_each_layer_kind(load_bench):
+    run = load_bench("run")
     linear = nn.Linear(784, 512)
     assert run.forward_flops(linear, torch.zeros(3, 784)) == 2 * 784 * 512
     conv = nn.Conv2d(1, 64, 5, 2, padding=2)  # 28x28 -> 14x14x64, 25 MACs per output
@@ -29,15 +17,15 @@ def test_forward_flops_of_each_layer_kind():
     assert run.forward_flops(deconv, torch.zeros(3, 64, 14, 14)) == 2 * 14 * 14 * 64 * 25
 
 
-def test_vae_training_flops_are_three_forward_passes():
-    run = load_run()
+def test_vae_training_flops_are_three_forward_passes(load_bench):
+    run = load_bench("run")
     linears = [(784, 512), (512, 512), (512, 40), (20, 512), (512, 512), (512, 512), (512, 784)]
     assert run.train_flops_per_image("vae") == 3 * sum(2 * i * o for i, o in linears)
     assert run.train_flops_per_image("gan") > 10 * run.train_flops_per_image("vae")
 
 
-def test_variants_parse_into_train_options():
-    run = load_run()
+def test_variants_parse_into_train_options(load_bench):
+    run = load_bench("run")
     assert run.parse_variant("bf16+channels-last+compile", "fp32") == {
         "precision": "bf16", "channels_last": True, "compile_mode": "default", "cuda_graphs": False}
     assert run.parse_variant("fp32", "bf16") == {"precision": "fp32", "cuda_graphs": False}

@@ -154,12 +154,6 @@ def test_a_graphed_runs_checkpoint_resumes_on_the_cpu(mnist):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_graphed_steps_train_the_same_models_as_eager(data_dir):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "check_graphs.py"
-    spec = importlib.util.spec_from_file_location("check_graphs", path)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+def test_graphed_steps_train_the_same_models_as_eager(data_dir, load_bench):
+    check = load_bench("check_graphs")
     assert check.main(["--data-dir", str(data_dir)]) == 0

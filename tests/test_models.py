@@ -7,9 +7,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from genmodels.convs import Conv2d, ConvTranspose2d
 from genmodels.gan import (
     Discriminator,
     Generator,
@@ -130,3 +132,34 @@ def test_position_batch_norm_normalizes_each_feature():
     assert y.shape == x.shape
     torch.testing.assert_close(y.mean(0), torch.zeros(4, 3, 3), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.std(0, unbiased=False), torch.ones(4, 3, 3), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("transposed, channels, size, kernel, stride, padding, output_padding", [
+    (False, (256, 32), 4, 5, 2, 2, 0),  # D's last convolution: a 2 x 2 map, the patch product
+    (False, (8, 16), 3, 3, 1, 0, 0),  # one output position
+    (False, (3, 5), 6, 3, 3, 1, 0),
+    (False, (4, 6), 7, 5, 2, 2, 0),  # 16 positions: oneDNN's own
+    (True, (512, 16), 1, 5, 2, 1, 0),  # G's first transposed convolution, from 1 x 1
+    (True, (4, 6), 1, 5, 2, 2, 1),  # output_padding reaching past the kernel's taps
+    (True, (4, 6), 1, 4, 2, 0, 1),
+    (True, (4, 6), 3, 5, 2, 1, 0),  # a 3 x 3 input: oneDNN's own
+])
+def test_the_cpu_convolutions_compute_torchs(transposed, channels, size, kernel, stride, padding,
+                                             output_padding):
+    """genmodels.convs' CPU ways give F.conv2d's / F.conv_transpose2d's outputs and gradients
+    (fp64, so only the summation order may differ), and the GAN's layers use them."""
+    torch.manual_seed(0)
+    c_in, c_out = channels
+    layer = (ConvTranspose2d(c_in, c_out, kernel, stride, padding, output_padding) if transposed
+             else Conv2d(c_in, c_out, kernel, stride, padding)).double()
+    x = torch.randn(3, c_in, size, size, dtype=torch.float64, requires_grad=True)
+    reference = (F.conv_transpose2d(x, layer.weight, layer.bias, stride, padding, output_padding)
+                 if transposed else F.conv2d(x, layer.weight, layer.bias, stride, padding))
+    actual = layer(x)
+    torch.testing.assert_close(actual, reference)
+    direction = torch.randn_like(reference)
+    params = [x, layer.weight, layer.bias]
+    torch.testing.assert_close(torch.autograd.grad((actual * direction).sum(), params),
+                               torch.autograd.grad((reference * direction).sum(), params))
+    assert type(Discriminator().features[-4]) is Conv2d  # the 2 x 2 layer
+    assert type(Generator().deconv[0]) is ConvTranspose2d  # the 1 x 1 one

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genmodels.convs import conv2d, conv_transpose2d
+
 
 def stacked(tensors: list[torch.Tensor], shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """Stack members' tensors into `[K, *shape]`, each copied into the leading corner of a zero
@@ -93,7 +95,7 @@ def check_conv_layout(layout: str) -> None:
 
 def grouped_or_looped(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       groups: int, grouped: bool, **options) -> torch.Tensor:
-    """`conv` (F.conv2d or F.conv_transpose2d) of K members: one grouped call, or K calls."""
+    """`conv` (`genmodels.convs`' conv2d or conv_transpose2d) of K members: one grouped call, or K calls."""
     flat_bias = None if bias is None else bias.flatten()
     if grouped or groups == 1:
         return conv(x, weight.flatten(0, 1), flat_bias, groups=groups, **options)
@@ -166,7 +168,7 @@ class MemberConv2d(nn.Module):
         groups = x.shape[1] // self.weight.shape[2]  # 1 for a shared input, K otherwise
         if self.layout == "matmul" and groups > 1:  # a shared input is one plain conv already
             return conv2d_matmul(x, self.weight, self.bias, self.stride, self.padding)
-        return grouped_or_looped(F.conv2d, x, self.weight, self.bias, groups,
+        return grouped_or_looped(conv2d, x, self.weight, self.bias, groups,
                                  self.layout == "grouped", stride=self.stride, padding=self.padding)
 
 
@@ -187,7 +189,7 @@ class MemberConvTranspose2d(nn.Module):
         if self.layout == "matmul":
             return conv_transpose2d_matmul(x, self.weight, self.bias, self.stride, self.padding,
                                            self.output_padding)
-        return grouped_or_looped(F.conv_transpose2d, x, self.weight, self.bias,
+        return grouped_or_looped(conv_transpose2d, x, self.weight, self.bias,
                                  self.weight.shape[0], self.layout == "grouped", stride=self.stride,
                                  padding=self.padding, output_padding=self.output_padding)
 
