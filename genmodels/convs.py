@@ -1,12 +1,13 @@
 """`F.conv2d` and `F.conv_transpose2d`, with a faster way on a CPU for the two shapes of the seed's
 GAN where oneDNN (PyTorch's CPU convolution library) is slow.
 
-Forward + backward at batch 128 on a 2-core EPYC (bench/RESULTS.md, "The GAN on a CPU"):
-- D's last convolution, 256 -> 512 channels onto a 2 x 2 map: 382 ms in oneDNN, 135 ms as one
+Forward + backward at batch 128 on a 2-core EPYC (`python bench/cpu_convs.py`; bench/RESULTS.md,
+"CPU (this 2-core machine): the fused step after the optimizer and convolution fixes"):
+- D's last convolution, 256 -> 512 channels onto a 2 x 2 map: 355 ms in oneDNN, 150 ms as one
   matrix product of its unfolded patches (`F.unfold`);
-- G's first transposed convolution, from a 1 x 1 input: 263 ms in oneDNN, 22 ms as what it is, a
+- G's first transposed convolution, from a 1 x 1 input: 288 ms in oneDNN, 28 ms as what it is, a
   linear layer onto the part of the kernel that reaches the output.
-Together they were about 40% of a GAN training step on the CPU. Both ways compute the same sums in
+A GAN training step on the CPU went from 2.01 to 1.24 s. Both ways compute the same sums in
 another order. On a GPU every call goes to cuDNN unchanged.
 
 `Conv2d` and `ConvTranspose2d` are the `nn` layers computed this way: same parameters, same state

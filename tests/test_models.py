@@ -147,7 +147,7 @@ def test_position_batch_norm_normalizes_each_feature():
 def test_the_cpu_convolutions_compute_torchs(transposed, channels, size, kernel, stride, padding,
                                              output_padding):
     """genmodels.convs' CPU ways give F.conv2d's / F.conv_transpose2d's outputs and gradients
-    (fp64, so only the summation order may differ), and the GAN's layers use them."""
+    (fp64, so only the summation order may differ)."""
     torch.manual_seed(0)
     c_in, c_out = channels
     layer = (ConvTranspose2d(c_in, c_out, kernel, stride, padding, output_padding) if transposed
@@ -161,5 +161,8 @@ def test_the_cpu_convolutions_compute_torchs(transposed, channels, size, kernel,
     params = [x, layer.weight, layer.bias]
     torch.testing.assert_close(torch.autograd.grad((actual * direction).sum(), params),
                                torch.autograd.grad((reference * direction).sum(), params))
+
+
+def test_the_gans_slow_cpu_layers_use_genmodels_convs():
     assert type(Discriminator().features[-4]) is Conv2d  # the 2 x 2 layer
     assert type(Generator().deconv[0]) is ConvTranspose2d  # the 1 x 1 one

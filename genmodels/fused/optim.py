@@ -101,14 +101,14 @@ class StackedAdam:
         self.steps += 1
         step_size = self._column(self.lr / (1 - self.beta1 ** self.steps))
         correction2_sqrt = self._column((1 - self.beta2 ** self.steps).sqrt())
+        keep = None if active is None else active.unsqueeze(1)
         for columns in self.column_blocks:
             g, m, v, p = (t[:, columns] for t in (self.flat_grad, self.exp_avg, self.exp_avg_sq, self.flat))
-            if active is None:
+            if keep is None:
                 self._update(g, m, v, p, step_size, correction2_sqrt)
             else:  # out of place, so that a frozen member's old state is kept
                 new = [m.clone(), v.clone(), p.clone()]
                 self._update(g, *new, step_size, correction2_sqrt)
-                keep = active.unsqueeze(1)
                 for old, value in zip((m, v, p), new):
                     torch.where(keep, value, old, out=old)
 
