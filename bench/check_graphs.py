@@ -3,19 +3,20 @@
     python bench/check_graphs.py --data-dir .gpu/data
 
 For the VAE, the GAN and fused groups of both (three members with different latent sizes, dropout
-and learning rates), two trainers are built from the same seed: one eager, one with
-`cuda_graphs=True`. Both train STEPS steps on the same batches. The CUDA random-number generator is
-graph-aware, so the graphed run draws the same noise and dropout masks as the eager one. cuDNN is
-made deterministic and kept out of TF32 here: otherwise two *eager* runs already differ by ~1e-3
-(TF32 convolutions, nondeterministic algorithms), which a GAN's dynamics grow to order one in 20
-steps (measured: the first run of this script). One more difference is arithmetic: a graph needs
-torch.optim.Adam's `capturable` mode, which computes the bias corrections on the device in another
-order than the default mode, a rounding-level change a GAN also grows (1e-2 in 20 steps, measured:
-the second run). So the reference is an eager run with capturable Adam too, and the per-step losses
-should agree to fp32 rounding. Printed per model: the largest relative difference of the losses,
-graphed against that eager run, against a default eager run, and the noise floor of two default
-eager runs; exits 1 if graphed differs from capturable eager by more than TOLERANCE. Imports torch
-and genmodels only.
+and learning rates), and a fused VAE group that drops a member halfway (the graphed step must be
+captured again, on the shrunk group's new optimizer), two trainers are built from the same seed:
+one eager, one with `cuda_graphs=True`. Both train STEPS steps on the same batches. The CUDA
+random-number generator is graph-aware, so the graphed run draws the same noise and dropout masks
+as the eager one. cuDNN is made deterministic and kept out of TF32 here: otherwise two *eager* runs
+already differ by ~1e-3 (TF32 convolutions, nondeterministic algorithms), which a GAN's dynamics
+grow to order one in 20 steps (measured: the first run of this script). One more difference is
+arithmetic: a graph needs torch.optim.Adam's `capturable` mode, which computes the bias corrections
+on the device in another order than the default mode, a rounding-level change a GAN also grows
+(1e-2 in 20 steps, measured: the second run). So the reference is an eager run with capturable Adam
+too, and the per-step losses should agree to fp32 rounding. Printed per model: the largest relative
+difference of the losses, graphed against that eager run, against a default eager run, and the
+noise floor of two default eager runs; exits 1 if graphed differs from capturable eager by more
+than TOLERANCE. Imports torch and genmodels only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from genmodels.training import TrainConfig, Trainer  # noqa: E402
 from genmodels.vae import VAEConfig  # noqa: E402
 
 STEPS = 20  # 3 eager warm-up steps, the capture, then 16 replays
+SHRINK_AT = 10  # "fused-vae, shrunk": the step before which member 1 leaves the group
 TOLERANCE = 1e-3  # relative, per-step losses: fp32 rounding that Adam's updates grow over 20 steps
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +48,13 @@ def model_configs() -> dict:
     gans = [GANConfig(latent_dim=d, dropout=p, lr_g=lr, lr_d=2e-4)
             for d, p, lr in ((100, 0.0, 2e-4), (64, 0.3, 5e-4), (32, 0.1, 1e-4))]
     return {"vae": vaes[0], "gan": gans[0],
-            "fused-vae": FusedConfig(vaes), "fused-gan": FusedConfig(gans)}
+            "fused-vae": FusedConfig(vaes), "fused-gan": FusedConfig(gans),
+            "fused-vae, shrunk": FusedConfig(vaes)}
+
+
+def base_model(name: str) -> str:
+    """The model a case trains: "fused-vae, shrunk" is a fused VAE whose group shrinks."""
+    return name.split(",")[0]
 
 
 def losses(model: str, cfg, data, graphs: bool, capturable: bool = False
@@ -54,12 +62,14 @@ def losses(model: str, cfg, data, graphs: bool, capturable: bool = False
     """Per-step metric tensors and the final weights of STEPS steps from seed 0 (`capturable`:
     an eager run with the graphed run's Adam arithmetic)."""
     train_cfg = TrainConfig(device="cuda", seed=0, cuda_graphs=graphs)
-    trainer = Trainer.create(model, cfg, train_cfg, data)
+    trainer = Trainer.create(base_model(model), cfg, train_cfg, data)
     set_capturable(trainer.task.optimizers.values(), capturable, trainer.device)
     images = trainer.data.train_images
     batches = iterate_batches(images, train_cfg.batch_size, torch.Generator().manual_seed(0))
     history = []
-    for _, index in zip(range(STEPS), batches):
+    for step, index in zip(range(STEPS), batches):
+        if model.endswith("shrunk") and step == SHRINK_AT:  # members 0 and 2 carry on: a re-capture
+            trainer.task.keep_members([0, 2])
         out = trainer.train_step(images[index])
         history.append(torch.stack([v.float().reshape(-1) for v in out.values()]).clone())
     weights = [p.detach().clone() for m in trainer.task.modules.values() for p in m.parameters()]
@@ -90,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         per_step = [relative(g, e) for g, e in zip(graphed, eager)]
         weights = max(relative(g, e) for g, e in zip(graphed_weights, eager_weights))
         worst = max(worst, max(per_step))
-        print(f"{model:<10} losses, max rel. difference: graphed vs eager {max(per_step):.2e} "
+        print(f"{model:<17} losses, max rel. difference: graphed vs eager {max(per_step):.2e} "
               f"(steps 1-3 eager {max(per_step[:3]):.2e}, replays {max(per_step[4:]):.2e}), "
               f"weights after {STEPS} steps {weights:.2e}; graphed vs default-Adam eager "
               f"{max(relative(g, d) for g, d in zip(graphed, default)):.2e}; eager vs eager "

@@ -375,14 +375,14 @@ def test_a_shrunk_group_keeps_its_members_weights_and_optimizer_state(mnist):
     for x in batches(mnist, 3):
         task.update(x)
     before = [task.model.member(k).state_dict() for k in (0, 2)]
-    moments = [t[[0, 2]].clone() for t in task.optimizer._per_param(task.optimizer.exp_avg_sq)]
+    moments = [t[[0, 2]].clone() for t in task.optimizer.exp_avg_sq]
     task.keep_members([0, 2])
     assert task.num_members == 2 and task.model.latent_dims == [4, 6]
     assert [m.latent_dim for m in task.cfg.members] == [4, 6]
     for k, state in enumerate(before):
         for name, value in task.model.member(k).state_dict().items():
             assert torch.equal(value, state[name]), name
-    for kept, expected in zip(task.optimizer._per_param(task.optimizer.exp_avg_sq), moments):
+    for kept, expected in zip(task.optimizer.exp_avg_sq, moments):
         assert torch.equal(kept, expected)
     losses = torch.stack([task.update(x)["train_loss"] for x in batches(mnist, 2)])
     assert losses.shape == (2, 2) and torch.isfinite(losses).all()
