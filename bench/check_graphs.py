@@ -65,7 +65,8 @@ def losses(model: str, cfg, data, graphs: bool, capturable: bool = False
     """Per-step metric tensors and the final weights of STEPS steps from seed 0 (`capturable`:
     an eager run with the graphed run's Adam arithmetic)."""
     train_cfg = TrainConfig(device="cuda", seed=0, cuda_graphs=graphs)
-    trainer = Trainer.create(base_model(model), cfg, train_cfg, data)
+    # A copy: shrinking a group rewrites its config's member list (so checkpoints record it).
+    trainer = Trainer.create(base_model(model), copy.deepcopy(cfg), train_cfg, data)
     set_capturable(trainer.task.optimizers.values(), capturable, trainer.device)
     images = trainer.data.train_images
     batches = iterate_batches(images, train_cfg.batch_size, torch.Generator().manual_seed(0))
