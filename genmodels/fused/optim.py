@@ -15,7 +15,8 @@ K calls per step, whatever the number of tensors.
 Speed (bench/RESULTS.md): on the CPU the fused kernel took 0.4x the time of the elementwise
 version it replaced (a dozen passes over the buffers). On a GPU one call covers one member, about
 20 thread blocks for a VAE, far too few to fill the device, so the K calls are spread over several
-CUDA streams and run side by side (`OPTIMIZER_STREAMS`).
+CUDA streams and run side by side (`OPTIMIZER_STREAMS`): on an H200 the step of a 64-member VAE
+group took 0.75 ms on 16 streams against 2.54 ms on one, at the memory's bandwidth.
 
 `step(active)` leaves inactive members' parameters *and* moments untouched: their call gets the
 kernel's `found_inf` flag (what `torch.amp.GradScaler` uses to skip a step), so the kernel returns
@@ -55,17 +56,19 @@ class StackedAdam:
         self.step_list = [self.steps] * len(self.params)  # the kernel takes one per tensor
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        for p in self.params:
-            p.grad = torch.zeros_like(p)  # kept: backward accumulates into it, a graph reuses it
-        # Member k's slices of every tensor, in the lists one fused call takes.
-        self.members = [([p.data[k] for p in self.params], [p.grad[k] for p in self.params],
-                         [m[k] for m in self.exp_avg], [v[k] for v in self.exp_avg_sq])
-                        for k in range(num_members)]
+        # Member k's slices of the weights and moments, in the lists one fused call takes (the
+        # gradients are new tensors every step).
+        self.members = [([p.data[k] for p in self.params], [m[k] for m in self.exp_avg],
+                         [v[k] for v in self.exp_avg_sq]) for k in range(num_members)]
         self.streams = ([torch.cuda.Stream(device) for _ in range(min(streams, num_members))]
                         if device.type == "cuda" and streams > 1 else [])
 
     def zero_grad(self) -> None:
-        torch._foreach_zero_([p.grad for p in self.params])
+        """As torch.optim's default (set_to_none): backward then hands its gradients over instead
+        of adding them into zeroed ones, a pass over every gradient saved (a fused VAE step 5-8%
+        faster on an H200, bench/RESULTS.md)."""
+        for p in self.params:
+            p.grad = None
 
     @torch.no_grad()
     def step(self, active: torch.Tensor | None = None) -> None:
@@ -75,10 +78,11 @@ class StackedAdam:
         main = torch.cuda.current_stream(self.steps.device) if self.streams else None
         for stream in self.streams:  # the side streams start after everything queued so far
             stream.wait_stream(main)
-        for k, (params, grads, exp_avgs, exp_avg_sqs) in enumerate(self.members):
+        grads = zip(*((torch.zeros_like(p) if p.grad is None else p.grad).unbind() for p in self.params))
+        for k, ((params, exp_avgs, exp_avg_sqs), member_grads) in enumerate(zip(self.members, grads)):
             with self._member_stream(k):
                 torch._fused_adam_(
-                    params, grads, exp_avgs, exp_avg_sqs, [], self.step_list, lr=self.lr[k],
+                    params, list(member_grads), exp_avgs, exp_avg_sqs, [], self.step_list, lr=self.lr[k],
                     beta1=self.beta1[k], beta2=self.beta2[k], weight_decay=0.0, eps=self.eps,
                     amsgrad=False, maximize=False, found_inf=None if skip is None else skip[k])
         for stream in self.streams:  # and everything after waits for them
