@@ -19,6 +19,7 @@ from torch import nn
 
 from genmodels.data import load_dataset, to_unit_interval
 from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d
+from genmodels.fused.optim import StackedAdam
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
 from genmodels.gan import GANConfig
 from genmodels.tasks import GANTask, VAETask
@@ -387,3 +388,39 @@ def test_a_shrunk_group_keeps_its_members_weights_and_optimizer_state(mnist):
     losses = torch.stack([task.update(x)["train_loss"] for x in batches(mnist, 2)])
     assert losses.shape == (2, 2) and torch.isfinite(losses).all()
     assert task.sample_images().shape[0] == 2
+
+
+def test_stacked_adam_steps_each_member_as_torch_adam_and_skips_frozen_ones():
+    """Each member's own lr and betas, Adam's arithmetic (torch's fused kernel, against the default
+    torch.optim.Adam); a frozen member keeps its weights and moments even under a NaN gradient."""
+    torch.manual_seed(0)
+    lrs, beta1s, beta2s = [1e-3, 3e-2, 5e-4], [0.9, 0.5, 0.8], [0.999, 0.99, 0.9]
+    weight, bias = nn.Parameter(torch.randn(3, 5, 4)), nn.Parameter(torch.randn(3, 5))
+    optimizer = StackedAdam([weight, bias], lrs, (beta1s, beta2s))
+    standalone = [[nn.Parameter(weight[k].detach().clone()), nn.Parameter(bias[k].detach().clone())]
+                  for k in range(3)]
+    adams = [torch.optim.Adam(params, lr=lrs[k], betas=(beta1s[k], beta2s[k]))
+             for k, params in enumerate(standalone)]
+    all_active = torch.ones(3, dtype=torch.bool)
+    for _ in range(10):
+        grads = torch.randn(3, 5, 4), torch.randn(3, 5)
+        optimizer.zero_grad()
+        weight.grad, bias.grad = grads[0].clone(), grads[1].clone()
+        optimizer.step(all_active)
+        for k, (params, adam) in enumerate(zip(standalone, adams)):
+            adam.zero_grad()
+            params[0].grad, params[1].grad = grads[0][k].clone(), grads[1][k].clone()
+            adam.step()
+    for k, params in enumerate(standalone):
+        torch.testing.assert_close(weight[k], params[0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(bias[k], params[1], rtol=1e-6, atol=1e-7)
+
+    before = [t.detach().clone() for t in (weight, bias, *optimizer.exp_avg, *optimizer.exp_avg_sq)]
+    weight.grad = torch.randn(3, 5, 4)
+    weight.grad[1] = float("nan")
+    bias.grad = torch.randn(3, 5)
+    optimizer.step(torch.tensor([True, False, True]))
+    after = [weight, bias, *optimizer.exp_avg, *optimizer.exp_avg_sq]
+    for old, new in zip(before, after):
+        assert torch.equal(old[1], new[1])  # member 1 untouched
+        assert not torch.equal(old[0], new[0]) and torch.isfinite(new).all()
