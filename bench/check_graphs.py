@@ -16,8 +16,8 @@ on the device in another order than the default mode, a rounding-level change a 
 too, and the per-step losses should agree to fp32 rounding. Printed per model: the largest relative
 difference of the losses, graphed against that eager run, against a default eager run, and the
 noise floor of two default eager runs; then, per model, a graphed run resumed halfway from its
-checkpoint against the run straight through. Exits 1 if graphed differs from capturable eager by more
-than TOLERANCE. Imports torch and genmodels only.
+checkpoint against the run straight through. Exits 1 if graphed differs from capturable eager, or
+resumed from straight, by more than TOLERANCE. Imports torch and genmodels only.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def base_model(name: str) -> str:
     return name.split(",")[0]
 
 
+def step_metrics(trainer: Trainer, batch: torch.Tensor) -> torch.Tensor:
+    """One training step's metrics as one flat tensor, copied out of the graph's output buffers."""
+    return torch.stack([v.float().reshape(-1) for v in trainer.train_step(batch).values()]).clone()
+
+
 def losses(model: str, cfg, data, graphs: bool, capturable: bool = False
            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-step metric tensors and the final weights of STEPS steps from seed 0 (`capturable`:
@@ -74,8 +79,7 @@ def losses(model: str, cfg, data, graphs: bool, capturable: bool = False
     for step, index in zip(range(STEPS), batches):
         if model.endswith("shrunk") and step == SHRINK_AT:  # members 0 and 2 carry on: a re-capture
             trainer.task.keep_members([0, 2])
-        out = trainer.train_step(images[index])
-        history.append(torch.stack([v.float().reshape(-1) for v in out.values()]).clone())
+        history.append(step_metrics(trainer, images[index]))
     weights = [p.detach().clone() for m in trainer.task.modules.values() for p in m.parameters()]
     return history, weights
 
@@ -95,8 +99,7 @@ def resumed(model: str, cfg, data) -> float:
     checkpoint = copy.deepcopy(straight.state_dict())
 
     def rest(trainer: Trainer) -> list[torch.Tensor]:
-        return [torch.stack([v.float().reshape(-1) for v in trainer.train_step(batch).values()]).clone()
-                for batch in batches[RESUME_AT:]]
+        return [step_metrics(trainer, batch) for batch in batches[RESUME_AT:]]
 
     want = rest(straight)
     again = Trainer.create(model, cfg, train_cfg, data)

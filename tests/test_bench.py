@@ -30,3 +30,10 @@ def test_variants_parse_into_train_options(load_bench):
         "precision": "bf16", "channels_last": True, "compile_mode": "default", "cuda_graphs": False}
     assert run.parse_variant("fp32", "bf16") == {"precision": "fp32", "cuda_graphs": False}
     assert run.parse_variant("graphs", "fp32")["cuda_graphs"] is True
+
+
+def test_optimizer_benchmark_runs_on_the_cpu(load_bench, capsys):
+    """bench_optim.py once crashed on a change to how StackedAdam holds gradients; run it small."""
+    assert load_bench("bench_optim").main(["--members", "2", "--steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "vae, K = 2" in printed and "gan, K = 2" in printed and "StackedAdam" in printed

@@ -119,4 +119,3 @@ class StackedAdam:
         self.steps.fill_(state["steps"])
         for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
             mine.copy_(saved)
-
