@@ -3,8 +3,10 @@
     python bench/check_graphs.py --data-dir .gpu/data
 
 For the VAE, the GAN and fused groups of both (three members with different latent sizes, dropout
-and learning rates), and a fused VAE group that drops a member halfway (the graphed step must be
-captured again, on the shrunk group's new optimizer), two trainers are built from the same seed:
+and learning rates), a fused VAE group that drops a member halfway (the graphed step must be
+captured again, on the shrunk group's new optimizer), and a fused GAN whose members' convolutions
+run side by side on CUDA streams ("streams" layout, whose eager run must also equal the fused GAN's
+in its default layout, the same calls one after another), two trainers are built from the same seed:
 one eager, one with `cuda_graphs=True`. Both train STEPS steps on the same batches. The CUDA
 random-number generator is graph-aware, so the graphed run draws the same noise and dropout masks
 as the eager one. cuDNN is made deterministic and kept out of TF32 here: otherwise two *eager* runs
@@ -16,8 +18,9 @@ on the device in another order than the default mode, a rounding-level change a 
 too, and the per-step losses should agree to fp32 rounding. Printed per model: the largest relative
 difference of the losses, graphed against that eager run, against a default eager run, and the
 noise floor of two default eager runs; then, per model, a graphed run resumed halfway from its
-checkpoint against the run straight through. Exits 1 if graphed differs from capturable eager, or
-resumed from straight, by more than TOLERANCE. Imports torch and genmodels only.
+checkpoint against the run straight through. Exits 1 if graphed differs from capturable eager,
+resumed from straight, or streams from one after another, by more than TOLERANCE. Imports torch
+and genmodels only.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def model_configs() -> dict:
             for d, p, lr in ((100, 0.0, 2e-4), (64, 0.3, 5e-4), (32, 0.1, 1e-4))]
     return {"vae": vaes[0], "gan": gans[0],
             "fused-vae": FusedConfig(vaes), "fused-gan": FusedConfig(gans),
-            "fused-vae, shrunk": FusedConfig(vaes)}
+            "fused-vae, shrunk": FusedConfig(vaes),
+            "fused-gan, streams": FusedConfig(gans, conv_layout="streams")}
 
 
 def base_model(name: str) -> str:
@@ -123,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     data = load_dataset("mnist", args.data_dir)
     worst = 0.0
+    eager_runs = {}
     for model, cfg in model_configs().items():
         eager, eager_weights = losses(model, cfg, data, graphs=False, capturable=True)
+        eager_runs[model] = eager
         default, _ = losses(model, cfg, data, graphs=False)
         again, _ = losses(model, cfg, data, graphs=False)
         graphed, graphed_weights = losses(model, cfg, data, graphs=True)
@@ -136,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
               f"weights after {STEPS} steps {weights:.2e}; graphed vs default-Adam eager "
               f"{max(relative(g, d) for g, d in zip(graphed, default)):.2e}; eager vs eager "
               f"{max(relative(a, d) for a, d in zip(again, default)):.2e}", flush=True)
+        if model.endswith("streams"):  # the same calls as the default layout, on side streams
+            apart = max(relative(s, o) for s, o in zip(eager, eager_runs[base_model(model)]))
+            worst = max(worst, apart)
+            print(f"{model:<17} eager, against {base_model(model)} eager (calls one after "
+                  f"another): losses, max rel. difference {apart:.2e}", flush=True)
     for model, cfg in model_configs().items():
         if "," not in model:
             difference = resumed(model, cfg, data)

@@ -8,9 +8,12 @@ checkpoints all index the same way. Two activation layouts are used, each where 
 - channel-stacked `[N, K * C, H, W]` for convolutions: one grouped convolution (`groups=K`), and
   BatchNorm over the K * C channels, so each member keeps its own batch statistics.
 
-Convolutions run in one of three layouts (`CONV_LAYOUTS`), all exact:
+Convolutions run in one of four layouts (`CONV_LAYOUTS`), all exact:
 - "grouped": one grouped call (`groups=K`), HFTA's choice;
 - "per-member": K plain calls whose outputs are concatenated;
+- "streams": the same K calls, side by side on CUDA streams (`genmodels.fused.streams`): one
+  member's convolution at batch 128 is a few dozen thread blocks, far too few to fill a large GPU
+  alone (on a CPU it is "per-member");
 - "matmul": the convolution as one batched matrix product over the members: a strided view cuts
   the input into patches and one `einsum` multiplies each member's patches by its weights; a
   transposed convolution is first rewritten as a plain one (`conv_transpose2d_matmul`). The
@@ -27,11 +30,14 @@ layer (one plain matrix product against all K weight matrices) and `[N, C, H, W]
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from genmodels.convs import conv2d, conv_transpose2d
+from genmodels.fused.streams import SideStreams
 
 
 def stacked(tensors: list[torch.Tensor], shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -85,24 +91,12 @@ def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {f"{prefix}.{name}": value.detach().clone() for name, value in state.items()}
 
 
-CONV_LAYOUTS = ("grouped", "per-member", "matmul")
+CONV_LAYOUTS = ("grouped", "per-member", "streams", "matmul")
 
 
 def check_conv_layout(layout: str) -> None:
     if layout not in CONV_LAYOUTS:
         raise ValueError(f"conv layout must be one of {CONV_LAYOUTS}, got {layout!r}")
-
-
-def grouped_or_looped(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      groups: int, grouped: bool, **options) -> torch.Tensor:
-    """`conv` (`genmodels.convs`' conv2d or conv_transpose2d) of K members: one grouped call, or K calls."""
-    flat_bias = None if bias is None else bias.flatten()
-    if grouped or groups == 1:
-        return conv(x, weight.flatten(0, 1), flat_bias, groups=groups, **options)
-    outputs = [conv(xk, wk, None if bias is None else bk, **options)
-               for xk, wk, bk in zip(x.chunk(groups, dim=1), weight,
-                                     bias if bias is not None else [None] * groups)]
-    return torch.cat(outputs, dim=1)
 
 
 def with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -151,11 +145,11 @@ def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return with_bias(y, bias)
 
 
-class MemberConv2d(nn.Module):
-    """K convolutions, weight [K, C_out, C_in, k, k]: [N, K*C_in, H, W] or shared [N, C_in, H, W]
-    -> [N, K*C_out, H', W']."""
+class MemberConvs(nn.Module):
+    """What K convolutions and K transposed ones share: the stacked weights [K, ...] and biases
+    [K, C_out], the layout, and running the members as one grouped call or K calls."""
 
-    def __init__(self, layers: list[nn.Conv2d], layout: str = "grouped"):
+    def __init__(self, layers: list[nn.Conv2d] | list[nn.ConvTranspose2d], layout: str):
         super().__init__()
         check_conv_layout(layout)
         first = layers[0]
@@ -163,35 +157,51 @@ class MemberConv2d(nn.Module):
         self.stride, self.padding = first.stride, first.padding
         self.weight = nn.Parameter(stacked([m.weight for m in layers]))
         self.bias = nn.Parameter(stacked([m.bias for m in layers])) if first.bias is not None else None
+        self.side_streams: SideStreams | None = None  # "streams": made on the first call on a GPU
+
+    def grouped_or_looped(self, conv, x: torch.Tensor, groups: int, **options) -> torch.Tensor:
+        """`conv` (`genmodels.convs`' conv2d or conv_transpose2d) of the K members: one grouped
+        call, or K calls ("per-member"; "streams": the K calls side by side on CUDA streams)."""
+        if self.layout == "grouped" or groups == 1:
+            flat_bias = None if self.bias is None else self.bias.flatten()
+            return conv(x, self.weight.flatten(0, 1), flat_bias, groups=groups, **options)
+        biases = self.bias if self.bias is not None else [None] * groups
+        calls = [partial(conv, xk, wk, bk, **options)
+                 for xk, wk, bk in zip(x.chunk(groups, dim=1), self.weight, biases)]
+        if self.layout == "streams":
+            if self.side_streams is None or self.side_streams.device != x.device:
+                self.side_streams = SideStreams(x.device)
+            return torch.cat(self.side_streams.run(calls), dim=1)
+        return torch.cat([call() for call in calls], dim=1)
+
+
+class MemberConv2d(MemberConvs):
+    """K convolutions, weight [K, C_out, C_in, k, k]: [N, K*C_in, H, W] or shared [N, C_in, H, W]
+    -> [N, K*C_out, H', W']."""
+
+    def __init__(self, layers: list[nn.Conv2d], layout: str = "grouped"):
+        super().__init__(layers, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         groups = x.shape[1] // self.weight.shape[2]  # 1 for a shared input, K otherwise
         if self.layout == "matmul" and groups > 1:  # a shared input is one plain conv already
             return conv2d_matmul(x, self.weight, self.bias, self.stride, self.padding)
-        return grouped_or_looped(conv2d, x, self.weight, self.bias, groups,
-                                 self.layout == "grouped", stride=self.stride, padding=self.padding)
+        return self.grouped_or_looped(conv2d, x, groups, stride=self.stride, padding=self.padding)
 
 
-class MemberConvTranspose2d(nn.Module):
+class MemberConvTranspose2d(MemberConvs):
     """K transposed convolutions, weight [K, C_in, C_out, k, k]: [N, K*C_in, H, W] -> [N, K*C_out, ...]."""
 
     def __init__(self, layers: list[nn.ConvTranspose2d], layout: str = "grouped"):
-        super().__init__()
-        check_conv_layout(layout)
-        first = layers[0]
-        self.layout = layout
-        self.stride, self.padding = first.stride, first.padding
-        self.output_padding = first.output_padding
-        self.weight = nn.Parameter(stacked([m.weight for m in layers]))
-        self.bias = nn.Parameter(stacked([m.bias for m in layers])) if first.bias is not None else None
+        super().__init__(layers, layout)
+        self.output_padding = layers[0].output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "matmul":
             return conv_transpose2d_matmul(x, self.weight, self.bias, self.stride, self.padding,
                                            self.output_padding)
-        return grouped_or_looped(conv_transpose2d, x, self.weight, self.bias,
-                                 self.weight.shape[0], self.layout == "grouped", stride=self.stride,
-                                 padding=self.padding, output_padding=self.output_padding)
+        return self.grouped_or_looped(conv_transpose2d, x, self.weight.shape[0], stride=self.stride,
+                                      padding=self.padding, output_padding=self.output_padding)
 
 
 class MemberBatchNorm(nn.Module):

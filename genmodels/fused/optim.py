@@ -15,7 +15,7 @@ K calls per step, whatever the number of tensors.
 Speed (bench/RESULTS.md): on the CPU the fused kernel took 0.4x the time of the elementwise
 version it replaced (a dozen passes over the buffers). On a GPU one call covers one member, about
 20 thread blocks for a VAE, far too few to fill the device, so the K calls are spread over several
-CUDA streams and run side by side (`OPTIMIZER_STREAMS`): on an H200 the step of a 64-member VAE
+CUDA streams and run side by side (`genmodels.fused.streams`): on an H200 the step of a 64-member VAE
 group took 0.75 ms on 16 streams against 2.54 ms on one, at the memory's bandwidth.
 
 `step(active)` leaves inactive members' parameters *and* moments untouched: their call gets the
@@ -27,22 +27,20 @@ captured in a CUDA graph (`genmodels.graphs`), streams included.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
+from functools import partial
 
 import torch
 
-ADAM_EPS = 1e-8  # torch.optim.Adam's default
+from genmodels.fused.streams import SIDE_STREAMS, SideStreams
 
-# CUDA streams the members' calls are spread over. One VAE member's call is about 20 blocks of
-# the fused kernel; 16 streams keep a few hundred in flight, enough to fill an H100/H200.
-OPTIMIZER_STREAMS = 16
+ADAM_EPS = 1e-8  # torch.optim.Adam's default
 
 
 class StackedAdam:
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: list[float],
                  betas: tuple[list[float], list[float]], eps: float = ADAM_EPS,
-                 streams: int = OPTIMIZER_STREAMS):
+                 streams: int = SIDE_STREAMS):
         self.params = list(params)
         self.lr, self.beta1, self.beta2 = list(lr), list(betas[0]), list(betas[1])
         num_members = self.params[0].shape[0]
@@ -60,8 +58,7 @@ class StackedAdam:
         # gradients are new tensors every step).
         self.members = [([p.data[k] for p in self.params], [m[k] for m in self.exp_avg],
                          [v[k] for v in self.exp_avg_sq]) for k in range(num_members)]
-        self.streams = ([torch.cuda.Stream(device) for _ in range(min(streams, num_members))]
-                        if device.type == "cuda" and streams > 1 else [])
+        self.streams = SideStreams(device, min(streams, num_members))
 
     def zero_grad(self) -> None:
         """As torch.optim's default (set_to_none): backward then hands its gradients over instead
@@ -75,24 +72,16 @@ class StackedAdam:
         """One Adam step for every member (only the `active` ones [K] bool, when given)."""
         self.steps += 1
         skip = None if active is None else (~active).float()  # 1.0: the kernel leaves the member be
-        main = torch.cuda.current_stream(self.steps.device) if self.streams else None
-        for stream in self.streams:  # the side streams start after everything queued so far
-            stream.wait_stream(main)
         grads = zip(*((torch.zeros_like(p) if p.grad is None else p.grad).unbind() for p in self.params))
-        for k, ((params, exp_avgs, exp_avg_sqs), member_grads) in enumerate(zip(self.members, grads)):
-            with self._member_stream(k):
-                torch._fused_adam_(
-                    params, list(member_grads), exp_avgs, exp_avg_sqs, [], self.step_list, lr=self.lr[k],
-                    beta1=self.beta1[k], beta2=self.beta2[k], weight_decay=0.0, eps=self.eps,
-                    amsgrad=False, maximize=False, found_inf=None if skip is None else skip[k])
-        for stream in self.streams:  # and everything after waits for them
-            main.wait_stream(stream)
 
-    def _member_stream(self, k: int):
-        """Where member k's call runs: one of the side streams on a GPU, in turn."""
-        if not self.streams:
-            return contextlib.nullcontext()
-        return torch.cuda.stream(self.streams[k % len(self.streams)])
+        def member_step(k: int, member_grads: tuple[torch.Tensor, ...]) -> None:
+            params, exp_avgs, exp_avg_sqs = self.members[k]
+            torch._fused_adam_(
+                params, list(member_grads), exp_avgs, exp_avg_sqs, [], self.step_list, lr=self.lr[k],
+                beta1=self.beta1[k], beta2=self.beta2[k], weight_decay=0.0, eps=self.eps,
+                amsgrad=False, maximize=False, found_inf=None if skip is None else skip[k])
+
+        self.streams.run([partial(member_step, k, g) for k, g in enumerate(grads)])
 
     def keep_members(self, index: torch.Tensor, params: Iterable[torch.nn.Parameter]) -> StackedAdam:
         """A new optimizer over `params` (the module's after `keep_module_members`) with the
