@@ -24,6 +24,12 @@ from torch.nn.modules.utils import _pair
 SMALL_MAP = 4  # a CPU convolution onto this many output positions or fewer is a product of patches
 
 
+def add_channel_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y [N, C, H, W] plus a bias per channel (any shape of C numbers), in y's dtype (under
+    autocast the bias stays fp32 while y is bf16), as F.conv2d adds it."""
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1).to(y.dtype)
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride=1, padding=0, groups: int = 1) -> torch.Tensor:
     """F.conv2d(x, weight, bias, stride, padding, groups=groups)."""
@@ -34,7 +40,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if out_h * out_w <= SMALL_MAP:
             patches = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # [N, C_in*kh*kw, P]
             y = (weight.reshape(len(weight), -1) @ patches).view(len(x), -1, out_h, out_w)
-            return y if bias is None else y + bias.view(1, -1, 1, 1)
+            return add_channel_bias(y, bias)
     return F.conv2d(x, weight, bias, stride, padding, groups=groups)
 
 
@@ -51,7 +57,7 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         taps = F.pad(weight, (0, max(0, pw + out_w - kw), 0, max(0, ph + out_h - kh)))
         taps = taps[:, :, ph:ph + out_h, pw:pw + out_w]  # [C_in, C_out, out_h, out_w]
         y = (x.flatten(1) @ taps.reshape(len(taps), -1)).view(len(x), -1, out_h, out_w)
-        return y if bias is None else y + bias.view(1, -1, 1, 1)
+        return add_channel_bias(y, bias)
     return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups)
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.convs import conv2d, conv_transpose2d
+from genmodels.convs import add_channel_bias, conv2d, conv_transpose2d
 from genmodels.fused.streams import SideStreams
 
 
@@ -99,11 +99,6 @@ def check_conv_layout(layout: str) -> None:
         raise ValueError(f"conv layout must be one of {CONV_LAYOUTS}, got {layout!r}")
 
 
-def with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Add a stacked bias [K, C] to a channel-stacked output [N, K*C, H, W]."""
-    return y if bias is None else y + bias.flatten().view(1, -1, 1, 1).to(y.dtype)
-
-
 def conv2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   stride, padding) -> torch.Tensor:
     """K convolutions [N, K*C_in, H, W] -> [N, K*C_out, H', W'] as one batched matrix product:
@@ -115,7 +110,7 @@ def conv2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     patches = padded.unfold(2, kh, stride[0]).unfold(3, kw, stride[1])  # [N, K*C_in, H', W', kh, kw]
     y = torch.einsum("koiyx,nkihwyx->nkohw", weight.to(patches.dtype),
                      patches.unflatten(1, (k, c_in)))
-    return with_bias(y.flatten(1, 2), bias)
+    return add_channel_bias(y.flatten(1, 2), bias)
 
 
 def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -142,7 +137,7 @@ def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         raise ValueError(f"output_padding {output_padding} larger than the padding {padding} "
                          "allows for this kernel and stride")
     y = canvas[:, :, padding[0]:padding[0] + out_h, padding[1]:padding[1] + out_w]
-    return with_bias(y, bias)
+    return add_channel_bias(y, bias)
 
 
 class MemberConvs(nn.Module):
