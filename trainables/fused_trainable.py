@@ -46,7 +46,7 @@ from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
 from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
 from genmodels.training import CHECKPOINT_FORMAT, EpochReport, TrainConfig, Trainer, TrainingDiverged
 from trainables.tracking import SweepRecords, start_tracker
-from trainables.trainable import model_config_from_tune, write_placement
+from trainables.trainable import model_config_from_tune, trial_folder, write_placement
 
 GROUP_FILE = "group.pt"  # beside the checkpoint: members still training, statuses, sample grids
 
@@ -129,7 +129,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     train_cfg = TrainConfig(**train_settings, num_threads=cpus)
     device = resolve_device(train_cfg.device)
     scorer = scorer_from_cache(scorer_cache, device) if scorer_cache else None
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = trial_folder()
 
     # A restored group continues with the members its last checkpoint still trained.
     group = {"training": ids, "status": {i: RUNNING for i in ids}, "results": {},

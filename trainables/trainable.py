@@ -52,6 +52,16 @@ def model_config_from_tune(model: str, values: dict):
     return cfg_class(**values)
 
 
+def trial_folder() -> Path:
+    """This trial's folder, where its figures, status and placement go (the driver copies it into
+    the sweep's folder). `tune.get_context().get_trial_dir()` names it in a fresh worker, but in a
+    worker handed on from an ended trial (`reuse_actors`, sweeps/tuner.py) Ray 2.60 returns the
+    worker's scratch directory instead, which Tune's default SyncConfig never copies: a diverged
+    trial's status written there was lost (caught by tests/test_faults.py). The trial's storage
+    names the same folder in both."""
+    return Path(tune.get_context().get_storage().trial_driver_staging_path)
+
+
 def write_placement(trial_dir: Path, trainer: Trainer) -> None:
     """Where and how this trial ran: node, Ray's GPU ids, the device torch used, when, and the
     worker's pid (what a fault test kills)."""
@@ -93,7 +103,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
                 fixed: dict, scorer_cache: dict | None,
                 tracking: SweepRecords | None = None) -> None:
     """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = trial_folder()
     earlier = read_status(trial_dir)
     if earlier.get("status") == DIVERGED:
         # Tune retries every error (--max-failures) and --resume every errored trial; a diverged
