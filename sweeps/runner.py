@@ -111,7 +111,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                         "start a local Ray")
     p.add_argument("--num-samples", type=int, default=16, help="trials to run (default 16)")
     p.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials at once (default: as many as the resources allow)")
+                   help="trials at once (default: as many as the cluster's nodes hold when the "
+                        "sweep starts)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs per trial (ASHA's max_t; default {DEFAULT_EPOCHS}, a GAN sweep on "
                         f"GPUs {GPU_GAN_EPOCHS}: what the seed's GAN needs to reach IS 9)")
@@ -302,6 +303,20 @@ def check_resources(args: argparse.Namespace) -> dict:
         raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} is more than any node has "
                          f"(largest: {max_gpus:g} GPUs)")
     return {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+
+
+def trials_the_cluster_holds(args: argparse.Namespace) -> int:
+    """How many trials the cluster's live nodes can run at once now: the sweep's concurrency
+    unless --max-concurrent says otherwise."""
+    import ray
+
+    held = 0
+    for node in (n["Resources"] for n in ray.nodes() if n.get("Alive")):
+        fits = node.get("CPU", 0) // args.cpus_per_trial
+        if args.gpus_per_trial > 0:
+            fits = min(fits, node.get("GPU", 0) // args.gpus_per_trial)
+        held += int(fits)
+    return max(1, held)
 
 
 def fixed_model_values(model: str, searched: dict) -> dict:
@@ -557,7 +572,8 @@ def _run(model: str, argv: list[str] | None) -> int:
         save_options(plan)
         data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
-        tuner = build_tuner(plan, data, scorer_cache, tracking, resources, stop)
+        at_once = plan.args.max_concurrent or trials_the_cluster_holds(plan.args)
+        tuner = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume

@@ -69,11 +69,15 @@ def follow_moved_folder(experiment: Path) -> None:
 
 
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
-                resources: dict, stop=None) -> tune.Tuner:
+                resources: dict, at_once: int, stop=None) -> tune.Tuner:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
     its resources, in a new Tuner (Optuna's TPE, ASHA or FIFO) or, on --resume, the restored one.
 
     `plan` is the runner's SweepPlan: the options, the search space and the training settings.
+    `at_once`: trials (groups) running together. Given to Tune, it also lets Tune create that many
+    trials at once: without it, Tune with a searcher creates the next trial only when the last one
+    has its worker, so workers start one after another (about 10 s each on the 2-core CI box; a
+    large cluster fills slowly, and short trials never reached a second node).
     `stop` (the runner's StopSignals) tells the status callback an interrupt from an early stop;
     A trial whose worker or node dies is retried from its last checkpoint (`--max-failures`).
     """
@@ -99,7 +103,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         # Errored trials resume from their checkpoints too (a worker killed once retries ran out).
         tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, restart_errored=False)
-        resume_settings(tuner, callbacks, failure, args.max_concurrent)
+        resume_settings(tuner, callbacks, failure, at_once)
         return tuner
     first = first_point(plan)
     startup = startup_trials(args.num_samples)
@@ -125,7 +129,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
             # About 10 s per trial on a 2-core CPU (bench/RESULTS.md); every trial still builds
             # its own model, optimizer and RNG from its seed, so results are the same.
             reuse_actors=True,
-            scheduler=scheduler, max_concurrent_trials=args.max_concurrent,
+            scheduler=scheduler, max_concurrent_trials=at_once,
             # a group's folder: its trial id (its members' folders are inside, named by id)
             trial_dirname_creator=short_trial_name if fused else None),
         run_config=tune.RunConfig(
@@ -145,12 +149,11 @@ def first_point(plan) -> dict | None:
 
 
 def resume_settings(tuner: tune.Tuner, callbacks: list, failure: tune.FailureConfig,
-                    max_concurrent: int | None) -> None:
+                    max_concurrent: int) -> None:
     """What a restored Tuner must take from this command, not from its pickle: the callbacks (they
     hold this run's MLflow parent run), the retry policy and the concurrency. Tuner.restore takes
     no argument for them, so they are set on its internal Tuner (Ray 2.x: `_local_tuner`)."""
     internal = tuner._local_tuner
     internal._run_config.callbacks = callbacks
     internal._run_config.failure_config = failure
-    if max_concurrent is not None:
-        internal._tune_config.max_concurrent_trials = max_concurrent
+    internal._tune_config.max_concurrent_trials = max_concurrent
