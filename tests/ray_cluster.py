@@ -4,6 +4,7 @@ a node ends that node's processes and nobody else's (`ray stop` would stop every
 machine, other test runs' included)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,13 +28,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_disk_for_ray() -> list[str]:
+    """A prefix that runs a command with a /tmp/ray of its own (a private mount namespace with an
+    empty tmpfs there), as a worker node on another machine has its own disk for Ray's session
+    files: what a trial writes to Ray's staging folders stays on that "machine". Empty where this
+    system does not allow it (then the node shares this machine's /tmp/ray)."""
+    Path("/tmp/ray").mkdir(exist_ok=True)
+    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /tmp/ray"]
+    if shutil.which("unshare") is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        return []
+    return ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /tmp/ray && exec "$@"', "sh"]
+
+
 def start_node(log: Path, *args: str) -> subprocess.Popen:
-    """One node, `ray start <args> --block`; returns once the node is up."""
+    """One node, `ray start <args> --block`; returns once the node is up. A worker node (one that
+    joins with --address) gets a /tmp/ray of its own, as on another machine (`own_disk_for_ray`)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
+    own_disk = own_disk_for_ray() if any(a.startswith("--address") for a in args) else []
     with log.open("w") as out:
-        process = subprocess.Popen([ray_bin, "start", *args, LOOPBACK, "--disable-usage-stats",
-                                    "--block"], stdout=out, stderr=subprocess.STDOUT,
-                                   env=NODE_ENV, start_new_session=True)
+        process = subprocess.Popen([*own_disk, ray_bin, "start", *args, LOOPBACK,
+                                    "--disable-usage-stats", "--block"], stdout=out,
+                                   stderr=subprocess.STDOUT, env=NODE_ENV, start_new_session=True)
     deadline = time.time() + RAY_START_TIMEOUT
     while "Ray runtime started" not in log.read_text():
         if process.poll() is not None or time.time() > deadline:

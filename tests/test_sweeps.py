@@ -121,8 +121,11 @@ def test_trials_spread_over_two_nodes(two_node_cluster, data_dir, tmp_path):
                  "--storage-path", str(tmp_path), "--name", "spread", "--num-samples", "4",
                  "--scheduler", "fifo", *TINY, env=CLUSTER_ENV, cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
-    nodes = {placement(t)["node_id"] for t in trial_dirs(tmp_path / "spread")}
+    trials = trial_dirs(tmp_path / "spread")
+    nodes = {placement(t)["node_id"] for t in trials}
     assert len(nodes) == 2
+    for trial in trials:  # written on either node (the worker's /tmp/ray is its own), all here
+        assert (trial / "samples" / "epoch_001.png").exists() and (trial / "status.json").exists()
 
 
 @pytest.mark.slow

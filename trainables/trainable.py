@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.fs
 from ray import tune
 
 from genmodels.classifier import scorer_from_cache
@@ -53,13 +54,21 @@ def model_config_from_tune(model: str, values: dict):
 
 
 def trial_folder() -> Path:
-    """This trial's folder, where its figures, status and placement go (the driver copies it into
-    the sweep's folder). `tune.get_context().get_trial_dir()` names it in a fresh worker, but in a
-    worker handed on from an ended trial (`reuse_actors`, sweeps/tuner.py) Ray 2.60 returns the
-    worker's scratch directory instead, which Tune's default SyncConfig never copies: a diverged
-    trial's status written there was lost (caught by tests/test_faults.py). The trial's storage
-    names the same folder in both."""
-    return Path(tune.get_context().get_storage().trial_driver_staging_path)
+    """This trial's folder, where its figures, status and placement go: the folder under the
+    sweep's storage itself when that is a file system every node mounts (local, NFS), written from
+    whichever node runs the trial. Ray's own answer, `tune.get_context().get_trial_dir()`, is a
+    staging folder on the node running the trial that only the driver's node copies into the
+    storage: a trial on another machine kept its figures and status to itself (measured with a
+    worker node given its own /tmp, bench/RESULTS.md), and a worker reused from an ended trial
+    (`reuse_actors`) gets yet another folder that nobody copies. For cloud storage (s3://, gs://)
+    it stays Ray's staging folder: MLflow holds every trial's metrics and images either way."""
+    storage = tune.get_context().get_storage()
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        folder = Path(storage.trial_fs_path)
+    else:
+        folder = Path(storage.trial_driver_staging_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def write_placement(trial_dir: Path, trainer: Trainer) -> None:
