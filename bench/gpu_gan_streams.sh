@@ -17,12 +17,7 @@
 #    the same run: the targets are 10x one trial and 3x four packed.
 # 2. The fused VAE's rows again, now that gradients are handed over (set_to_none), in one run.
 # 3. Where a fused GAN step's device time goes in the streams layout (K = 32, fp32).
-set -u
-export PYTHONPATH=$PWD:$PWD/.gpu/site
-D=${DEV:-cuda}; DATA=${DATA:-.gpu/data}; O=${1:-$OUT}; Q=${Q:-"--quick"}
-mkdir -p "$O"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-python -c "import torch; print('torch', torch.__version__)"
+source bench/gpu_setup.sh "$@"
 echo "== 0. streams: the same training as one stream, graphed as eager"
 timeout 120 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
 echo "== 1. fused GAN, three layouts, fp32 and tf32, against 1 and 4 unfused trials (graphed)"

@@ -5,12 +5,7 @@
 #     bash bench/gpu_round.sh OUT                   # on the GPU, about 3 minutes
 #     DEV=cpu DATA=tests/data Q="--steps 1" VM=2 PM=2 GM=2 G=off bash bench/gpu_round.sh /tmp/out
 #                                                   # the script's plumbing on a CPU
-set -u
-export PYTHONPATH=$PWD:$PWD/.gpu/site
-D=${DEV:-cuda}; DATA=${DATA:-.gpu/data}; O=${1:-$OUT}; Q=${Q:-"--quick"}
-mkdir -p "$O"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-python -c "import torch; print('torch', torch.__version__)"
+source bench/gpu_setup.sh "$@"
 echo "== 0. CUDA graphs: the same training as eager"
 timeout 100 python bench/check_graphs.py --data-dir "$DATA"
 echo "== 1. the optimizer step alone"

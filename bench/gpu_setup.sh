@@ -1,0 +1,9 @@
+# Sourced by the prepared GPU rounds (bench/gpu_round.sh, bench/gpu_gan_streams.sh): the carried
+# site-packages and data under .gpu, the device and output folder, and what machine this is.
+# DEV, DATA and Q override the device, the data folder and bench_fused's speed flag (a CPU check).
+set -u
+export PYTHONPATH=$PWD:$PWD/.gpu/site
+D=${DEV:-cuda}; DATA=${DATA:-.gpu/data}; O=${1:-$OUT}; Q=${Q:-"--quick"}
+mkdir -p "$O"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python -c "import torch; print('torch', torch.__version__)"
