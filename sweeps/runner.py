@@ -285,11 +285,16 @@ def train_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def check_resources(args: argparse.Namespace) -> dict:
-    """Fail now, not with trials pending forever, if no node can ever run one trial."""
+def live_nodes() -> list[dict]:
+    """The resources of each live node of the Ray cluster this process is connected to."""
     import ray
 
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def check_resources(args: argparse.Namespace) -> dict:
+    """Fail now, not with trials pending forever, if no node can ever run one trial."""
+    nodes = live_nodes()
     max_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
     max_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     total_gpus = sum(n.get("GPU", 0) for n in nodes)
@@ -308,10 +313,8 @@ def check_resources(args: argparse.Namespace) -> dict:
 def trials_the_cluster_holds(args: argparse.Namespace) -> int:
     """How many trials the cluster's live nodes can run at once now: the sweep's concurrency
     unless --max-concurrent says otherwise."""
-    import ray
-
     held = 0
-    for node in (n["Resources"] for n in ray.nodes() if n.get("Alive")):
+    for node in live_nodes():
         fits = node.get("CPU", 0) // args.cpus_per_trial
         if args.gpus_per_trial > 0:
             fits = min(fits, node.get("GPU", 0) // args.gpus_per_trial)

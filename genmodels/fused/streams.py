@@ -53,4 +53,3 @@ class SideStreams:
         for stream in self.streams:  # and everything queued after waits for them
             main.wait_stream(stream)
         return results
-
