@@ -2,7 +2,7 @@
 
     python bench/bench_fused.py                          # CPU, both models, K = 1 2 4 8 16
     python bench/bench_fused.py --device cuda --quick    # the GPU run (torch + genmodels only)
-    python bench/bench_fused.py --device cuda --quick --model gan --layouts per-member,matmul \
+    python bench/bench_fused.py --device cuda --quick --model gan --layouts streams,matmul \
         --precisions fp32,tf32,bf16                      # the fused GAN's convolution layouts
 
 For each model it times, on the same device in one run:
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, load_dataset  # noqa: E402
 from genmodels.device import PRECISIONS, autocast_factory, setup_device  # noqa: E402
 from genmodels.fused.layers import CONV_LAYOUTS  # noqa: E402
-from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
+from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.graphs import WARMUP_STEPS, GraphedStep  # noqa: E402
 from genmodels.tasks import GANTask, VAETask  # noqa: E402
@@ -62,10 +62,14 @@ def member_configs(model: str, k: int) -> list:
 
 
 def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
-               layout: str = "auto", precision: str = "fp32", trial: int = 0):
+               layout: str = "auto", precision: str = "fp32", trial: int = 0,
+               cudnn_benchmark: bool = False):
     """A fused task of k members, or (k None) one standalone trial's task (the `trial`-th
-    configuration), in `precision` (set for the process as a run sets it: `setup_device`)."""
+    configuration), in `precision` (set for the process as a run sets it: `setup_device`).
+    `cudnn_benchmark`: let cuDNN time its algorithms for each new shape and keep the fastest
+    (torch.backends.cudnn.benchmark; the product leaves it off, PyTorch's default)."""
     setup_device(str(device), precision, torch.get_num_threads())
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     autocast = autocast_factory(device, precision)
     torch.manual_seed(SEED)
     train_cfg = TrainConfig(device=str(device), iwae_samples=0, precision=precision)
@@ -106,24 +110,26 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     return step_seconds * len(batches) + (time.perf_counter() - start)
 
 
-def _unfused_worker(model, trial, data, device, steps, warmup, threads, graphs, barrier, results) -> None:
+def _unfused_worker(model, trial, data, device, steps, warmup, threads, graphs, cudnn_benchmark,
+                    barrier, results) -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
     data = data.to(device)
-    task = build_task(model, None, data, device, trial=trial)
+    task = build_task(model, None, data, device, trial=trial, cudnn_benchmark=cudnn_benchmark)
     time_trial_epoch(task, data, device, 2, 1)  # warm the process up (CUDA context, allocator)
     barrier.wait()
     results.put(time_trial_epoch(task, data, device, steps, warmup, graphs))
 
 
 def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, warmup: int,
-            threads: int, graphs: bool = False) -> float:
+            threads: int, graphs: bool = False, cudnn_benchmark: bool = False) -> float:
     """Trial-epochs per hour of `procs` standalone trials running at once as separate processes."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
     # Process i trains configuration i, as fused member i does.
     workers = [ctx.Process(target=_unfused_worker, args=(model, i, data, device, steps, warmup,
-                                                         threads, graphs, barrier, results))
+                                                         threads, graphs, cudnn_benchmark,
+                                                         barrier, results))
                for i in range(procs)]
     for w in workers:
         w.start()
@@ -145,21 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--quick", action="store_true", help="fewer steps (a GPU run in about 2 minutes)")
     p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
-    p.add_argument("--layouts", default="per-member,matmul",
-                   help=f"the fused GAN's convolution layouts to time, from {', '.join(CONV_LAYOUTS)}")
+    p.add_argument("--layouts", default="auto",
+                   help="the fused GAN's convolution layouts to time, from auto (the product's "
+                        f"choice for the device), {', '.join(CONV_LAYOUTS)}")
     p.add_argument("--precisions", default="fp32",
                    help=f"precisions of the fused rows, from {', '.join(PRECISIONS)} (the unfused "
                         "trials run in fp32, PyTorch's default)")
     p.add_argument("--graphs", default="off",
                    help="off, on or off,on: the steps (fused and unfused) eager, replayed as CUDA "
                         "graphs (genmodels.graphs; CUDA only), or both")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="every row with torch.backends.cudnn.benchmark on (cuDNN times its "
+                        "algorithms per shape and keeps the fastest)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     layouts, precisions = args.layouts.split(","), args.precisions.split(",")
     graph_modes = args.graphs.split(",")
     if "on" in graph_modes and args.device == "cpu":
         p.error("--graphs on needs a CUDA device (CUDA graphs)")
-    for value, allowed, flag in ((layouts, CONV_LAYOUTS, "--layouts"),
+    for value, allowed, flag in ((layouts, ("auto", *CONV_LAYOUTS), "--layouts"),
                                  (precisions, PRECISIONS, "--precisions"),
                                  (graph_modes, ("off", "on"), "--graphs")):
         if not set(value) <= set(allowed):
@@ -167,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    layouts = [default_conv_layout(device) if layout == "auto" else layout for layout in layouts]
     threads = torch.get_num_threads()
     steps = args.steps or ((20 if cuda else 6) if args.quick else (60 if cuda else 15))
     warmup = 5 if cuda else 2
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
     print(f"device {name}; {len(data.train_images)} training images, batch {BATCH}; "
-          f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}")
+          f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
+          f"benchmark {args.cudnn_benchmark}")
 
     rows = []
     models = ["vae", "gan"] if args.model == "both" else [args.model]
@@ -187,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
                 per_proc = max(1, threads // n) if not cuda else 1
                 rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
-                               graphs == "on")
+                               graphs == "on", args.cudnn_benchmark)
                 reference = reference or rate
                 rows.append({"model": model, "mode": f"unfused x{n}", "graphs": graphs,
                              "trial_epochs_per_hour": rate})
@@ -199,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                     for precision in precisions for graphs in graph_modes]
         for k in args.members:
             for layout, precision, graphs in variants:
-                task = build_task(model, k, data, device, layout, precision)
+                task = build_task(model, k, data, device, layout, precision,
+                                  cudnn_benchmark=args.cudnn_benchmark)
                 seconds = time_trial_epoch(task, data, device, steps, warmup, graphs == "on")
                 rate = k * 3600 / seconds
                 rows.append({"model": model, "mode": f"fused K={k}", "convs": layout,
@@ -211,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     torch.cuda.empty_cache()
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows,
+                                               "cudnn_benchmark": args.cudnn_benchmark}, indent=2))
     return 0
 
 

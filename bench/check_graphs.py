@@ -5,8 +5,9 @@
 For the VAE, the GAN and fused groups of both (three members with different latent sizes, dropout
 and learning rates), a fused VAE group that drops a member halfway (the graphed step must be
 captured again, on the shrunk group's new optimizer), and a fused GAN whose members' convolutions
-run side by side on CUDA streams ("streams" layout, whose eager run must also equal the fused GAN's
-in its default layout, the same calls one after another), two trainers are built from the same seed:
+run one after another on one stream ("per-member" layout, whose eager run must equal the fused
+GAN's in its default layout on CUDA, the same calls side by side on CUDA streams), two trainers are
+built from the same seed:
 one eager, one with `cuda_graphs=True`. Both train STEPS steps on the same batches. The CUDA
 random-number generator is graph-aware, so the graphed run draws the same noise and dropout masks
 as the eager one. cuDNN is made deterministic and kept out of TF32 here: otherwise two *eager* runs
@@ -19,7 +20,7 @@ too, and the per-step losses should agree to fp32 rounding. Printed per model: t
 difference of the losses, graphed against that eager run, against a default eager run, and the
 noise floor of two default eager runs; then, per model, a graphed run resumed halfway from its
 checkpoint against the run straight through. Exits 1 if graphed differs from capturable eager,
-resumed from straight, or streams from one after another, by more than TOLERANCE. Imports torch
+resumed from straight, or one stream from side streams, by more than TOLERANCE. Imports torch
 and genmodels only.
 """
 
@@ -56,7 +57,7 @@ def model_configs() -> dict:
     return {"vae": vaes[0], "gan": gans[0],
             "fused-vae": FusedConfig(vaes), "fused-gan": FusedConfig(gans),
             "fused-vae, shrunk": FusedConfig(vaes),
-            "fused-gan, streams": FusedConfig(gans, conv_layout="streams")}
+            "fused-gan, one stream": FusedConfig(gans, conv_layout="per-member")}
 
 
 def base_model(name: str) -> str:
@@ -137,21 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         per_step = [relative(g, e) for g, e in zip(graphed, eager)]
         weights = max(relative(g, e) for g, e in zip(graphed_weights, eager_weights))
         worst = max(worst, max(per_step))
-        print(f"{model:<17} losses, max rel. difference: graphed vs eager {max(per_step):.2e} "
+        print(f"{model:<21} losses, max rel. difference: graphed vs eager {max(per_step):.2e} "
               f"(steps 1-3 eager {max(per_step[:3]):.2e}, replays {max(per_step[4:]):.2e}), "
               f"weights after {STEPS} steps {weights:.2e}; graphed vs default-Adam eager "
               f"{max(relative(g, d) for g, d in zip(graphed, default)):.2e}; eager vs eager "
               f"{max(relative(a, d) for a, d in zip(again, default)):.2e}", flush=True)
-        if model.endswith("streams"):  # the same calls as the default layout, on side streams
+        if model.endswith("one stream"):  # the default layout's calls, one after another
             apart = max(relative(s, o) for s, o in zip(eager, eager_runs[base_model(model)]))
             worst = max(worst, apart)
-            print(f"{model:<17} eager, against {base_model(model)} eager (calls one after "
-                  f"another): losses, max rel. difference {apart:.2e}", flush=True)
+            print(f"{model:<21} eager, against {base_model(model)} eager (the same calls side by "
+                  f"side on streams): losses, max rel. difference {apart:.2e}", flush=True)
     for model, cfg in model_configs().items():
         if "," not in model:
             difference = resumed(model, cfg, data)
             worst = max(worst, difference)
-            print(f"{model:<17} resumed at step {RESUME_AT} from its checkpoint, graphed: losses of "
+            print(f"{model:<21} resumed at step {RESUME_AT} from its checkpoint, graphed: losses of "
                   f"steps {RESUME_AT + 1}-{STEPS}, max rel. difference to the run straight through "
                   f"{difference:.2e}", flush=True)
     ok = worst <= TOLERANCE

@@ -59,11 +59,11 @@ from sweeps.tracking import (
 )
 
 # --fuse when not given, on GPUs: where bench/bench_fused.py showed fusing beats packed processes
-# (H200, steps as CUDA graphs on both sides: the VAE at K = 16 did 6.0x one trial's trial-epochs
-# per hour and 5.5x four packed processes'; the fused GAN only 1.2x one trial, whose graphed steps
-# already keep the GPU busy, so it stays unfused by default). Larger groups do more (K = 64: 8.7x)
-# but make Optuna ask for that many configurations at a time.
-GPU_FUSE = {"vae": 16}
+# (H200, steps as CUDA graphs on both sides, fp32). K = 16: the VAE did 6.2x one trial's
+# trial-epochs per hour and 5.8x four packed processes'; the GAN (members' convolutions side by side
+# on CUDA streams) 1.81x one trial, where four packed processes did 1.01x. Larger groups do a bit
+# more (K = 64: VAE 8.9x, GAN 1.87x) but make Optuna ask for that many configurations at a time.
+GPU_FUSE = {"vae": 16, "gan": 16}
 DEFAULT_EPOCHS, DEFAULT_GRACE_PERIOD = 10, 1
 # --epochs and --grace-period of a GAN sweep on GPUs: bench/gan_curve.py on an H200 (bench/RESULTS.md)
 # had the seed's GAN at Inception Score 9 on the validation split at epoch 100 (about a minute and a
@@ -158,7 +158,7 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--fuse", type=int, default=None, metavar="K",
                    help="train K configurations at once as one fused model per trial (each still "
                         "its own Optuna trial, MLflow run and row in the analysis). Default: "
-                        f"{GPU_FUSE['vae']} for the VAE on GPUs (--gpus-per-trial > 0), else 1 "
+                        f"{GPU_FUSE[model]} on GPUs (--gpus-per-trial > 0), else 1 "
                         "(unfused); see README 'Fused trials'")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup; "
@@ -203,7 +203,7 @@ def parse_options(model: str, argv: list[str] | None) -> argparse.Namespace:
                 setattr(args, key, value)
     gpu_gan = model == "gan" and args.gpus_per_trial > 0
     if args.fuse is None:
-        args.fuse = GPU_FUSE.get(model, 1) if args.gpus_per_trial > 0 else 1
+        args.fuse = GPU_FUSE[model] if args.gpus_per_trial > 0 else 1
     if args.epochs is None:
         args.epochs = GPU_GAN_EPOCHS if gpu_gan else DEFAULT_EPOCHS
     if args.grace_period is None:

@@ -106,13 +106,13 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     assert from_ray.apply(is_default_config, axis=1, model="vae").sum() == 1
 
 
-def test_a_vae_sweep_on_gpus_fuses_by_default_and_the_gan_does_not():
+def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
     from sweeps.runner import parse_options
 
-    assert parse_options("vae", ["--gpus-per-trial", "1"]).fuse == 16
-    assert parse_options("vae", ["--gpus-per-trial", "1", "--fuse", "4"]).fuse == 4
-    assert parse_options("vae", []).fuse == 1
-    assert parse_options("gan", ["--gpus-per-trial", "0.5"]).fuse == 1
+    for model in ("vae", "gan"):
+        assert parse_options(model, ["--gpus-per-trial", "1"]).fuse == 16
+        assert parse_options(model, ["--gpus-per-trial", "0.5", "--fuse", "4"]).fuse == 4
+        assert parse_options(model, []).fuse == 1
 
 
 @pytest.mark.slow

@@ -140,6 +140,13 @@ def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return add_channel_bias(y, bias)
 
 
+def member_conv(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                memory_format: torch.memory_format, options: dict) -> torch.Tensor:
+    """One member's convolution, its input slice first copied dense in `memory_format` (the copy
+    a convolution makes of a strided slice anyway, done where the call runs: on its stream)."""
+    return conv(x.contiguous(memory_format=memory_format), weight, bias, **options)
+
+
 class MemberConvs(nn.Module):
     """What K convolutions and K transposed ones share: the stacked weights [K, ...] and biases
     [K, C_out], the layout, and running the members as one grouped call or K calls."""
@@ -161,7 +168,12 @@ class MemberConvs(nn.Module):
             flat_bias = None if self.bias is None else self.bias.flatten()
             return conv(x, self.weight.flatten(0, 1), flat_bias, groups=groups, **options)
         biases = self.bias if self.bias is not None else [None] * groups
-        calls = [partial(conv, xk, wk, bk, **options)
+        # On CUDA each member's slice is copied channels-last (NHWC), the layout of cuDNN's
+        # tensor-core kernels: handed NCHW, cuDNN transposes every input and output of every call
+        # itself (17% of a fused GAN step's device time on an H200, bench/RESULTS.md). The outputs
+        # come back NHWC, torch.cat keeps that, and so does everything after it.
+        fmt = torch.channels_last if x.device.type == "cuda" else torch.contiguous_format
+        calls = [partial(member_conv, conv, xk, wk, bk, fmt, options)
                  for xk, wk, bk in zip(x.chunk(groups, dim=1), self.weight, biases)]
         if self.layout == "streams":
             if self.side_streams is None or self.side_streams.device != x.device:

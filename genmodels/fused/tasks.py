@@ -55,8 +55,7 @@ CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}
 @dataclass
 class FusedConfig:
     """The members of one fused group, each a full model config (VAEConfig or GANConfig), and how
-    the GAN's convolutions run ("auto": `default_conv_layout` for the device and precision; the VAE
-    has none)."""
+    the GAN's convolutions run ("auto": `default_conv_layout` for the device; the VAE has none)."""
 
     members: list
     conv_layout: str = "auto"
@@ -90,14 +89,14 @@ class FusedConfig:
         return len(self.members)
 
 
-def default_conv_layout(device: torch.device, precision: str) -> str:
-    """The fused GAN's convolution layout, as `bench/bench_fused.py` measured it (bench/RESULTS.md):
-    on an H200 in tf32 or bf16 one batched matrix product per layer beat K cuDNN calls (1.1-1.8x
-    the trial-epochs per hour at K = 8-64); in full fp32 (no tensor cores for the product) and on
-    the CPU, K separate calls win, and one grouped call loses everywhere."""
-    if device.type == "cuda" and precision in ("tf32", "bf16"):
-        return "matmul"
-    return "per-member"
+def default_conv_layout(device: torch.device) -> str:
+    """The fused GAN's convolution layout, as `bench/bench_fused.py` measured it (bench/RESULTS.md,
+    "The fused GAN on CUDA streams"): on an H200 the members' calls side by side on CUDA streams
+    beat them one after another and one batched matrix product in every precision (K = 64, against
+    one graphed unfused trial: 1.87x in fp32 and 2.57x in bf16, where K calls one after another did
+    1.18x / 1.37x and the batched product 0.53x / 1.23x). On the CPU there are no streams; K calls
+    beat the batched product (0.56x at K = 2) and one grouped call loses everywhere."""
+    return "streams" if device.type == "cuda" else "per-member"
 
 
 def build_members(build, cfgs: list, seed: int) -> list:
@@ -269,7 +268,7 @@ class FusedGANTask(_KeepMembers):
                               members, train_cfg.seed)
         layout = cfg.conv_layout
         if layout == "auto":
-            layout = default_conv_layout(device, train_cfg.precision)
+            layout = default_conv_layout(device)
         self.generator = FusedGenerator([g for g, _ in pairs], layout).to(device)
         self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
                                                 layout).to(device)
