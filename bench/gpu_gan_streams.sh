@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The fused-trial GPU round of 2026-11-27 (issue 12), prepared on a CPU-only day for the next lent
-# GPU: torch + genmodels only. From the repository root, the data as in bench/gpu_checks.sh
-# (carry .gpu: .gpu/data with MNIST's raw files, filelock and tqdm in .gpu/site):
+# The first fused-GAN GPU round of 2026-11-27 (issue 12; ran on an H200, bench/RESULTS.md "The fused
+# GAN on CUDA streams, channels-last"): torch + genmodels only. From the repository root, the data
+# as in bench/gpu_checks.sh (carry .gpu: .gpu/data with MNIST's raw files, filelock and tqdm in
+# .gpu/site):
 #
 #     bash bench/gpu_gan_streams.sh OUT             # on the GPU, about 4-5 minutes
 #     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 RM=2 VM=2 PROCS=1 G=off P=fp32 bash bench/gpu_gan_streams.sh /tmp/out

@@ -1,5 +1,6 @@
-# Sourced by the prepared GPU rounds (bench/gpu_round.sh, bench/gpu_gan_streams.sh): the carried
-# site-packages and data under .gpu, the device and output folder, and what machine this is.
+# Sourced by the prepared GPU rounds (bench/gpu_round.sh, gpu_gan_streams.sh, gpu_gan_nhwc.sh,
+# gpu_gan_defaults.sh): the carried site-packages and data under .gpu, the device and output
+# folder, and what machine this is.
 # DEV, DATA and Q override the device, the data folder and bench_fused's speed flag (a CPU check).
 set -u
 export PYTHONPATH=$PWD:$PWD/.gpu/site

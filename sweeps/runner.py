@@ -112,7 +112,8 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=16, help="trials to run (default 16)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials at once (default: as many as the cluster's nodes hold when the "
-                        "sweep starts)")
+                        "sweep starts; on an autoscaling cluster give the most you want, since "
+                        "Tune only asks for resources of trials under this limit)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs per trial (ASHA's max_t; default {DEFAULT_EPOCHS}, a GAN sweep on "
                         f"GPUs {GPU_GAN_EPOCHS}: what the seed's GAN needs to reach IS 9)")
