@@ -37,3 +37,20 @@ def test_optimizer_benchmark_runs_on_the_cpu(load_bench, capsys):
     assert load_bench("bench_optim").main(["--members", "2", "--steps", "1"]) == 0
     printed = capsys.readouterr().out
     assert "vae, K = 2" in printed and "gan, K = 2" in printed and "StackedAdam" in printed
+
+
+def test_the_torch_func_comparison_agrees_before_it_times(load_bench, capsys, data_dir):
+    """bench_vmap.py times the two ways to fuse only after both compute the same losses for the
+    same members, images and noise; run it small on the repo's images."""
+    assert load_bench("bench_vmap").main(["--model", "vae", "--members", "2", "--steps", "1",
+                                          "--data-dir", str(data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "vae  K = 2" in printed and "vmap / fused" in printed
+
+
+def test_both_ways_to_fuse_the_gan_compute_the_same_losses(load_bench, data_dir):
+    from genmodels.data import load_dataset, to_unit_interval
+
+    vmap = load_bench("bench_vmap")
+    images = to_unit_interval(load_dataset("mnist", data_dir).train_images[:vmap.BATCH])
+    assert vmap.check_agreement("gan", 2, images, torch.device("cpu")) < vmap.AGREE

@@ -320,6 +320,46 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     assert "--epochs 5 differs from the sweep's 2" in changed.stderr
 
 
+def test_trials_a_killed_driver_never_recorded_are_set_aside_not_left_as_duplicates(tmp_path):
+    """A driver killed right after starting a trial (the SIGKILL test above, on a loaded machine)
+    leaves that trial's folder and MLflow run outside Tune's saved state; --resume runs its
+    configuration again as a new trial. At the end of the sweep the orphans are moved to
+    `orphaned/` and their runs deleted (restorable); the real trials are untouched."""
+    from genmodels.names import PARENT_RUN_TAG, PLACEMENT_FILE, TRIAL_DIR_TAG
+    from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
+    from sweeps.tracking import open_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = tmp_path / "ray" / "term"
+    known = {"train_trial_aa_1_lr=0.001", "train_trial_bb_2_lr=0.002"}
+    orphans = ["train_trial_cc_2_lr=0.002", "train_group_dd"]  # an unfused trial, a fused group
+    for name in [*known, *orphans]:
+        (experiment / name / "checkpoint_000000").mkdir(parents=True)
+        (experiment / name / PLACEMENT_FILE).write_text("{}")
+    (experiment / "not_a_trial").mkdir()  # no placement.json: not ours to move
+    tracking = open_sweep(uri, "term", "vae", str(experiment), {"metric": "val_elbo"}, "", False)
+    client = MlflowClient(uri)
+
+    def run(folder: str) -> str:
+        return client.create_run(tracking.experiment_id, tags={
+            PARENT_RUN_TAG: tracking.parent_run_id,
+            TRIAL_DIR_TAG: f"{experiment}/{folder}"}).info.run_id
+
+    kept = [run(name) for name in known]
+    # A run whose folder shares the orphan's prefix (LIKE's _ is a wildcard too) stays.
+    kept.append(run("train_trial_cc_2_lr=0.002x"))
+    gone = [run(orphans[0]), run(f"{orphans[1]}/m000"), run(f"{orphans[1]}/m001")]
+
+    assert sorted(set_aside_orphans(experiment, known, tracking)) == sorted(orphans)
+    for name in orphans:
+        assert not (experiment / name).exists()
+        assert (experiment / ORPHANS_DIR / name / "checkpoint_000000").is_dir()  # nothing lost
+    assert all((experiment / name).is_dir() for name in [*known, "not_a_trial"])
+    assert [client.get_run(r).info.lifecycle_stage for r in gone] == ["deleted"] * 3
+    assert {client.get_run(r).info.lifecycle_stage for r in kept} == {"active"}
+    assert set_aside_orphans(experiment, known, tracking) == []  # a second run finds none
+
+
 def member_epochs(group: Path) -> dict[str, list[int]]:
     """A fused group's reports: member id -> the epochs it reported, in order."""
     path = group / "result.json"

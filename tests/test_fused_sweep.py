@@ -77,6 +77,7 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
 
     # Each member's folder holds its own grids and figures
     groups = [p for p in (tmp_path / "fused").iterdir() if p.name.startswith("train_group")]
+    assert not (tmp_path / "fused" / "orphaned").exists()  # every group folder is one Tune knows
     folders = [m for g in groups for m in g.iterdir() if m.is_dir() and m.name.startswith("m0")]
     assert len(folders) == 3
     for folder in folders:

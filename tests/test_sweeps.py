@@ -57,6 +57,7 @@ def test_vae_sweep_end_to_end(data_dir, tmp_path):
     assert "best trials by val_elbo" in run_.stdout
     trials = trial_dirs(tmp_path / "vae")
     assert len(trials) == 3
+    assert not (tmp_path / "vae" / "orphaned").exists()  # every trial folder is one Tune knows
     for trial in trials:
         history = results(trial)
         assert [r["epoch"] for r in history] == [1, 2]
