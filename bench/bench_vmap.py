@@ -34,16 +34,19 @@ from torch.func import functional_call, stack_module_state, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
+from bench.bench_fused import BATCH, DEFAULT_DATA, TEST_DATA, sync  # noqa: E402
 from genmodels.data import load_dataset, to_unit_interval  # noqa: E402
-from genmodels.fused.gan import FusedDiscriminator, FusedGenerator, member_bce  # noqa: E402
+from genmodels.fused.gan import (  # noqa: E402
+    FusedDiscriminator,
+    FusedGenerator,
+    fused_discriminator_loss,
+    fused_generator_loss,
+)
 from genmodels.fused.tasks import default_conv_layout  # noqa: E402
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms  # noqa: E402
 from genmodels.gan import Discriminator, Generator, discriminator_loss, generator_loss  # noqa: E402
 from genmodels.vae import VAE, elbo_terms  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-BATCH = 128  # the training default
 LATENT = {"vae": 20, "gan": 100}  # the seeds' latent sizes, the same for every member here
 AGREE = 1e-4  # relative difference of the two ways' losses, fp32
 
@@ -115,8 +118,8 @@ class FusedGAN:
 
     def loss(self, real: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # [K]
         fake = self.g(h)
-        loss_d = member_bce(self.d(real), 1.0) + member_bce(self.d(fake.detach()), 0.0)
-        return loss_d + member_bce(self.d(fake), 1.0)
+        return (fused_discriminator_loss(self.d(real), self.d(fake.detach()))
+                + fused_generator_loss(self.d(fake)))
 
 
 def build(model: str, way: str, k: int, device: torch.device, dropout: bool):
@@ -138,11 +141,6 @@ def losses(model: str, net, images: torch.Tensor, noise: torch.Tensor) -> torch.
             return net.loss(images, noise)
         return -fused_elbo_terms(net, images, noise)["elbo"].mean(dim=1)
     return net.loss(images * 2 - 1, noise)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def ms_per_step(model: str, net, images: torch.Tensor, k: int, steps: int,
@@ -186,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else REPO / "tests" / "data")
+    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
     images = to_unit_interval(load_dataset("mnist", data_dir).train_images[:4096]).to(device)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {name}; batch {BATCH}; forward + loss + backward of K members per step")

@@ -34,10 +34,9 @@ def orphan_folders(experiment: Path, known: set[str]) -> list[Path]:
                   and (p / PLACEMENT_FILE).exists())
 
 
-def orphan_runs(tracking: SweepRecords, folder: Path) -> list[str]:
+def orphan_runs(client: MlflowClient, tracking: SweepRecords, folder: Path) -> list[str]:
     """The sweep's MLflow runs of the trial folder `folder` (a fused group's: one per member)."""
     prefix = f"{tracking.experiment_dir}/{folder.name}"
-    client = MlflowClient(tracking.uri)
     query = (f"tags.`{PARENT_RUN_TAG}` = '{tracking.parent_run_id}' "
              f"and tags.`{TRIAL_DIR_TAG}` LIKE '{prefix}%'")
     runs = retry(lambda: client.search_runs([tracking.experiment_id], filter_string=query))
@@ -52,7 +51,7 @@ def set_aside_orphans(experiment: Path, known: set[str], tracking: SweepRecords)
     orphans = orphan_folders(experiment, known)
     client = MlflowClient(tracking.uri)
     for folder in orphans:
-        for run_id in orphan_runs(tracking, folder):
+        for run_id in orphan_runs(client, tracking, folder):
             retry(lambda r=run_id: client.delete_run(r))
         (experiment / ORPHANS_DIR).mkdir(exist_ok=True)
         folder.rename(experiment / ORPHANS_DIR / folder.name)

@@ -712,13 +712,13 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
     unfinished = unfinished_trials(results, tune_trials(args))
     interrupted = stop.received is not None or unfinished > 0
     if plan.local:
-        orphans = set_aside_orphans(Path(plan.experiment), {Path(r.path).name for r in results},
-                                    tracking)
+        experiment = Path(plan.experiment)
+        orphans = set_aside_orphans(experiment, {Path(r.path).name for r in results}, tracking)
         if orphans:
             print(f"set aside {len(orphans)} trial(s) that a killed driver started but never "
                   f"recorded (their configurations ran again): folders moved to "
-                  f"{Path(plan.experiment) / ORPHANS_DIR}, MLflow runs deleted (`mlflow runs "
-                  "restore --run-id ID` brings one back)")
+                  f"{experiment / ORPHANS_DIR}, MLflow runs deleted (`mlflow runs restore "
+                  "--run-id ID` brings one back)")
     leaderboard = None if interrupted else test_chosen_trials(plan, data, scorer_cache)
     close_sweep(tracking, results, interrupted, args.metric, plan.mode, leaderboard)
     if leaderboard is not None:
