@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, load_dataset  # noqa: E402
 from genmodels.device import PRECISIONS, autocast_factory, setup_device  # noqa: E402
-from genmodels.fused.layers import CONV_LAYOUTS  # noqa: E402
+from genmodels.fused.gan import GAN_LAYOUTS  # noqa: E402
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.graphs import WARMUP_STEPS, GraphedStep  # noqa: E402
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
     p.add_argument("--layouts", default="auto",
                    help="the fused GAN's convolution layouts to time, from auto (the product's "
-                        f"choice for the device), {', '.join(CONV_LAYOUTS)}")
+                        f"choice for the device), {', '.join(GAN_LAYOUTS)}")
     p.add_argument("--precisions", default="fp32",
                    help=f"precisions of the fused rows, from {', '.join(PRECISIONS)} (the unfused "
                         "trials run in fp32, PyTorch's default)")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     graph_modes = args.graphs.split(",")
     if "on" in graph_modes and args.device == "cpu":
         p.error("--graphs on needs a CUDA device (CUDA graphs)")
-    for value, allowed, flag in ((layouts, ("auto", *CONV_LAYOUTS), "--layouts"),
+    for value, allowed, flag in ((layouts, ("auto", *GAN_LAYOUTS), "--layouts"),
                                  (precisions, PRECISIONS, "--precisions"),
                                  (graph_modes, ("off", "on"), "--graphs")):
         if not set(value) <= set(allowed):

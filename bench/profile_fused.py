@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench.bench_fused import BATCH, DEFAULT_DATA, TEST_DATA, build_task, sync  # noqa: E402
 from genmodels.data import DEFAULT_VAL_FRACTION, load_dataset  # noqa: E402
 from genmodels.device import PRECISIONS  # noqa: E402
-from genmodels.fused.layers import CONV_LAYOUTS  # noqa: E402
+from genmodels.fused.gan import GAN_LAYOUTS  # noqa: E402
 
 WARMUP_STEPS = 5
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", choices=["vae", "gan"], default="gan")
     p.add_argument("--device", default="cpu")
     p.add_argument("--members", type=int, default=16)
-    p.add_argument("--layout", choices=CONV_LAYOUTS, default="per-member")
+    p.add_argument("--layout", choices=GAN_LAYOUTS, default="per-member")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--steps", type=int, default=10, help="profiled steps")
     p.add_argument("--rows", type=int, default=25, help="operators shown")

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from genmodels.data import load_dataset, to_unit_interval
+from genmodels.fused.gan import FusedGenerator
 from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
-from genmodels.gan import GANConfig
+from genmodels.gan import GANConfig, Generator
 from genmodels.tasks import GANTask, VAETask
 from genmodels.training import TrainConfig, Trainer, TrainingDiverged
 from genmodels.vae import VAEConfig
@@ -299,18 +300,40 @@ def test_every_conv_layout_is_each_members_own_convolution(layout, transposed, s
 
 
 @pytest.mark.slow
-def test_a_fused_gan_trains_the_same_in_the_matmul_layout(mnist, fp64):
+@pytest.mark.parametrize("layout", ["matmul", "members"])
+def test_a_fused_gan_trains_the_same_in_the_other_layouts(mnist, fp64, layout):
     """The 20-step test above runs the default layout (K calls); the batched matrix product
-    ("matmul", a layout of its own, exact layer by layer in the test before) trains the same group
-    to the same weights and losses."""
+    ("matmul", exact layer by layer in the test before) and each member's network as its own
+    chain of calls ("members") train the same group, dropout masks included, to the same
+    weights, losses and BatchNorm statistics, and generate and judge the same in eval mode."""
     data = gan_batches(mnist)[:3]
     torch.manual_seed(1)
     per_member, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
     torch.manual_seed(1)
-    matmul, _, matmul_losses = run_fused_gan(mnist, GAN_MEMBERS, data, "matmul")
-    torch.testing.assert_close(matmul_losses, losses, rtol=RTOL, atol=1e-8)
-    for module_a, module_b in zip(matmul.modules.values(), per_member.modules.values()):
+    other, _, other_losses = run_fused_gan(mnist, GAN_MEMBERS, data, layout)
+    torch.testing.assert_close(other_losses, losses, rtol=RTOL, atol=1e-8)
+    for module_a, module_b in zip(other.modules.values(), per_member.modules.values()):
         assert_close_states(module_a.state_dict(), module_b.state_dict())
+    real = to_unit_interval(mnist.test_images[:EVAL_IMAGES]).double() * 2 - 1
+    for task in (per_member, other):
+        task.discriminator.eval()
+    torch.testing.assert_close(other.discriminator(real), per_member.discriminator(real))
+    h = per_member.fixed_h[:, :EVAL_IMAGES]
+    torch.testing.assert_close(other.generate(h), per_member.generate(h))
+
+
+@pytest.mark.slow
+def test_a_diverging_gan_member_is_frozen_in_the_members_layout_too(mnist):
+    """Each member's own chain of calls: a NaN in one chain never reaches another's."""
+    absurd = GANConfig(latent_dim=8, lr_g=1e30, lr_d=1e30)
+    data = [x[:GAN_BATCH] for x in batches(mnist)][:6]
+    torch.manual_seed(5)
+    sick, _, _ = run_fused_gan(mnist, [GAN_MEMBERS[0], absurd, GAN_MEMBERS[2]], data, "members")
+    torch.manual_seed(5)
+    well, _, _ = run_fused_gan(mnist, [GAN_MEMBERS[0], GANConfig(latent_dim=8), GAN_MEMBERS[2]], data,
+                               "members")
+    assert sick.status.active.tolist() == [True, False, True]
+    assert_same_members(sick, well, [0, 2])
 
 
 def test_the_fused_gan_layout_follows_the_measurements():
@@ -318,6 +341,8 @@ def test_the_fused_gan_layout_follows_the_measurements():
     assert default_conv_layout(torch.device("cuda")) == "streams"
     with pytest.raises(ValueError, match="conv_layout must be"):
         FusedConfig([GANConfig()], conv_layout="fast")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        FusedGenerator([Generator()], "fast")
 
 
 # ---- the shared loop -------------------------------------------------------------------------

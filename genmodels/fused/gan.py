@@ -2,14 +2,17 @@
 discriminator weights, BatchNorm statistics, D dropout and latent size.
 
 Convolutions run over the channel-stacked layout [N, K*C, H, W] (one grouped call, K calls, or
-one batched matrix product: `layout`, see `genmodels.fused.layers`); G's fully connected
-projection runs as a batched matrix product. Noise h is padded to the largest latent size L; the
-projection's padded input columns are zero and the padded noise coordinates are zeroed, so each
-member's generator computes exactly its standalone output.
-Members share each real minibatch.
+one batched matrix product: `layout`, see `genmodels.fused.layers`), or, in the "members" layout,
+each member's network runs as its own chain of standalone calls on its own CUDA stream, its
+activations never stacked. G's fully connected projection runs as a batched matrix product.
+Noise h is padded to the largest latent size L; the projection's padded input columns are zero
+and the padded noise coordinates are zeroed, so each member's generator computes exactly its
+standalone output. Members share each real minibatch.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,18 +20,43 @@ from torch import nn
 
 from genmodels.device import at_least_fp32
 from genmodels.fused.layers import (
+    CONV_LAYOUTS,
     MemberBatchNorm,
     MemberConv2d,
     MemberConvTranspose2d,
     MemberDropout,
     MemberLinear,
+    member_slices,
     member_state,
     prefixed,
     stacked,
     to_channels,
     to_members,
 )
+from genmodels.fused.streams import SideStreams, side_streams_on
 from genmodels.gan import LEAKY_SLOPE, Discriminator, Generator
+
+# The fused GAN's layouts: one of the convolution layouts for every layer, or "members": member k's
+# whole network as one chain of calls on its own activations (dense, channels-last on CUDA), the K
+# chains side by side on CUDA streams (one after another on a CPU). Its layers keep the stacked
+# parameters of the others ("per-member" is their own layout), so checkpoints, the optimizer and
+# `member(k)` are the same in every layout.
+GAN_LAYOUTS = (*CONV_LAYOUTS, "members")
+MEMBERS = "members"
+
+
+def check_gan_layout(layout: str) -> str:
+    """The layout the layers are built with: "members" runs the network itself, on "per-member" layers."""
+    if layout not in GAN_LAYOUTS:
+        raise ValueError(f"the fused GAN's layout must be one of {GAN_LAYOUTS}, got {layout!r}")
+    return "per-member" if layout == MEMBERS else layout
+
+
+def autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a convolution of `dtype` tensors returns here: autocast's, when it is on."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
 
 
 class FusedGenerator(nn.Module):
@@ -36,6 +64,8 @@ class FusedGenerator(nn.Module):
 
     def __init__(self, members: list[Generator], layout: str = "grouped"):
         super().__init__()
+        self.layout, layout = layout, check_gan_layout(layout)
+        self.side_streams: SideStreams | None = None  # "members": made on the first call
         self.num_members = len(members)
         self.latent_dims = [g.latent_dim for g in members]
         self.latent_dim = max(self.latent_dims)
@@ -78,12 +108,24 @@ class FusedGenerator(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         k, n = self.num_members, h.shape[1]
         x = self.project(self.mask_noise(h))  # [K, N, 512]
+        if self.layout == MEMBERS:
+            return self.forward_members(x)
         x = F.relu(self.project_norm(to_channels(x)))  # [N, K*512]
         x = self.up1(x.view(n, -1, 1, 1))
         x = F.relu(self.norm1(x.flatten(1)).view_as(x))
         x = F.relu(self.norm2(self.up2(x)))
         x = F.relu(self.norm3(self.up3(x)))
         return to_members(torch.tanh(self.up4(x)), k)
+
+    def forward_members(self, projected: torch.Tensor) -> torch.Tensor:
+        """The "members" layout from the projection [K, N, 512] on: each member's [N, 512] (a
+        dense slice) through its own BatchNorms and transposed convolutions."""
+        layers = zip(self.project_norm.per_member(), self.up1.per_member(), self.norm1.per_member(),
+                     self.up2.per_member(), self.norm2.per_member(), self.up3.per_member(),
+                     self.norm3.per_member(), self.up4.per_member())
+        self.side_streams = side_streams_on(self.side_streams, projected.device)
+        jobs = [partial(generator_member, x, *calls) for x, calls in zip(projected.unbind(0), layers)]
+        return torch.stack(self.side_streams.run(jobs))
 
 
 class FusedDiscriminator(nn.Module):
@@ -92,6 +134,8 @@ class FusedDiscriminator(nn.Module):
 
     def __init__(self, members: list[Discriminator], dropouts: list[float], layout: str = "grouped"):
         super().__init__()
+        self.layout, layout = layout, check_gan_layout(layout)
+        self.side_streams: SideStreams | None = None  # "members": made on the first call
         self.num_members = len(members)
         p = torch.tensor(dropouts, dtype=torch.float32)
         feats = [d.features for d in members]
@@ -113,6 +157,8 @@ class FusedDiscriminator(nn.Module):
         return discriminator
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == MEMBERS:
+            return self.forward_members(x)
         k = self.num_members
         x = x if x.dim() == 4 else to_channels(x)  # shared real images stay [N, 1, 28, 28]
         for i, conv in enumerate(self.convs):
@@ -122,6 +168,44 @@ class FusedDiscriminator(nn.Module):
             x = self.drops[i](F.leaky_relu(x, LEAKY_SLOPE))
         features = x.flatten(1).view(len(x), k, -1).transpose(0, 1)  # [K, N, 512*2*2]
         return self.classifier(features).squeeze(2)
+
+    def forward_members(self, x: torch.Tensor) -> torch.Tensor:
+        """The "members" layout: each member's images (or the shared ones) through its own chain."""
+        k, n, size = self.num_members, len(x) if x.dim() == 4 else x.shape[1], x.shape[-1]
+        images = [x] * k if x.dim() == 4 else x.unbind(0)
+        dtype = autocast_dtype(x.device, self.classifier.weight.dtype)
+        # Every layer's dropout masks, drawn here in layer order for all members at once: the same
+        # random numbers the channel-stacked layouts draw, and no draws inside the side streams.
+        drops = []
+        for conv, drop in zip(self.convs, self.drops):
+            size = conv.output_size(size)
+            drops.append(drop.per_member((n, k * drop.channels, size, size), dtype))
+        norms = [norm.per_member() for norm in self.norms]
+        convs = [conv.per_member() for conv in self.convs]
+        classifier = zip(self.classifier.weight.unbind(0), member_slices(self.classifier.bias, k))
+        self.side_streams = side_streams_on(self.side_streams, x.device)
+        jobs = [partial(discriminator_member, images[m], [c[m] for c in convs], [b[m] for b in norms],
+                        [d[m] for d in drops], *head) for m, head in enumerate(classifier)]
+        return torch.stack(self.side_streams.run(jobs))  # [K, N]
+
+
+def generator_member(x, project_norm, up1, norm1, up2, norm2, up3, norm3, up4) -> torch.Tensor:
+    """One member's generator (Table 4) from its projection [N, 512], as `Generator` computes it."""
+    x = up1(F.relu(project_norm(x)).view(len(x), -1, 1, 1))
+    x = F.relu(norm1(x.flatten(1)).view(x.shape))  # per (channel, position): `PositionBatchNorm`
+    x = F.relu(norm2(up2(x)))
+    x = F.relu(norm3(up3(x)))
+    return torch.tanh(up4(x))
+
+
+def discriminator_member(x, convs, norms, drops, weight, bias) -> torch.Tensor:
+    """One member's discriminator (Table 3): logits [N], as `Discriminator` computes them."""
+    for i, (conv, drop) in enumerate(zip(convs, drops)):
+        x = conv(x)
+        if i > 0:
+            x = norms[i - 1](x)
+        x = drop(F.leaky_relu(x, LEAKY_SLOPE))
+    return F.linear(x.flatten(1), weight, bias).squeeze(1)
 
 
 def member_bce(logits: torch.Tensor, target: float) -> torch.Tensor:

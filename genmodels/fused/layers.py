@@ -23,6 +23,13 @@ PyTorch's grouped (transposed) convolutions ran slower than K separate calls bot
 (up to 2x) and on an H200 (2.3x fewer GAN trial-epochs per hour at K = 16); which layout the fused
 GAN uses on each device is `genmodels.fused.tasks.default_conv_layout`, from bench/RESULTS.md.
 
+The fused GAN has one more layout, for the whole network rather than one layer: "members"
+(`genmodels.fused.gan`). Each member's activations stay its own dense tensors from layer to layer,
+and each layer hands out member k's part as a plain function (`per_member()`: its weight slices,
+its BatchNorm statistics, its dropout mask), so member k's whole network is one chain of standalone
+calls, run on its own CUDA stream. Nothing is sliced out of a channel-stacked tensor or
+concatenated back, the copies that were a fifth of a fused GAN step on an H200 (bench/RESULTS.md).
+
 A shared input (the real images every member sees) enters without copies: `[N, F]` for a linear
 layer (one plain matrix product against all K weight matrices) and `[N, C, H, W]` for a conv
 (an ungrouped convolution producing K * C_out channels).
@@ -30,6 +37,7 @@ layer (one plain matrix product against all K weight matrices) and `[N, C, H, W]
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -37,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.convs import add_channel_bias, conv2d, conv_transpose2d
-from genmodels.fused.streams import SideStreams
+from genmodels.fused.streams import SideStreams, side_streams_on
 
 
 def stacked(tensors: list[torch.Tensor], shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -140,11 +148,27 @@ def conv_transpose2d_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return add_channel_bias(y, bias)
 
 
-def member_conv(conv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                memory_format: torch.memory_format, options: dict) -> torch.Tensor:
-    """One member's convolution, its input slice first copied dense in `memory_format` (the copy
-    a convolution makes of a strided slice anyway, done where the call runs: on its stream)."""
+def member_conv(conv, weight: torch.Tensor, bias: torch.Tensor | None,
+                memory_format: torch.memory_format, options: dict, x: torch.Tensor) -> torch.Tensor:
+    """One member's convolution, its input first copied dense in `memory_format` (the copy a
+    convolution makes of a strided slice anyway, done where the call runs: on its stream; none
+    when the input is dense in that format already)."""
     return conv(x.contiguous(memory_format=memory_format), weight, bias, **options)
+
+
+def conv_memory_format(device: torch.device) -> torch.memory_format:
+    """What a member's convolution gets its input as. On CUDA channels-last (NHWC), the layout of
+    cuDNN's tensor-core kernels: handed NCHW, cuDNN transposes every input and output of every
+    call itself (17% of a fused GAN step's device time on an H200, bench/RESULTS.md). The outputs
+    come back NHWC, and so does everything computed from them."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def member_slices(param: torch.Tensor | None, count: int) -> tuple:
+    """Every member's slice of a stacked parameter, taken with one `unbind` (its backward is one
+    `stack` of the K gradients; K separate `param[k]` would each add a zero tensor of the whole
+    stack to the gradient), or `count` Nones for a layer without it."""
+    return (None,) * count if param is None else param.unbind(0)
 
 
 class MemberConvs(nn.Module):
@@ -167,19 +191,19 @@ class MemberConvs(nn.Module):
         if self.layout == "grouped" or groups == 1:
             flat_bias = None if self.bias is None else self.bias.flatten()
             return conv(x, self.weight.flatten(0, 1), flat_bias, groups=groups, **options)
-        biases = self.bias if self.bias is not None else [None] * groups
-        # On CUDA each member's slice is copied channels-last (NHWC), the layout of cuDNN's
-        # tensor-core kernels: handed NCHW, cuDNN transposes every input and output of every call
-        # itself (17% of a fused GAN step's device time on an H200, bench/RESULTS.md). The outputs
-        # come back NHWC, torch.cat keeps that, and so does everything after it.
-        fmt = torch.channels_last if x.device.type == "cuda" else torch.contiguous_format
-        calls = [partial(member_conv, conv, xk, wk, bk, fmt, options)
-                 for xk, wk, bk in zip(x.chunk(groups, dim=1), self.weight, biases)]
+        fmt = conv_memory_format(x.device)  # torch.cat keeps channels-last, and so does what follows
+        calls = [partial(member_conv, conv, wk, bk, fmt, options, xk) for xk, wk, bk in
+                 zip(x.chunk(groups, dim=1), self.weight.unbind(0), member_slices(self.bias, groups))]
         if self.layout == "streams":
-            if self.side_streams is None or self.side_streams.device != x.device:
-                self.side_streams = SideStreams(x.device)
+            self.side_streams = side_streams_on(self.side_streams, x.device)
             return torch.cat(self.side_streams.run(calls), dim=1)
         return torch.cat([call() for call in calls], dim=1)
+
+    def member_calls(self, conv, **options) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Member k's convolution as a function of its own input [N, C_in, H, W] (see `per_member`)."""
+        k, fmt = len(self.weight), conv_memory_format(self.weight.device)
+        return [partial(member_conv, conv, wk, bk, fmt, options)
+                for wk, bk in zip(self.weight.unbind(0), member_slices(self.bias, k))]
 
 
 class MemberConv2d(MemberConvs):
@@ -195,6 +219,14 @@ class MemberConv2d(MemberConvs):
             return conv2d_matmul(x, self.weight, self.bias, self.stride, self.padding)
         return self.grouped_or_looped(conv2d, x, groups, stride=self.stride, padding=self.padding)
 
+    def per_member(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        return self.member_calls(conv2d, stride=self.stride, padding=self.padding)
+
+    def output_size(self, size: int) -> int:
+        """The side of the output map for an input map of side `size`."""
+        kernel = self.weight.shape[-1]
+        return (size + 2 * self.padding[0] - kernel) // self.stride[0] + 1
+
 
 class MemberConvTranspose2d(MemberConvs):
     """K transposed convolutions, weight [K, C_in, C_out, k, k]: [N, K*C_in, H, W] -> [N, K*C_out, ...]."""
@@ -209,6 +241,10 @@ class MemberConvTranspose2d(MemberConvs):
                                            self.output_padding)
         return self.grouped_or_looped(conv_transpose2d, x, self.weight.shape[0], stride=self.stride,
                                       padding=self.padding, output_padding=self.output_padding)
+
+    def per_member(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        return self.member_calls(conv_transpose2d, stride=self.stride, padding=self.padding,
+                                 output_padding=self.output_padding)
 
 
 class MemberBatchNorm(nn.Module):
@@ -231,9 +267,20 @@ class MemberBatchNorm(nn.Module):
         return {"weight": self.weight[k], "bias": self.bias[k], "running_mean": self.running_mean[k],
                 "running_var": self.running_var[k], "num_batches_tracked": self.num_batches_tracked}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def per_member(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Member k's BatchNorm as a function of its own input [N, C, ...]: its weights, and its
+        running statistics updated in place, as in the channel-stacked call."""
+        self.count_batch()
+        return [partial(F.batch_norm, running_mean=self.running_mean[k], running_var=self.running_var[k],
+                        weight=wk, bias=bk, training=self.training, momentum=self.momentum, eps=self.eps)
+                for k, (wk, bk) in enumerate(zip(self.weight.unbind(0), self.bias.unbind(0)))]
+
+    def count_batch(self) -> None:
         if self.training:
             self.num_batches_tracked.add_(1)  # as nn.BatchNorm counts (unused with a momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.count_batch()
         return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1),
                             self.weight.flatten(), self.bias.flatten(), self.training,
                             self.momentum, self.eps)
@@ -254,19 +301,44 @@ class MemberDropout(nn.Module):
         self.any_dropout = bool((p > 0).any())
         self.recorded: list[torch.Tensor] | None = None
 
+    def stacked_p(self, dims: int) -> torch.Tensor:
+        """p broadcast against an activation with `dims` dimensions in this layer's layout."""
+        if self.channels:
+            return self.p.repeat_interleave(self.channels).view(1, -1, *[1] * (dims - 2))
+        return self.p.view(-1, *[1] * (dims - 1))
+
+    def keep_mask(self, shape: torch.Size, dtype: torch.dtype, p: torch.Tensor) -> torch.Tensor:
+        # torch.rand, not rand_like: rand_like follows x's strides, and the layouts leave x in
+        # different memory orders, which would hand each unit another random number.
+        keep = torch.rand(shape, dtype=dtype, device=p.device) >= p
+        if self.recorded is not None:
+            self.recorded.append(keep)
+        return keep
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.any_dropout:
             return x
-        if self.channels:
-            p = self.p.repeat_interleave(self.channels).view(1, -1, *[1] * (x.dim() - 2))
-        else:
-            p = self.p.view(-1, *[1] * (x.dim() - 1))
-        # torch.rand, not rand_like: rand_like follows x's strides, and the layouts leave x in
-        # different memory orders, which would hand each unit another random number.
-        keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= p
-        if self.recorded is not None:
-            self.recorded.append(keep)
-        return x * keep / (1 - p)
+        p = self.stacked_p(x.dim())
+        return x * self.keep_mask(x.shape, x.dtype, p) / (1 - p)
+
+    def per_member(self, shape: tuple[int, ...], dtype: torch.dtype
+                   ) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Member k's dropout as a function of its own input [N, channels, ...], for a layer
+        whose channel-stacked activation would be `shape` ([N, K*channels, ...]) of `dtype`.
+        The mask is drawn here, for all members at once: the random numbers `forward` would draw."""
+        if not self.channels:
+            raise ValueError("per-member dropout is for the channel-stacked layout (channels > 0)")
+        count = len(self.p)
+        if not self.training or not self.any_dropout:
+            return [nn.Identity()] * count
+        p = self.stacked_p(len(shape))
+        keeps = self.keep_mask(shape, dtype, p).unflatten(1, (count, self.channels)).unbind(1)
+        return [partial(masked, keep, pk) for keep, pk in zip(keeps, p.unflatten(1, (count, -1)).unbind(1))]
+
+
+def masked(keep: torch.Tensor, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Dropout's arithmetic with a drawn mask, as `MemberDropout.forward` does it."""
+    return x * keep / (1 - p)
 
 
 def to_channels(x: torch.Tensor) -> torch.Tensor:

@@ -53,3 +53,11 @@ class SideStreams:
         for stream in self.streams:  # and everything queued after waits for them
             main.wait_stream(stream)
         return results
+
+
+def side_streams_on(current: SideStreams | None, device: torch.device) -> SideStreams:
+    """`current`, or new side streams if there are none yet or they belong to another device (a
+    module moved since): how a layer that runs members side by side keeps its streams."""
+    if current is None or current.device != torch.device(device):
+        return SideStreams(device)
+    return current

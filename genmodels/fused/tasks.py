@@ -24,12 +24,13 @@ from torch import nn
 
 from genmodels.data import ImageData, to_unit_interval
 from genmodels.fused.gan import (
+    GAN_LAYOUTS,
     FusedDiscriminator,
     FusedGenerator,
     fused_discriminator_loss,
     fused_generator_loss,
 )
-from genmodels.fused.layers import CONV_LAYOUTS, MemberDropout
+from genmodels.fused.layers import MemberDropout
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
 from genmodels.gan import Discriminator, GANConfig, Generator, to_unit_range
@@ -63,8 +64,8 @@ class FusedConfig:
     def __post_init__(self) -> None:
         if not self.members:
             raise ValueError("a fused group needs at least one member")
-        if self.conv_layout not in ("auto", *CONV_LAYOUTS):
-            raise ValueError(f"conv_layout must be 'auto' or one of {CONV_LAYOUTS}, got "
+        if self.conv_layout not in ("auto", *GAN_LAYOUTS):
+            raise ValueError(f"conv_layout must be 'auto' or one of {GAN_LAYOUTS}, got "
                              f"{self.conv_layout!r}")
         self.members = [CONFIG_CLASSES[self.model](**m) if isinstance(m, dict) else m
                         for m in self.members]
