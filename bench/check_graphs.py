@@ -5,9 +5,10 @@
 For the VAE, the GAN and fused groups of both (three members with different latent sizes, dropout
 and learning rates), a fused VAE group that drops a member halfway (the graphed step must be
 captured again, on the shrunk group's new optimizer), and a fused GAN whose members' convolutions
-run one after another on one stream ("per-member" layout, whose eager run must equal the fused
-GAN's in its default layout on CUDA, the same calls side by side on CUDA streams), two trainers are
-built from the same seed:
+run one after another on one stream ("per-member" layout), and one whose members each run their
+whole network as their own chain of calls ("members" layout; the eager runs of both must equal
+the fused GAN's in its default layout on CUDA, the same convolutions side by side on CUDA streams),
+two trainers are built from the same seed:
 one eager, one with `cuda_graphs=True`. Both train STEPS steps on the same batches. The CUDA
 random-number generator is graph-aware, so the graphed run draws the same noise and dropout masks
 as the eager one. cuDNN is made deterministic and kept out of TF32 here: otherwise two *eager* runs
@@ -20,7 +21,7 @@ too, and the per-step losses should agree to fp32 rounding. Printed per model: t
 difference of the losses, graphed against that eager run, against a default eager run, and the
 noise floor of two default eager runs; then, per model, a graphed run resumed halfway from its
 checkpoint against the run straight through. Exits 1 if graphed differs from capturable eager,
-resumed from straight, or one stream from side streams, by more than TOLERANCE. Imports torch
+resumed from straight, or another layout from the default one, by more than TOLERANCE. Imports torch
 and genmodels only.
 """
 
@@ -57,7 +58,13 @@ def model_configs() -> dict:
     return {"vae": vaes[0], "gan": gans[0],
             "fused-vae": FusedConfig(vaes), "fused-gan": FusedConfig(gans),
             "fused-vae, shrunk": FusedConfig(vaes),
-            "fused-gan, one stream": FusedConfig(gans, conv_layout="per-member")}
+            "fused-gan, one stream": FusedConfig(gans, conv_layout="per-member"),
+            "fused-gan, members": FusedConfig(gans, conv_layout="members")}
+
+
+# Cases that train their base model in another layout: their eager runs must equal the base's.
+OTHER_LAYOUTS = {"fused-gan, one stream": "the same calls side by side on streams",
+                 "fused-gan, members": "each member's network stacked layer by layer"}
 
 
 def base_model(name: str) -> str:
@@ -143,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
               f"weights after {STEPS} steps {weights:.2e}; graphed vs default-Adam eager "
               f"{max(relative(g, d) for g, d in zip(graphed, default)):.2e}; eager vs eager "
               f"{max(relative(a, d) for a, d in zip(again, default)):.2e}", flush=True)
-        if model.endswith("one stream"):  # the default layout's calls, one after another
+        if model in OTHER_LAYOUTS:
             apart = max(relative(s, o) for s, o in zip(eager, eager_runs[base_model(model)]))
             worst = max(worst, apart)
-            print(f"{model:<21} eager, against {base_model(model)} eager (the same calls side by "
-                  f"side on streams): losses, max rel. difference {apart:.2e}", flush=True)
+            print(f"{model:<21} eager, against {base_model(model)} eager ({OTHER_LAYOUTS[model]}): "
+                  f"losses, max rel. difference {apart:.2e}", flush=True)
     for model, cfg in model_configs().items():
         if "," not in model:
             difference = resumed(model, cfg, data)

@@ -12,17 +12,18 @@ the others.
 """
 
 import contextlib
+import copy
 
 import pytest
 import torch
 from torch import nn
 
 from genmodels.data import load_dataset, to_unit_interval
-from genmodels.fused.gan import FusedGenerator
+from genmodels.fused.gan import FusedGenerator, fused_discriminator_loss
 from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
-from genmodels.gan import GANConfig, Generator
+from genmodels.gan import GANConfig, Generator, discriminator_loss
 from genmodels.tasks import GANTask, VAETask
 from genmodels.training import TrainConfig, Trainer, TrainingDiverged
 from genmodels.vae import VAEConfig
@@ -265,6 +266,26 @@ def test_a_diverging_gan_member_is_frozen_and_the_others_are_untouched(mnist):
     assert_same_members(sick, well, [0, 2])
     for name, value in sick.generator.member(1).state_dict().items():
         assert torch.isfinite(value.float()).all(), name
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_generator_step_computes_no_discriminator_gradients(mnist, fused):
+    """G's loss reaches G through D. D's weight gradients on that way would be thrown away (the
+    next D step clears them first), so the G step skips them: after a whole step, D holds the
+    gradients of its own step alone, standalone and fused."""
+    members = [GANConfig(latent_dim=8), GANConfig(latent_dim=12, lr_g=1e-4)]  # no dropout: replayable
+    cpu, no_autocast = torch.device("cpu"), contextlib.nullcontext
+    task = (FusedGANTask(FusedConfig(members), mnist, cpu, train_cfg(), no_autocast) if fused
+            else standalone(GANTask, members[0], mnist))
+    x = batches(mnist, steps=1)[0][:GAN_BATCH]
+    h = torch.randn(*([len(members)] if fused else []), GAN_BATCH, task.generator.latent_dim)
+    generator, discriminator = copy.deepcopy(task.generator), copy.deepcopy(task.discriminator)
+    real_logits, fake_logits = discriminator(x * 2 - 1), discriminator(generator(h).detach())
+    d_loss = fused_discriminator_loss if fused else discriminator_loss
+    d_loss(real_logits, fake_logits).sum().backward()  # D's step alone, from the same weights
+    task.update(x, h)
+    for name, param in task.discriminator.named_parameters():
+        torch.testing.assert_close(param.grad, discriminator.get_parameter(name).grad, msg=name)
 
 
 @pytest.mark.parametrize("layout", CONV_LAYOUTS)

@@ -314,7 +314,9 @@ class FusedGANTask(_KeepMembers):
             loss_g = fused_generator_loss(self.discriminator(fake))
         active = self.status.mark(loss_g.detach())
         self.opt_g.zero_grad()
-        torch.where(active, loss_g, 0.0).sum().backward()
+        # Only G's gradients: D's weight gradients on the way would be thrown away (the next D
+        # step clears them first); `inputs` makes autograd skip them (bench/gan_g_step.py).
+        torch.where(active, loss_g, 0.0).sum().backward(inputs=list(self.generator.parameters()))
         self.opt_g.step(active)
 
         return self.status.report({
