@@ -6,8 +6,8 @@
 # torch.func against the fused layers, never measured on a GPU either. torch + genmodels only.
 # From the repository root:
 #
-#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 6 minutes
-#     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 PROCS=1 G=off P=fp32 PM=2 PP=fp32 VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out
+#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 7 minutes
+#     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 PROCS=1 G=off P=fp32 PM=2 PP=fp32 GS=2 VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out
 #                                                   # the script's plumbing on a CPU
 source bench/gpu_setup.sh "$@"
 echo "== 0. graphed as eager; one stream and the members layout against the default layout"
@@ -22,3 +22,6 @@ timeout 60 python bench/profile_fused.py --model gan --device "$D" --members ${P
 echo "== 3. torch.func (stack_module_state + vmap) against the fused layers"
 timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-} --data-dir "$DATA" \
     | tee "$O/vmap.txt"
+echo "== 4. the G step with and without D's weight gradients (now skipped), one trial and K = ${GS:-64}"
+timeout 40 python bench/gan_g_step.py --device "$D" --data-dir "$DATA"
+timeout 60 python bench/gan_g_step.py --device "$D" --members ${GS:-64} --data-dir "$DATA"

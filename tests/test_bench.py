@@ -3,6 +3,7 @@
     pytest tests/test_bench.py -q
 """
 
+import pytest
 import torch
 from torch import nn
 
@@ -54,3 +55,23 @@ def test_both_ways_to_fuse_the_gan_compute_the_same_losses(load_bench, data_dir)
     vmap = load_bench("bench_vmap")
     images = to_unit_interval(load_dataset("mnist", data_dir).train_images[:vmap.BATCH])
     assert vmap.check_agreement("gan", 2, images, torch.device("cpu")) < vmap.AGREE
+
+
+def test_the_g_step_benchmark_finds_the_same_generator_gradients(load_bench, capsys, data_dir):
+    """bench/gan_g_step.py exits 1 when G's gradients differ with and without D's weight
+    gradients; run it small, standalone and fused."""
+    g_step = load_bench("gan_g_step")
+    assert g_step.main(["--rounds", "2", "--data-dir", str(data_dir)]) == 0
+    assert g_step.main(["--members", "2", "--rounds", "2", "--data-dir", str(data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("G's gradients the same") == 2 and "a fused group of 2" in printed
+
+
+@pytest.mark.slow
+def test_the_layout_ab_benchmark_runs_both_layouts_in_turns(load_bench, capsys, data_dir):
+    ab = load_bench("ab_layouts")
+    assert ab.main(["--members", "2", "--rounds", "2", "--steps", "1", "--data-dir", str(data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "per-member" in printed and "members takes" in printed
+    with pytest.raises(SystemExit):
+        ab.main(["--layouts", "members"])
