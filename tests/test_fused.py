@@ -16,11 +16,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genmodels.data import load_dataset, to_unit_interval
+from genmodels.fused import layers as fused_layers
 from genmodels.fused.gan import FusedGenerator, fused_discriminator_loss
-from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d
+from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d, conv_weights
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
 from genmodels.gan import GANConfig, Generator, discriminator_loss
@@ -318,6 +320,51 @@ def test_every_conv_layout_is_each_members_own_convolution(layout, transposed, s
     torch.testing.assert_close(grads[0], expected_grads[0])
     torch.testing.assert_close(grads[1], torch.stack(expected_grads[1:1 + k]))
     torch.testing.assert_close(grads[2], torch.stack(expected_grads[1 + k:]))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_members_conv_weights_are_made_channels_last_in_one_copy(transposed):
+    """What a fused convolution hands cuDNN on CUDA (`conv_weights`): each member's weight dense
+    channels-last, in the compute dtype; the same convolutions and the same gradients as the plain
+    slices (checked here with the CPU's channels-last convolutions, fp64)."""
+    torch.manual_seed(0)
+    k, c_in, c_out = 3, 4, 6
+    if transposed:
+        layers = [nn.ConvTranspose2d(c_in, c_out, 5, 2, 2, 1).double() for _ in range(k)]
+        fused, conv = MemberConvTranspose2d(layers, "per-member"), F.conv_transpose2d
+        options = {"stride": 2, "padding": 2, "output_padding": 1}
+    else:
+        layers = [nn.Conv2d(c_in, c_out, 5, 2, 2).double() for _ in range(k)]
+        fused, conv, options = MemberConv2d(layers, "per-member"), F.conv2d, {"stride": 2, "padding": 2}
+    x = torch.randn(2, c_in, 7, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    prepared = conv_weights(fused.weight, torch.float64)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in prepared)
+    ys = [conv(x, wk, bk, **options) for wk, bk in zip(prepared, fused.bias)]
+    want = [conv(x, wk, bk, **options) for wk, bk in zip(fused.weight.unbind(0), fused.bias)]
+    for y, w in zip(ys, want):
+        torch.testing.assert_close(y, w)
+    direction = [torch.randn_like(w) for w in want]
+    grad = torch.autograd.grad(sum((y * d).sum() for y, d in zip(ys, direction)), fused.weight)[0]
+    want_grad = torch.autograd.grad(sum((w * d).sum() for w, d in zip(want, direction)), fused.weight)[0]
+    torch.testing.assert_close(grad, want_grad)
+    assert {w.dtype for w in conv_weights(fused.weight.float(), torch.bfloat16)} == {torch.bfloat16}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["streams", "members"])
+def test_the_cuda_layouts_channels_last_path_trains_the_same_on_the_cpu(mnist, fp64, layout, monkeypatch):
+    """On CUDA the members' convolutions take channels-last inputs and weights (`conv_memory_format`,
+    `MemberConvs.member_weights`). The CPU has channels-last convolutions too: with that path
+    switched on here, a fused GAN trains as the plain per-member layout does."""
+    data = gan_batches(mnist)[:2]
+    torch.manual_seed(1)
+    plain, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
+    monkeypatch.setattr(fused_layers, "conv_memory_format", lambda device: torch.channels_last)
+    torch.manual_seed(1)
+    nhwc, _, nhwc_losses = run_fused_gan(mnist, GAN_MEMBERS, data, layout)
+    torch.testing.assert_close(nhwc_losses, losses, rtol=RTOL, atol=1e-8)
+    for module_a, module_b in zip(nhwc.modules.values(), plain.modules.values()):
+        assert_close_states(module_a.state_dict(), module_b.state_dict())
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from genmodels.fused.layers import (
     MemberConvTranspose2d,
     MemberDropout,
     MemberLinear,
+    autocast_dtype,
     member_slices,
     member_state,
     prefixed,
@@ -51,12 +52,6 @@ def check_gan_layout(layout: str) -> str:
         raise ValueError(f"the fused GAN's layout must be one of {GAN_LAYOUTS}, got {layout!r}")
     return "per-member" if layout == MEMBERS else layout
 
-
-def autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype a convolution of `dtype` tensors returns here: autocast's, when it is on."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return dtype
 
 
 class FusedGenerator(nn.Module):

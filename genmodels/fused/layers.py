@@ -164,6 +164,23 @@ def conv_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+def autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a convolution of `dtype` tensors computes in here: autocast's, when it is on."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
+def conv_weights(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Every member's slice of a stacked convolution weight [K, A, B, kh, kw] channels-last (each
+    slice dense in the order A, kh, kw, B, as `Tensor.contiguous(memory_format=channels_last)`
+    makes it) and in `dtype`: all K members in one copy, whose backward is one copy back."""
+    order = weight.permute(0, 1, 3, 4, 2)  # [K, A, kh, kw, B]: each slice's channels-last order
+    # One copy that casts too (`to` then `contiguous` would copy twice).
+    dense = torch.empty(order.shape, dtype=dtype, device=weight.device).copy_(order)
+    return dense.permute(0, 1, 4, 2, 3).unbind(0)
+
+
 def member_slices(param: torch.Tensor | None, count: int) -> tuple:
     """Every member's slice of a stacked parameter, taken with one `unbind` (its backward is one
     `stack` of the K gradients; K separate `param[k]` would each add a zero tensor of the whole
@@ -193,7 +210,7 @@ class MemberConvs(nn.Module):
             return conv(x, self.weight.flatten(0, 1), flat_bias, groups=groups, **options)
         fmt = conv_memory_format(x.device)  # torch.cat keeps channels-last, and so does what follows
         calls = [partial(member_conv, conv, wk, bk, fmt, options, xk) for xk, wk, bk in
-                 zip(x.chunk(groups, dim=1), self.weight.unbind(0), member_slices(self.bias, groups))]
+                 zip(x.chunk(groups, dim=1), self.member_weights(), member_slices(self.bias, groups))]
         if self.layout == "streams":
             self.side_streams = side_streams_on(self.side_streams, x.device)
             return torch.cat(self.side_streams.run(calls), dim=1)
@@ -203,7 +220,18 @@ class MemberConvs(nn.Module):
         """Member k's convolution as a function of its own input [N, C_in, H, W] (see `per_member`)."""
         k, fmt = len(self.weight), conv_memory_format(self.weight.device)
         return [partial(member_conv, conv, wk, bk, fmt, options)
-                for wk, bk in zip(self.weight.unbind(0), member_slices(self.bias, k))]
+                for wk, bk in zip(self.member_weights(), member_slices(self.bias, k))]
+
+    def member_weights(self) -> tuple[torch.Tensor, ...]:
+        """Every member's weight as its convolution uses it. On CUDA: channels-last, like the
+        inputs, and in autocast's dtype when autocast is on, made for all K members in one copy
+        per forward (`conv_weights`). Handed NCHW fp32 slices, each call would convert its own,
+        and again in its backward: K copies a layer and pass, 2K under autocast (the cast, then
+        the transpose inside the convolution). Elsewhere the plain slices."""
+        device = self.weight.device
+        if conv_memory_format(device) == torch.contiguous_format:
+            return self.weight.unbind(0)
+        return conv_weights(self.weight, autocast_dtype(device, self.weight.dtype))
 
 
 class MemberConv2d(MemberConvs):
