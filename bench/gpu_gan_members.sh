@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# The fused GAN's "members" layout on a GPU (issue 12; built 2026-11-27 afternoon on a CPU, never
-# run on CUDA yet): each member's whole network as its own chain of calls on its own dense
-# channels-last activations, side by side on CUDA streams, against the default "streams" layout
-# (the members' convolutions side by side, everything else channel-stacked), in one run; then
-# torch.func against the fused layers, never measured on a GPU either. torch + genmodels only.
+# The fused GAN's changes of 2026-11-27 afternoon, built on a CPU and never run on CUDA yet (issue
+# 12), measured in one run against the code before them (60bec18, run from .gpu/old):
+# - the "members" layout: each member's whole network as its own chain of calls on its own dense
+#   channels-last activations, side by side on CUDA streams;
+# - every member's conv weights made channels-last (and bf16 under autocast) in one copy a layer,
+#   in both CUDA layouts;
+# - G's step without D's weight gradients (711.3 MFLOP an image instead of 784.5), for the unfused
+#   trials too;
+# then torch.func against the fused layers, never measured on a GPU either. torch + genmodels only.
 # From the repository root:
 #
-#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 7 minutes
-#     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 PROCS=1 G=off P=fp32 PM=2 PP=fp32 GS=2 VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out
-#                                                   # the script's plumbing on a CPU
+#     rm -rf .gpu/old && mkdir -p .gpu/old && git archive 60bec18 genmodels bench | tar -x -C .gpu/old
+#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 5 minutes
+#     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 OM=2 PROCS=1 G=off P=fp32 PM=2 PP=fp32 GS=2 VM=2 \
+#         VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out   # the plumbing on a CPU
 source bench/gpu_setup.sh "$@"
 echo "== 0. graphed as eager; one stream and the members layout against the default layout"
 timeout 170 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
-echo "== 1. fused GAN, streams against members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"
+echo "== 1. fused GAN, streams and members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"
 timeout 200 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
     --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members \
     --precisions ${P:-fp32,bf16} --graphs ${G:-on} --json "$O/gan-members.json"
-echo "== 2. where a fused GAN step (members, ${PP:-bf16}, K = ${PM:-32}) spends its device time"
-timeout 60 python bench/profile_fused.py --model gan --device "$D" --members ${PM:-32} --layout members \
-    --precision ${PP:-bf16} --steps 5 --rows 16 --data-dir "$DATA" | tee "$O/profile-members.txt"
-echo "== 3. torch.func (stack_module_state + vmap) against the fused layers"
-timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-} --data-dir "$DATA" \
-    | tee "$O/vmap.txt"
-echo "== 4. the G step with and without D's weight gradients (now skipped), one trial and K = ${GS:-64}"
+echo "== 2. the same before (.gpu/old at 60bec18), streams, against 1 unfused trial (graphed)"
+(cd .gpu/old && PYTHONPATH=$PWD:$PWD/../site timeout 90 python bench/bench_fused.py --device "$D" $Q \
+    --data-dir "../../$DATA" --model gan --members ${OM:-64} --procs 1 --layouts streams \
+    --precisions ${P:-fp32,bf16} --graphs ${G:-on} --json "$O/gan-before.json")
+echo "== 3. the G step with and without D's weight gradients, one trial and K = ${GS:-64}"
 timeout 40 python bench/gan_g_step.py --device "$D" --data-dir "$DATA"
 timeout 60 python bench/gan_g_step.py --device "$D" --members ${GS:-64} --data-dir "$DATA"
+echo "== 4. where a fused GAN step (members, ${PP:-bf16}, K = ${PM:-32}) spends its device time"
+timeout 60 python bench/profile_fused.py --model gan --device "$D" --members ${PM:-32} --layout members \
+    --precision ${PP:-bf16} --steps 5 --rows 16 --data-dir "$DATA" | tee "$O/profile-members.txt"
+echo "== 5. torch.func (stack_module_state + vmap) against the fused layers"
+timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-} --data-dir "$DATA" \
+    | tee "$O/vmap.txt"
