@@ -373,13 +373,23 @@ def test_a_fused_gan_trains_the_same_in_the_other_layouts(mnist, fp64, layout):
     """The 20-step test above runs the default layout (K calls); the batched matrix product
     ("matmul", exact layer by layer in the test before) and each member's network as its own
     chain of calls ("members") train the same group, dropout masks included, to the same
-    weights, losses and BatchNorm statistics, and generate and judge the same in eval mode."""
+    weights, losses and BatchNorm statistics, shrunk to two members as well, and generate and
+    judge the same in eval mode."""
     data = gan_batches(mnist)[:3]
     torch.manual_seed(1)
     per_member, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
     torch.manual_seed(1)
     other, _, other_losses = run_fused_gan(mnist, GAN_MEMBERS, data, layout)
     torch.testing.assert_close(other_losses, losses, rtol=RTOL, atol=1e-8)
+    # A group that shrinks (a member stopped early) carries on the same in both layouts.
+    h = torch.randn(2, GAN_BATCH, per_member.generator.latent_dim)
+    steps = []
+    for task in (per_member, other):
+        task.keep_members([0, 2])
+        torch.manual_seed(2)
+        steps.append(task.update(data[0], h))
+    for key in ("loss_d", "loss_g"):
+        torch.testing.assert_close(steps[1][key], steps[0][key], rtol=RTOL, atol=1e-8)
     for module_a, module_b in zip(other.modules.values(), per_member.modules.values()):
         assert_close_states(module_a.state_dict(), module_b.state_dict())
     real = to_unit_interval(mnist.test_images[:EVAL_IMAGES]).double() * 2 - 1

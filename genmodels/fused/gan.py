@@ -42,8 +42,8 @@ from genmodels.gan import LEAKY_SLOPE, Discriminator, Generator
 # chains side by side on CUDA streams (one after another on a CPU). Its layers keep the stacked
 # parameters of the others ("per-member" is their own layout), so checkpoints, the optimizer and
 # `member(k)` are the same in every layout.
-GAN_LAYOUTS = (*CONV_LAYOUTS, "members")
 MEMBERS = "members"
+GAN_LAYOUTS = (*CONV_LAYOUTS, MEMBERS)
 
 
 def check_gan_layout(layout: str) -> str:
@@ -51,7 +51,6 @@ def check_gan_layout(layout: str) -> str:
     if layout not in GAN_LAYOUTS:
         raise ValueError(f"the fused GAN's layout must be one of {GAN_LAYOUTS}, got {layout!r}")
     return "per-member" if layout == MEMBERS else layout
-
 
 
 class FusedGenerator(nn.Module):
