@@ -1,6 +1,6 @@
 # Sourced by the prepared GPU rounds (bench/gpu_round.sh, gpu_gan_streams.sh, gpu_gan_nhwc.sh,
-# gpu_gan_defaults.sh): the carried site-packages and data under .gpu, the device and output
-# folder, and what machine this is.
+# gpu_gan_defaults.sh, gpu_gan_members.sh): the carried site-packages and data under .gpu, the
+# device and output folder, and what machine this is.
 # Build .gpu once on this side (it is git-ignored; the device tool carries it):
 #     mkdir -p .gpu/data/MNIST/raw && cp ../shared/data/MNIST/raw/*ubyte .gpu/data/MNIST/raw/
 #     python3 -m pip install --target .gpu/site filelock tqdm   # what torchvision's MNIST needs there
