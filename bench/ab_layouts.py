@@ -23,8 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from bench.bench_fused import BATCH, DEFAULT_DATA, TEST_DATA, build_task, sync  # noqa: E402
-from genmodels.data import DEFAULT_VAL_FRACTION, load_dataset  # noqa: E402
+from bench.bench_fused import BATCH, DEFAULT_DATA, build_task, sync, training_data  # noqa: E402
 from genmodels.device import PRECISIONS  # noqa: E402
 from genmodels.fused.gan import GAN_LAYOUTS  # noqa: E402
 from genmodels.graphs import WARMUP_STEPS, GraphedStep  # noqa: E402
@@ -46,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--layouts takes two of {', '.join(GAN_LAYOUTS)}, got {args.layouts!r}")
 
     device = torch.device(args.device)
-    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
-    data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
+    data = training_data(args.data_dir, device)
     batches = data.train_images[:BATCH * args.steps].split(BATCH)
     steps = {}
     for layout in layouts:

@@ -81,6 +81,13 @@ def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
     return task_class(FusedConfig(cfgs, conv_layout=layout), data, device, train_cfg, autocast)
 
 
+def training_data(data_dir: str | None, device: torch.device) -> ImageData:
+    """What a trial trains and validates on: MNIST's training images less the validation split,
+    from `data_dir` (default ../shared/data where it exists, else the repo's tests/data), on `device`."""
+    data_dir = data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
+    return load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -182,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or ((20 if cuda else 6) if args.quick else (60 if cuda else 15))
     warmup = 5 if cuda else 2
     procs = args.procs or ([1, 4, 8] if cuda else sorted({1, threads}))
-    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
-    # What a trial trains and validates on: the training images less the validation split.
-    data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
+    data = training_data(args.data_dir, device)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
     print(f"device {name}; {len(data.train_images)} training images, batch {BATCH}; "
           f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "

@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import genmodels.convs as convs  # noqa: E402
 import genmodels.fused.layers as fused_layers  # noqa: E402
-from bench.bench_fused import BATCH, DEFAULT_DATA, TEST_DATA, build_task  # noqa: E402
-from genmodels.data import DEFAULT_VAL_FRACTION, load_dataset  # noqa: E402
+from bench.bench_fused import BATCH, build_task, training_data  # noqa: E402
 from genmodels.gan import Discriminator, Generator  # noqa: E402
 
 CHOICES = {
@@ -85,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<11} input {str(shape[1:]):<15} oneDNN {times[0]:7.1f}   genmodels.convs "
               f"{times[1]:7.1f}   {times[0] / times[1]:5.2f}x", flush=True)
 
-    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
-    data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION)
+    data = training_data(args.data_dir, torch.device("cpu"))
     batch = data.train_images[:BATCH]
     for k in [None] + ([args.members] if args.members else []):
         times = []

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from bench.bench_fused import BATCH, DEFAULT_DATA, TEST_DATA, build_task, sync  # noqa: E402
-from genmodels.data import DEFAULT_VAL_FRACTION, load_dataset, to_unit_interval  # noqa: E402
+from bench.bench_fused import BATCH, DEFAULT_DATA, build_task, sync, training_data  # noqa: E402
+from genmodels.data import to_unit_interval  # noqa: E402
 from genmodels.fused.gan import fused_generator_loss  # noqa: E402
 from genmodels.gan import generator_loss  # noqa: E402
 
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    data_dir = args.data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
-    data = load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
+    data = training_data(args.data_dir, device)
     task = build_task("gan", args.members or None, data, device)
     task.update(to_unit_interval(data.train_images[:BATCH]))  # one whole step first (warm-up)
     generator, discriminator = task.generator, task.discriminator
