@@ -208,9 +208,10 @@ class MemberConvs(nn.Module):
         if self.layout == "grouped" or groups == 1:
             flat_bias = None if self.bias is None else self.bias.flatten()
             return conv(x, self.weight.flatten(0, 1), flat_bias, groups=groups, **options)
-        fmt = conv_memory_format(x.device)  # torch.cat keeps channels-last, and so does what follows
-        calls = [partial(member_conv, conv, wk, bk, fmt, options, xk) for xk, wk, bk in
-                 zip(x.chunk(groups, dim=1), self.member_weights(), member_slices(self.bias, groups))]
+        # Each member's slice in `conv_memory_format`: on CUDA torch.cat keeps the outputs
+        # channels-last, and so does everything after it.
+        calls = [partial(call, xk) for call, xk in zip(self.member_calls(conv, **options),
+                                                        x.chunk(groups, dim=1))]
         if self.layout == "streams":
             self.side_streams = side_streams_on(self.side_streams, x.device)
             return torch.cat(self.side_streams.run(calls), dim=1)
