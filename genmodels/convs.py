@@ -30,13 +30,17 @@ def add_channel_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor
     return y if bias is None else y + bias.reshape(1, -1, 1, 1).to(y.dtype)
 
 
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """The side of a convolution's output map for an input map of side `size`."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            stride=1, padding=0, groups: int = 1) -> torch.Tensor:
     """F.conv2d(x, weight, bias, stride, padding, groups=groups)."""
     if x.device.type == "cpu" and x.dim() == 4 and groups == 1:
         (kh, kw), (sh, sw), (ph, pw) = weight.shape[2:], _pair(stride), _pair(padding)
-        out_h = (x.shape[2] + 2 * ph - kh) // sh + 1
-        out_w = (x.shape[3] + 2 * pw - kw) // sw + 1
+        out_h, out_w = conv_output_size(x.shape[2], kh, sh, ph), conv_output_size(x.shape[3], kw, sw, pw)
         if out_h * out_w <= SMALL_MAP:
             patches = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # [N, C_in*kh*kw, P]
             y = (weight.reshape(len(weight), -1) @ patches).view(len(x), -1, out_h, out_w)

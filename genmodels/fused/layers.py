@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.convs import add_channel_bias, conv2d, conv_transpose2d
+from genmodels.convs import add_channel_bias, conv2d, conv_output_size, conv_transpose2d
 from genmodels.fused.streams import SideStreams, side_streams_on
 
 
@@ -253,8 +253,7 @@ class MemberConv2d(MemberConvs):
 
     def output_size(self, size: int) -> int:
         """The side of the output map for an input map of side `size`."""
-        kernel = self.weight.shape[-1]
-        return (size + 2 * self.padding[0] - kernel) // self.stride[0] + 1
+        return conv_output_size(size, self.weight.shape[-1], self.stride[0], self.padding[0])
 
 
 class MemberConvTranspose2d(MemberConvs):
