@@ -314,8 +314,7 @@ class FusedGANTask(_KeepMembers):
             loss_g = fused_generator_loss(self.discriminator(fake))
         active = self.status.mark(loss_g.detach())
         self.opt_g.zero_grad()
-        # Only G's gradients: D's weight gradients on the way would be thrown away (the next D
-        # step clears them first); `inputs` makes autograd skip them (bench/gan_g_step.py).
+        # Only G's gradients, as `genmodels.tasks.GANTask.update` says why.
         torch.where(active, loss_g, 0.0).sum().backward(inputs=list(self.generator.parameters()))
         self.opt_g.step(active)
 
