@@ -60,17 +60,18 @@ def batches(mnist, steps=STEPS):
 
 
 class ReplayDropout(nn.Module):
-    """nn.Dropout's arithmetic with the masks a fused run drew, replayed in order (p is the fused
-    layer's stored value, so both sides scale by the same 1 / (1 - p))."""
+    """nn.Dropout with the masks a fused run drew, replayed in order. Each mask carries its scale
+    (1 / (1 - p) or 0, `MemberDropout.scaled_mask`), as the mask nn.Dropout multiplies by on a
+    CPU does (bernoulli(1 - p) divided by 1 - p)."""
 
-    def __init__(self, p: torch.Tensor, masks: list[torch.Tensor]):
+    def __init__(self, masks: list[torch.Tensor]):
         super().__init__()
-        self.p, self.masks = p, list(masks)
+        self.masks = list(masks)
 
     def forward(self, x):
         if not self.training:
             return x
-        return x * self.masks.pop(0) / (1 - self.p)
+        return x * self.masks.pop(0)
 
 
 def replace_dropouts(module: nn.Module, fused_layers, k: int, masks_per_layer) -> None:
@@ -80,7 +81,7 @@ def replace_dropouts(module: nn.Module, fused_layers, k: int, masks_per_layer) -
     assert len(layers) == len(masks_per_layer) == len(fused_layers)
     for (parent, name, child), fused, masks in zip(layers, fused_layers, masks_per_layer):
         assert child.p == pytest.approx(float(fused.p[k]))
-        setattr(parent, name, ReplayDropout(fused.p[k], masks))
+        setattr(parent, name, ReplayDropout(masks))
 
 
 def standalone(task_class, cfg, mnist):
@@ -288,6 +289,28 @@ def test_the_generator_step_computes_no_discriminator_gradients(mnist, fused):
     task.update(x, h)
     for name, param in task.discriminator.named_parameters():
         torch.testing.assert_close(param.grad, discriminator.get_parameter(name).grad, msg=name)
+
+
+@pytest.mark.parametrize("channels", [0, 3], ids=["member-major", "channel-stacked"])
+def test_member_dropout_drops_each_members_share_and_scales_the_rest(channels):
+    """What the replayed masks cannot show: each member drops about its own p of the units, and
+    keeps the rest scaled by 1 / (1 - p), as nn.Dropout does."""
+    p = torch.tensor([0.0, 0.2, 0.5])
+    drop = fused_layers.MemberDropout(p, channels=channels)
+    drop.recorded = []
+    torch.manual_seed(SEED)
+    x = torch.ones(3, 400, 500) if channels == 0 else torch.ones(200, 3 * channels, 20, 20)
+    out = drop(x)
+    per_member = out if channels == 0 else fused_layers.to_members(out, 3)
+    assert torch.equal(out, drop.recorded[0])  # the mask is what the ones were multiplied by
+    for k, pk in enumerate(p.tolist()):
+        values = per_member[k]
+        kept = values != 0
+        torch.testing.assert_close(values[kept], torch.full_like(values[kept], 1 / (1 - pk)))
+        # 200,000+ units a member: 0.005 is more than four standard deviations at p = 0.5
+        assert 1 - kept.double().mean().item() == pytest.approx(pk, abs=0.005)
+    drop.eval()
+    assert drop(x) is x
 
 
 @pytest.mark.parametrize("layout", CONV_LAYOUTS)

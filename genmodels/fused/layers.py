@@ -319,6 +319,11 @@ class MemberDropout(nn.Module):
     probability 1 - p, scale the kept units by 1 / (1 - p). `channels` > 0 means the
     channel-stacked layout [N, K*channels, ...]; 0 means member-major [K, N, ...].
 
+    The mask carries the scale (1 / (1 - p) where a unit is kept, 0 where it is dropped), so
+    dropout is one multiply forward and one backward, in the activation's dtype: a bool mask and a
+    division by 1 - p were two of each, and the fp32 p turned a bf16 activation into fp32 for the
+    next layer to cast back. Under bf16 the scale is rounded to bf16, a relative 2^-9 at most.
+
     `recorded`, when set to a list, receives every mask drawn (the exactness tests replay them in
     standalone models)."""
 
@@ -335,19 +340,21 @@ class MemberDropout(nn.Module):
             return self.p.repeat_interleave(self.channels).view(1, -1, *[1] * (dims - 2))
         return self.p.view(-1, *[1] * (dims - 1))
 
-    def keep_mask(self, shape: torch.Size, dtype: torch.dtype, p: torch.Tensor) -> torch.Tensor:
+    def scaled_mask(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        """A fresh mask for an activation of `shape`: 1 / (1 - p) where kept, 0 where dropped."""
+        p = self.stacked_p(len(shape))
         # torch.rand, not rand_like: rand_like follows x's strides, and the layouts leave x in
         # different memory orders, which would hand each unit another random number.
         keep = torch.rand(shape, dtype=dtype, device=p.device) >= p
+        mask = torch.where(keep, (1 / (1 - p)).to(dtype), 0)
         if self.recorded is not None:
-            self.recorded.append(keep)
-        return keep
+            self.recorded.append(mask)
+        return mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.any_dropout:
             return x
-        p = self.stacked_p(x.dim())
-        return x * self.keep_mask(x.shape, x.dtype, p) / (1 - p)
+        return x * self.scaled_mask(x.shape, x.dtype)
 
     def per_member(self, shape: tuple[int, ...], dtype: torch.dtype
                    ) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -359,14 +366,8 @@ class MemberDropout(nn.Module):
         count = len(self.p)
         if not self.training or not self.any_dropout:
             return [nn.Identity()] * count
-        p = self.stacked_p(len(shape))
-        keeps = self.keep_mask(shape, dtype, p).unflatten(1, (count, self.channels)).unbind(1)
-        return [partial(masked, keep, pk) for keep, pk in zip(keeps, p.unflatten(1, (count, -1)).unbind(1))]
-
-
-def masked(keep: torch.Tensor, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Dropout's arithmetic with a drawn mask, as `MemberDropout.forward` does it."""
-    return x * keep / (1 - p)
+        masks = self.scaled_mask(shape, dtype).unflatten(1, (count, self.channels)).unbind(1)
+        return [partial(torch.mul, mask) for mask in masks]
 
 
 def to_channels(x: torch.Tensor) -> torch.Tensor:
