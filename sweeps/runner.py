@@ -363,7 +363,15 @@ def start_ray(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
+LOCAL_URI = "file://"
+
+
 def storage_uri(path: str) -> str:
+    """--storage-path as Ray's storage: a local folder made absolute, or a cloud URI as given. A
+    file:// URI is a local folder (Ray's pyarrow reads it so), and the sweep's own steps after the
+    trials (the test split, setting orphans aside, its log) need it as one too."""
+    if path.startswith(LOCAL_URI):
+        path = path[len(LOCAL_URI):]
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 

@@ -50,7 +50,8 @@ def placement(trial: Path) -> dict:
 
 @pytest.mark.slow
 def test_vae_sweep_end_to_end(data_dir, tmp_path):
-    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
+    # A file:// URI is a local folder to Ray and to the sweep's own steps (the test split below)
+    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", f"file://{tmp_path}",
                  "--name", "vae", "--num-samples", "3", "--max-concurrent", "2", "--epochs", "2",
                  "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo", cwd=tmp_path)
     assert run_.returncode == 0, run_.stderr[-3000:]
