@@ -4,12 +4,15 @@
     python bench/bench_fused.py --device cuda --quick    # the GPU run (torch + genmodels only)
     python bench/bench_fused.py --device cuda --quick --model gan --layouts streams,matmul \
         --precisions fp32,tf32,bf16                      # the fused GAN's convolution layouts
+    python bench/bench_fused.py --device cuda --quick --model gan --graphs on \
+        --precisions fp32,bf16 --unfused-precisions fp32,bf16   # each precision against its own
 
 For each model it times, on the same device in one run:
 - fused groups of K = 1, 2, 4, 8, 16 members (one process, `genmodels.fused`), every member with
   its own hyperparameters (different latent sizes, dropout and learning rates);
 - unfused trials: P separate processes, each training one standalone model (`genmodels.tasks`),
-  started together behind a barrier, P = 1 and as many as the device sensibly holds (`--procs`).
+  started together behind a barrier, P = 1 and as many as the device sensibly holds (`--procs`),
+  in fp32 or also in other precisions (`--unfused-precisions`).
 A trial-epoch is one member (or one standalone trial) training over the whole training split once
 plus its per-epoch evaluation (VAE: test ELBO over the test split; GAN: its fixed-noise samples; the
 classifier scores are left out on both sides). Steps are timed after warm-up steps, and the
@@ -48,26 +51,30 @@ MEMBER_SIZES = (1, 2, 4, 8, 16)
 SEED = 0
 
 
-def member_configs(model: str, k: int) -> list:
-    """K different configurations, as a sweep would sample them (sizes and rates vary). Every VAE
-    configuration has some dropout, as a sweep's nearly always does: the unfused trials train
-    these same configurations, so neither side is spared the dropout masks."""
+def member_configs(model: str, k: int, gan_dropout: bool = True) -> list:
+    """K different configurations, as a sweep would sample them (sizes and rates vary). Every
+    configuration has some dropout (0.05-0.2), as a sweep's nearly always does (both models search
+    it): the unfused trials train these same configurations, so neither side is spared the dropout
+    masks. `gan_dropout=False` gives the GAN the seed's network without dropout, as every GAN row
+    in bench/RESULTS.md before the "GAN with dropout" section had it."""
     from genmodels.vae import VAEConfig
 
+    dropouts = [0.05 * (1 + i % 4) for i in range(k)]
     if model == "vae":
-        return [VAEConfig(latent_dim=8 + 4 * (i % 6), dropout=0.05 * (1 + i % 4), lr=1e-3 * (1 + i % 3))
+        return [VAEConfig(latent_dim=8 + 4 * (i % 6), dropout=dropouts[i], lr=1e-3 * (1 + i % 3))
                 for i in range(k)]
     return [GANConfig(latent_dim=64 + 16 * (i % 4), lr_g=2e-4 * (1 + i % 3), lr_d=2e-4,
-                      dropout=0.0) for i in range(k)]
+                      dropout=dropouts[i] if gan_dropout else 0.0) for i in range(k)]
 
 
 def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
                layout: str = "auto", precision: str = "fp32", trial: int = 0,
-               cudnn_benchmark: bool = False):
+               cudnn_benchmark: bool = False, gan_dropout: bool = True):
     """A fused task of k members, or (k None) one standalone trial's task (the `trial`-th
     configuration), in `precision` (set for the process as a run sets it: `setup_device`).
     `cudnn_benchmark`: let cuDNN time its algorithms for each new shape and keep the fastest
-    (torch.backends.cudnn.benchmark; the product leaves it off, PyTorch's default)."""
+    (torch.backends.cudnn.benchmark; the product leaves it off, PyTorch's default).
+    `gan_dropout`: see `member_configs`."""
     setup_device(str(device), precision, torch.get_num_threads())
     torch.backends.cudnn.benchmark = cudnn_benchmark
     autocast = autocast_factory(device, precision)
@@ -75,8 +82,9 @@ def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
     train_cfg = TrainConfig(device=str(device), iwae_samples=0, precision=precision)
     if k is None:
         task_class = VAETask if model == "vae" else GANTask
-        return task_class(member_configs(model, trial + 1)[trial], data, device, train_cfg, autocast)
-    cfgs = member_configs(model, k)
+        return task_class(member_configs(model, trial + 1, gan_dropout)[trial], data, device, train_cfg,
+                          autocast)
+    cfgs = member_configs(model, k, gan_dropout)
     task_class = FusedVAETask if model == "vae" else FusedGANTask
     return task_class(FusedConfig(cfgs, conv_layout=layout), data, device, train_cfg, autocast)
 
@@ -117,25 +125,26 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     return step_seconds * len(batches) + (time.perf_counter() - start)
 
 
-def _unfused_worker(model, trial, data, device, steps, warmup, threads, graphs, cudnn_benchmark,
+def _unfused_worker(model, trial, data, device, steps, warmup, threads, graphs, options,
                     barrier, results) -> None:
     torch.set_num_threads(threads)
     device = torch.device(device)
     data = data.to(device)
-    task = build_task(model, None, data, device, trial=trial, cudnn_benchmark=cudnn_benchmark)
+    task = build_task(model, None, data, device, trial=trial, **options)
     time_trial_epoch(task, data, device, 2, 1)  # warm the process up (CUDA context, allocator)
     barrier.wait()
     results.put(time_trial_epoch(task, data, device, steps, warmup, graphs))
 
 
 def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, warmup: int,
-            threads: int, graphs: bool = False, cudnn_benchmark: bool = False) -> float:
-    """Trial-epochs per hour of `procs` standalone trials running at once as separate processes."""
+            threads: int, graphs: bool = False, **options) -> float:
+    """Trial-epochs per hour of `procs` standalone trials running at once as separate processes.
+    `options`: `build_task`'s precision, cudnn_benchmark and gan_dropout."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
     # Process i trains configuration i, as fused member i does.
     workers = [ctx.Process(target=_unfused_worker, args=(model, i, data, device, steps, warmup,
-                                                         threads, graphs, cudnn_benchmark,
+                                                         threads, graphs, options,
                                                          barrier, results))
                for i in range(procs)]
     for w in workers:
@@ -162,8 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="the fused GAN's convolution layouts to time, from auto (the product's "
                         f"choice for the device), {', '.join(GAN_LAYOUTS)}")
     p.add_argument("--precisions", default="fp32",
-                   help=f"precisions of the fused rows, from {', '.join(PRECISIONS)} (the unfused "
-                        "trials run in fp32, PyTorch's default)")
+                   help=f"precisions of the fused rows, from {', '.join(PRECISIONS)}")
+    p.add_argument("--unfused-precisions", default="fp32",
+                   help="precisions of the unfused trials (default fp32, PyTorch's default); a fused "
+                        "row is also compared with one unfused trial in its own precision where run")
+    p.add_argument("--gan-dropout", choices=["sweep", "none"], default="sweep",
+                   help="sweep: every GAN configuration has some dropout, as a GAN sweep samples it "
+                        "(default); none: the seed's network, as every GAN row measured before it existed")
     p.add_argument("--graphs", default="off",
                    help="off, on or off,on: the steps (fused and unfused) eager, replayed as CUDA "
                         "graphs (genmodels.graphs; CUDA only), or both")
@@ -173,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     layouts, precisions = args.layouts.split(","), args.precisions.split(",")
-    graph_modes = args.graphs.split(",")
+    unfused_precisions, graph_modes = args.unfused_precisions.split(","), args.graphs.split(",")
     if "on" in graph_modes and args.device == "cpu":
         p.error("--graphs on needs a CUDA device (CUDA graphs)")
     for value, allowed, flag in ((layouts, ("auto", *GAN_LAYOUTS), "--layouts"),
                                  (precisions, PRECISIONS, "--precisions"),
+                                 (unfused_precisions, PRECISIONS, "--unfused-precisions"),
                                  (graph_modes, ("off", "on"), "--graphs")):
         if not set(value) <= set(allowed):
             p.error(f"{flag} takes values from {', '.join(allowed)}, got {','.join(value)}")
@@ -191,40 +206,50 @@ def main(argv: list[str] | None = None) -> int:
     procs = args.procs or ([1, 4, 8] if cuda else sorted({1, threads}))
     data = training_data(args.data_dir, device)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {threads} threads"
+    gan_dropout = args.gan_dropout == "sweep"
+    options = {"cudnn_benchmark": args.cudnn_benchmark, "gan_dropout": gan_dropout}
     print(f"device {name}; {len(data.train_images)} training images, batch {BATCH}; "
           f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
-          f"benchmark {args.cudnn_benchmark}")
+          f"benchmark {args.cudnn_benchmark}; GAN dropout {args.gan_dropout}")
 
     rows = []
     models = ["vae", "gan"] if args.model == "both" else [args.model]
     for model in models:
-        reference = None  # one eager unfused trial: the first row
+        reference = None  # one unfused trial in the first precision and graph mode: the first row
+        one_trial = {}  # (precision, graphs) -> one unfused trial's rate
         for graphs in graph_modes:
-            for n in procs:
-                # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
-                per_proc = max(1, threads // n) if not cuda else 1
-                rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
-                               graphs == "on", args.cudnn_benchmark)
-                reference = reference or rate
-                rows.append({"model": model, "mode": f"unfused x{n}", "graphs": graphs,
-                             "trial_epochs_per_hour": rate})
-                print(f"{model}  unfused, {n} process(es), graphs {graphs:<3}  {rate:10.1f} "
-                      f"trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
+            for precision in unfused_precisions:
+                for n in procs:
+                    # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
+                    per_proc = max(1, threads // n) if not cuda else 1
+                    rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
+                                   graphs == "on", precision=precision, **options)
+                    reference = reference or rate
+                    if n == 1:
+                        one_trial[precision, graphs] = rate
+                    rows.append({"model": model, "mode": f"unfused x{n}", "precision": precision,
+                                 "graphs": graphs, "trial_epochs_per_hour": rate})
+                    print(f"{model}  unfused, {n} process(es), {precision:<4} graphs {graphs:<3}  "
+                          f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
         # The GAN's convolution layouts (the VAE has none), each in every precision asked for.
         variants = [(layout, precision, graphs)
                     for layout in (layouts if model == "gan" else ["auto"])
                     for precision in precisions for graphs in graph_modes]
         for k in args.members:
             for layout, precision, graphs in variants:
-                task = build_task(model, k, data, device, layout, precision,
-                                  cudnn_benchmark=args.cudnn_benchmark)
+                task = build_task(model, k, data, device, layout, precision, **options)
                 seconds = time_trial_epoch(task, data, device, steps, warmup, graphs == "on")
                 rate = k * 3600 / seconds
                 rows.append({"model": model, "mode": f"fused K={k}", "convs": layout,
                              "precision": precision, "graphs": graphs,
                              "trial_epochs_per_hour": rate})
+                # Also against one unfused trial in the row's own precision, where one ran: bf16
+                # against fp32 alone would credit fusing with what bf16 does for one trial too.
+                own = one_trial.get((precision, graphs))
+                same = (f"   {rate / own:5.2f}x one {precision} trial"
+                        if own and own != reference else "")
                 print(f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3} "
-                      f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
+                      f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}", flush=True)
                 del task
                 if cuda:
                     torch.cuda.empty_cache()

@@ -7,20 +7,29 @@
 #   in both CUDA layouts;
 # - G's step without D's weight gradients (711.3 MFLOP an image instead of 784.5), for the unfused
 #   trials too;
+# - dropout as one multiply by a mask that carries its scale (2026-11-27 evening);
 # then torch.func against the fused layers, never measured on a GPU either. torch + genmodels only.
+# Every fused precision is also compared with unfused trials in that precision (bf16 against fp32
+# alone would credit fusing with what bf16 does for one trial), and part 1b times the GAN with
+# dropout, as a GAN sweep samples it (parts 1 and 2 leave it out, as every round before did).
 # From the repository root:
 #
 #     rm -rf .gpu/old && mkdir -p .gpu/old && git archive 60bec18 genmodels bench | tar -x -C .gpu/old
-#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 5 minutes
-#     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 OM=2 PROCS=1 G=off P=fp32 PM=2 PP=fp32 GS=2 VM=2 \
-#         VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out   # the plumbing on a CPU
+#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 6 minutes
+#     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 OM=2 PROCS=1 G=off P=fp32 UP=fp32 PM=2 PP=fp32 GS=2 \
+#         VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out   # the plumbing on a CPU
 source bench/gpu_setup.sh "$@"
 echo "== 0. graphed as eager; one stream and the members layout against the default layout"
 timeout 170 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
 echo "== 1. fused GAN, streams and members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"
-timeout 200 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
-    --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members \
-    --precisions ${P:-fp32,bf16} --graphs ${G:-on} --json "$O/gan-members.json"
+timeout 260 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
+    --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members --gan-dropout none \
+    --precisions ${P:-fp32,bf16} --unfused-precisions ${UP:-fp32,bf16} --graphs ${G:-on} \
+    --json "$O/gan-members.json"
+echo "== 1b. the same with dropout in every configuration, as a GAN sweep samples it"
+timeout 100 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
+    --members ${OM:-64} --procs 1 --layouts streams,members --precisions ${PP:-bf16} \
+    --unfused-precisions ${PP:-bf16} --graphs ${G:-on} --json "$O/gan-dropout.json"
 echo "== 2. the same before (.gpu/old at 60bec18), streams, against 1 unfused trial (graphed)"
 (cd .gpu/old && PYTHONPATH=$PWD:$PWD/../site timeout 90 python bench/bench_fused.py --device "$D" $Q \
     --data-dir "../../$DATA" --model gan --members ${OM:-64} --procs 1 --layouts streams \
@@ -34,3 +43,6 @@ timeout 60 python bench/profile_fused.py --model gan --device "$D" --members ${P
 echo "== 5. torch.func (stack_module_state + vmap) against the fused layers"
 timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-} --data-dir "$DATA" \
     | tee "$O/vmap.txt"
+echo "== 6. D's dropout, forward + backward: the mask with its scale against a bool mask and a division"
+timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype float32
+timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype bfloat16

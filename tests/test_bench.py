@@ -3,6 +3,11 @@
     pytest tests/test_bench.py -q
 """
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +80,42 @@ def test_the_layout_ab_benchmark_runs_both_layouts_in_turns(load_bench, capsys, 
     assert "per-member" in printed and "members takes" in printed
     with pytest.raises(SystemExit):
         ab.main(["--layouts", "members"])
+
+
+def test_the_fused_benchmark_trains_what_a_sweep_samples(load_bench):
+    """Every benchmarked configuration lies in its sweep's search space, dropout included (a GAN
+    sweep searches it, and fused dropout is work the benchmark must not leave out)."""
+    from sweeps.search_space import SPACES
+
+    bench = load_bench("bench_fused")
+    for model in ("vae", "gan"):
+        space = SPACES[model]
+        for cfg in bench.member_configs(model, 8):
+            for name, value in cfg.to_dict().items():
+                if name in space:
+                    assert space[name].low <= value <= space[name].high, (model, name, value)
+            assert cfg.dropout > 0
+    assert all(cfg.dropout == 0 for cfg in bench.member_configs("gan", 4, gan_dropout=False))
+
+
+def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(tmp_path, data_dir):
+    """Run as a script (its unfused trials are processes that import it): the VAE, quick."""
+    out = tmp_path / "rows.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_fused.py"
+    done = subprocess.run([sys.executable, str(script), "--model", "vae", "--members", "2", "--procs", "1",
+                           "--steps", "1", "--data-dir", str(data_dir), "--precisions", "fp32,tf32",
+                           "--unfused-precisions", "fp32,tf32", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["mode"], r["precision"]) for r in rows] == [
+        ("unfused x1", "fp32"), ("unfused x1", "tf32"), ("fused K=2", "fp32"), ("fused K=2", "tf32")]
+    assert "x one tf32 trial" in done.stdout and "x one fp32 trial" not in done.stdout
+
+
+def test_the_dropout_benchmark_checks_both_ways_agree_before_it_times(load_bench, capsys):
+    dropout = load_bench("dropout")
+    for dtype in ("float32", "bfloat16"):
+        assert dropout.main(["--members", "2", "--rounds", "2", "--dtype", dtype]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("the same outputs and gradients both ways") == 2
