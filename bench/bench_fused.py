@@ -56,7 +56,7 @@ def member_configs(model: str, k: int, gan_dropout: bool = True) -> list:
     configuration has some dropout (0.05-0.2), as a sweep's nearly always does (both models search
     it): the unfused trials train these same configurations, so neither side is spared the dropout
     masks. `gan_dropout=False` gives the GAN the seed's network without dropout, as every GAN row
-    in bench/RESULTS.md before the "GAN with dropout" section had it."""
+    in bench/RESULTS.md before the section "Dropout in the fused GAN" had it."""
     from genmodels.vae import VAEConfig
 
     dropouts = [0.05 * (1 + i % 4) for i in range(k)]
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows,
-                                               "cudnn_benchmark": args.cudnn_benchmark}, indent=2))
+                                               "cudnn_benchmark": args.cudnn_benchmark,
+                                               "gan_dropout": args.gan_dropout}, indent=2))
     return 0
 
 
