@@ -8,6 +8,7 @@
 # - G's step without D's weight gradients (711.3 MFLOP an image instead of 784.5), for the unfused
 #   trials too;
 # - dropout as one multiply by a mask that carries its scale (2026-11-27 evening);
+# - cuDNN's grouped convolutions (HFTA's choice) handed channels-last tensors (part 7, last);
 # then torch.func against the fused layers, never measured on a GPU either. torch + genmodels only.
 # Every fused precision is also compared with unfused trials in that precision (bf16 against fp32
 # alone would credit fusing with what bf16 does for one trial), and part 1b times the GAN with
@@ -15,7 +16,7 @@
 # From the repository root:
 #
 #     rm -rf .gpu/old && mkdir -p .gpu/old && git archive 60bec18 genmodels bench | tar -x -C .gpu/old
-#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 6 minutes
+#     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 7 minutes
 #     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 OM=2 PROCS=1 G=off P=fp32 UP=fp32 PM=2 PP=fp32 GS=2 \
 #         VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out   # the plumbing on a CPU
 source bench/gpu_setup.sh "$@"
@@ -46,3 +47,7 @@ timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-
 echo "== 6. D's dropout, forward + backward: the mask with its scale against a bool mask and a division"
 timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype float32
 timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype bfloat16
+echo "== 7. HFTA's way: one grouped call per layer, now channels-last (last measured NCHW fp32 eager)"
+timeout 90 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
+    --members ${GM:-16 64} --procs 1 --layouts grouped --gan-dropout none --precisions ${PP:-bf16} \
+    --unfused-precisions ${PP:-bf16} --graphs ${G:-on} --json "$O/gan-grouped.json"

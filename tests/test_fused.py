@@ -374,11 +374,11 @@ def test_members_conv_weights_are_made_channels_last_in_one_copy(transposed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["streams", "members"])
+@pytest.mark.parametrize("layout", ["streams", "members", "grouped"])
 def test_the_cuda_layouts_channels_last_path_trains_the_same_on_the_cpu(mnist, fp64, layout, monkeypatch):
     """On CUDA the members' convolutions take channels-last inputs and weights (`conv_memory_format`,
-    `MemberConvs.member_weights`). The CPU has channels-last convolutions too: with that path
-    switched on here, a fused GAN trains as the plain per-member layout does."""
+    `MemberConvs.member_weights`; the grouped calls too). The CPU has channels-last convolutions
+    too: with that path switched on here, a fused GAN trains as the plain per-member layout does."""
     data = gan_batches(mnist)[:2]
     torch.manual_seed(1)
     plain, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
