@@ -313,6 +313,15 @@ def test_member_dropout_drops_each_members_share_and_scales_the_rest(channels):
     assert drop(x) is x
 
 
+def test_a_members_dropout_keeps_its_input_channels_last():
+    """The members layout hands each member's dropout a channels-last activation on CUDA: its
+    output must stay so (else every next convolution copies it back)."""
+    drop = fused_layers.MemberDropout(torch.tensor([0.1, 0.3]), channels=4)
+    x = torch.randn(8, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    for member in drop.per_member((8, 2 * 4, 5, 5), x.dtype):
+        assert member(x).is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("layout", CONV_LAYOUTS)
 @pytest.mark.parametrize("transposed, size, kernel, stride, padding, output_padding", [
     (False, 14, 5, 2, 2, 0), (False, 4, 5, 2, 2, 0), (False, 9, 3, 1, 0, 0),

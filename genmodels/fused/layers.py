@@ -373,7 +373,13 @@ class MemberDropout(nn.Module):
         if not self.training or not self.any_dropout:
             return [nn.Identity()] * count
         masks = self.scaled_mask(shape, dtype).unflatten(1, (count, self.channels)).unbind(1)
-        return [partial(torch.mul, mask) for mask in masks]
+        return [partial(masked, mask) for mask in masks]
+
+
+def masked(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x times its dropout mask, x first: an elementwise result takes the memory order of its
+    first operand, and x is channels-last on CUDA where a member's mask is a strided slice."""
+    return x * mask
 
 
 def to_channels(x: torch.Tensor) -> torch.Tensor:
