@@ -30,6 +30,7 @@ from genmodels.data import (
 )
 from genmodels.device import PRECISIONS
 from genmodels.files import write_json
+from genmodels.fused.gan import GAN_LAYOUTS
 from genmodels.names import (
     DIRECTIONS,
     LOCK_FILE,
@@ -193,6 +194,10 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         p.add_argument("--classifier-epochs", type=int, default=None,
                        help="epochs of the scoring classifier if it must be trained")
         p.add_argument("--cache-dir", default=None, help="scoring classifier cache")
+        p.add_argument("--fused-layout", choices=["auto", *GAN_LAYOUTS], default="auto",
+                       help="how a fused group's convolutions run: auto (the measured best for the "
+                            "device: streams on CUDA, per-member on a CPU) or one of the others, "
+                            "which train the same models (see README 'Fused trials')")
     return p
 
 
@@ -235,6 +240,9 @@ def check_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--train-subset must be a positive integer, got {args.train_subset}")
     if getattr(args, "test_top", 0) < 0:
         raise SweepError(f"--test-top must be 0 (none) or more, got {args.test_top}")
+    if getattr(args, "fused_layout", "auto") != "auto" and args.fuse == 1:
+        raise SweepError(f"--fused-layout {args.fused_layout} sets how fused groups run, and this "
+                         "sweep's trials are not fused: add --fuse K (K > 1)")
     if args.max_failures < 0:
         raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
     if args.cpus_per_trial <= 0:

@@ -89,8 +89,10 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         # Per-member early stopping: one rung keeper for every member of every group.
         rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, plan.mode)
                  if args.scheduler == "asha" else None)
+        # (a sweep saved before --fused-layout existed resumes with the default)
+        layout = getattr(args, "fused_layout", "auto")
         function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
-                                        rungs=rungs, **inputs)
+                                        rungs=rungs, layout=layout, **inputs)
     else:
         function = tune.with_parameters(train_trial, **inputs)
     trainable = tune.with_resources(function, resources)

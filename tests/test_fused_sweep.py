@@ -3,6 +3,7 @@
     pytest tests/test_fused_sweep.py -q
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,48 @@ def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
         assert parse_options(model, ["--gpus-per-trial", "1"]).fuse == 16
         assert parse_options(model, ["--gpus-per-trial", "0.5", "--fuse", "4"]).fuse == 4
         assert parse_options(model, []).fuse == 1
+
+
+def test_a_fused_layout_needs_fused_trials():
+    from sweeps.runner import SweepError, parse_options
+
+    assert parse_options("gan", ["--fuse", "2", "--fused-layout", "members"]).fused_layout == "members"
+    assert parse_options("gan", []).fused_layout == "auto"
+    with pytest.raises(SweepError, match="add --fuse K"):
+        parse_options("gan", ["--fused-layout", "members"])
+
+
+@pytest.mark.slow
+def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_path):
+    """The main job's GPU default, fused GAN groups, end to end on the CPU: members scored per
+    epoch in one batched pass, the best tested once, each member its own run, folder and row. In
+    the "members" layout (--fused-layout), the one that is not the default anywhere yet."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "gan_sweep.py"), "--data-dir", str(data_dir),
+         "--storage-path", str(tmp_path), "--name", "fused-gan", "--fuse", "2", "--num-samples", "2",
+         "--epochs", "1", "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+         "--eval-samples", "200", "--test-samples", "200", "--classifier-epochs", "1",
+         "--cache-dir", str(tmp_path / "cache"), "--test-top", "1", "--fused-layout", "members"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "test split, once, for the best 1 by val_fcd" in run.stdout
+
+    (group,) = [p for p in (tmp_path / "fused-gan").iterdir() if p.name.startswith("train_group")]
+    assert json.loads((group / "placement.json").read_text())["conv_layout"] == "members"
+    folders = sorted(m for m in group.iterdir() if m.is_dir() and m.name.startswith("m0"))
+    assert len(folders) == 2
+    for folder in folders:
+        assert (folder / "samples" / "epoch_001.png").exists()
+        assert (folder / "real_vs_generated.png").exists()
+        assert json.loads((folder / "status.json").read_text())["status"] == "finished"
+
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "fused-gan")
+    members = runs[runs[f"tags.{GROUP_TAG}"].notna()]
+    assert len(members) == 2 and set(members["status"]) == {"FINISHED"}
+    assert members[["metrics.val_fcd", "metrics.val_inception_score"]].notna().all().all()
+    ranked = rank_trials(load_trials(results=tmp_path / "fused-gan")).set_index("trial_id")
+    assert len(ranked) == 2 and ranked["val_fcd"].notna().all()
+    assert ranked["test_fcd"].notna().tolist() == [True, False]  # the best by val_fcd only
 
 
 @pytest.mark.slow

@@ -119,9 +119,9 @@ def export_member(trainer: Trainer, k: int, cfg, folder: Path) -> None:
 
 def train_group(config: dict, *, model: str, data: ImageData, train_settings: dict, fixed: dict,
                 scorer_cache: dict | None, metric: str, mode: str,
-                tracking: SweepRecords | None = None, rungs=None) -> None:
+                tracking: SweepRecords | None = None, rungs=None, layout: str = "auto") -> None:
     """One fused group. `config` holds the members' sampled values and their ids; `rungs` (a
-    `MemberRungs` handle, or None) stops members early."""
+    `MemberRungs` handle, or None) stops members early; `layout` is the GAN's `FusedConfig.conv_layout`."""
     ids = list(config[IDS_KEY])
     cfgs = {i: model_config_from_tune(model, {**fixed, **values})
             for i, values in zip(ids, config[MEMBERS_KEY])}
@@ -139,12 +139,12 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     if folder_cm is not None:
         with folder_cm as folder:
             group = torch.load(Path(folder) / GROUP_FILE, weights_only=True)
-            trainer = Trainer.create(f"fused-{model}", FusedConfig([cfgs[i] for i in group["training"]]),
-                                     train_cfg, data, scorer=scorer)
+            fused = FusedConfig([cfgs[i] for i in group["training"]], conv_layout=layout)
+            trainer = Trainer.create(f"fused-{model}", fused, train_cfg, data, scorer=scorer)
             trainer.resume(Path(folder) / CHECKPOINT_FILE)
     else:
-        trainer = Trainer.create(f"fused-{model}", FusedConfig([cfgs[i] for i in ids]), train_cfg,
-                                 data, scorer=scorer)
+        trainer = Trainer.create(f"fused-{model}", FusedConfig([cfgs[i] for i in ids], conv_layout=layout),
+                                 train_cfg, data, scorer=scorer)
     write_placement(trial_dir, trainer)
     training, status = group["training"], group["status"]
     trackers = {i: start_tracker(tracking, trial_dir, cfgs[i], train_cfg, member=i, group=trial_dir.name)

@@ -270,6 +270,7 @@ class FusedGANTask(_KeepMembers):
         layout = cfg.conv_layout
         if layout == "auto":
             layout = default_conv_layout(device)
+        self.conv_layout = layout  # what "auto" became on this device (a trial's placement.json says)
         self.generator = FusedGenerator([g for g, _ in pairs], layout).to(device)
         self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
                                                 layout).to(device)
