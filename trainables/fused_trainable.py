@@ -136,15 +136,17 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
              "grids": {i: [] for i in ids}, "epochs": {i: [] for i in ids}}
     checkpoint = tune.get_checkpoint()
     folder_cm = checkpoint.as_directory() if checkpoint is not None else None
+    def fused_trainer(members: list[str]) -> Trainer:
+        fused = FusedConfig([cfgs[i] for i in members], conv_layout=layout)
+        return Trainer.create(f"fused-{model}", fused, train_cfg, data, scorer=scorer)
+
     if folder_cm is not None:
         with folder_cm as folder:
             group = torch.load(Path(folder) / GROUP_FILE, weights_only=True)
-            fused = FusedConfig([cfgs[i] for i in group["training"]], conv_layout=layout)
-            trainer = Trainer.create(f"fused-{model}", fused, train_cfg, data, scorer=scorer)
+            trainer = fused_trainer(group["training"])
             trainer.resume(Path(folder) / CHECKPOINT_FILE)
     else:
-        trainer = Trainer.create(f"fused-{model}", FusedConfig([cfgs[i] for i in ids], conv_layout=layout),
-                                 train_cfg, data, scorer=scorer)
+        trainer = fused_trainer(ids)
     write_placement(trial_dir, trainer)
     training, status = group["training"], group["status"]
     trackers = {i: start_tracker(tracking, trial_dir, cfgs[i], train_cfg, member=i, group=trial_dir.name)
