@@ -125,6 +125,18 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     return step_seconds * len(batches) + (time.perf_counter() - start)
 
 
+def fused(model: str, k: int, data: ImageData, device: torch.device, layout: str, precision: str,
+          steps: int, warmup: int, graphs: bool, options: dict) -> float:
+    """Trial-epochs per hour of one fused group of k members (its memory freed after)."""
+    task = build_task(model, k, data, device, layout, precision, **options)
+    try:
+        return k * 3600 / time_trial_epoch(task, data, device, steps, warmup, graphs)
+    finally:
+        del task
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _unfused_worker(model, trial, data, device, steps, warmup, threads, graphs, options,
                     barrier, results) -> None:
     torch.set_num_threads(threads)
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
           f"benchmark {args.cudnn_benchmark}; GAN dropout {args.gan_dropout}")
 
-    rows = []
+    rows, failed = [], []
     models = ["vae", "gan"] if args.model == "both" else [args.model]
     for model in models:
         reference = None  # one unfused trial in the first precision and graph mode: the first row
@@ -237,27 +249,32 @@ def main(argv: list[str] | None = None) -> int:
                     for precision in precisions for graphs in graph_modes]
         for k in args.members:
             for layout, precision, graphs in variants:
-                task = build_task(model, k, data, device, layout, precision, **options)
-                seconds = time_trial_epoch(task, data, device, steps, warmup, graphs == "on")
-                rate = k * 3600 / seconds
-                rows.append({"model": model, "mode": f"fused K={k}", "convs": layout,
-                             "precision": precision, "graphs": graphs,
-                             "trial_epochs_per_hour": rate})
+                row = {"model": model, "mode": f"fused K={k}", "convs": layout, "precision": precision,
+                       "graphs": graphs}
+                label = f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3}"
+                try:
+                    rate = fused(model, k, data, device, layout, precision, steps, warmup,
+                                 graphs == "on", options)
+                except Exception as err:  # e.g. a layout never run on this device: the rest goes on
+                    failed.append(f"{type(err).__name__}: {err}")
+                    rows.append({**row, "error": failed[-1]})
+                    print(f"{label} FAILED: {failed[-1]}", flush=True)
+                    continue
+                rows.append({**row, "trial_epochs_per_hour": rate})
                 # Also against one unfused trial in the row's own precision, where one ran: bf16
                 # against fp32 alone would credit fusing with what bf16 does for one trial too.
                 own = one_trial.get((precision, graphs))
                 same = (f"   {rate / own:5.2f}x one {precision} trial"
                         if own and own != reference else "")
-                print(f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3} "
-                      f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}", flush=True)
-                del task
-                if cuda:
-                    torch.cuda.empty_cache()
+                print(f"{label} {rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}",
+                      flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows,
                                                "cudnn_benchmark": args.cudnn_benchmark,
                                                "gan_dropout": args.gan_dropout}, indent=2))
-    return 0
+    if failed:
+        print(f"{len(failed)} fused row(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

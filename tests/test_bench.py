@@ -119,3 +119,18 @@ def test_the_dropout_benchmark_checks_both_ways_agree_before_it_times(load_bench
         assert dropout.main(["--members", "2", "--rounds", "2", "--dtype", dtype]) == 0
     printed = capsys.readouterr().out
     assert printed.count("the same outputs and gradients both ways") == 2
+
+
+def test_a_failing_fused_row_is_reported_and_the_others_still_run(tmp_path, data_dir):
+    """On a lent GPU a layout that fails (here: a group of no members) must not cost the rest of the
+    run: its row says why, the other rows are measured, and the exit code says one failed."""
+    out = tmp_path / "rows.json"
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_fused.py"
+    done = subprocess.run([sys.executable, str(script), "--model", "vae", "--members", "0", "1",
+                           "--procs", "1", "--steps", "1", "--data-dir", str(data_dir), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert "a fused group needs at least one member" in rows[1]["error"]
+    assert rows[2]["mode"] == "fused K=1" and rows[2]["trial_epochs_per_hour"] > 0
+    assert "FAILED" in done.stdout and "1 fused row(s) failed" in done.stderr
