@@ -6,7 +6,7 @@ that carries its scale (`MemberDropout`, one multiply each way) against the arit
     python bench/dropout.py --device cuda --members 64 --dtype bfloat16
 
 Each round draws masks and runs D's four dropout layers (the channel-stacked activations of a
-batch of 128, K members, dropout 0.05-0.2 as a sweep samples it) forward and backward, both ways,
+batch of 128, K members, the dropouts of `bench_fused`'s GAN configurations) forward and backward, both ways,
 after checking that the two give the same outputs and gradients for the same random numbers.
 Imports torch and genmodels only.
 """
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from bench.bench_fused import BATCH, sync  # noqa: E402
+from bench.bench_fused import BATCH, member_configs, sync  # noqa: E402
 from genmodels.fused.layers import MemberDropout  # noqa: E402
 
 # D's activations after each LeakyReLU (Table 3): channels and side
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     args = p.parse_args(argv)
     device, k, dtype = torch.device(args.device), args.members, getattr(torch, args.dtype)
-    dropouts = torch.tensor([0.05 * (1 + i % 4) for i in range(k)])
+    dropouts = torch.tensor([cfg.dropout for cfg in member_configs("gan", k)])
     layers = [MemberDropout(dropouts, channels=c).to(device) for c, _ in D_LAYERS]
     inputs = [torch.randn(BATCH, k * c, side, side, device=device, dtype=dtype, requires_grad=True)
               for c, side in D_LAYERS]
