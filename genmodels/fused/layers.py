@@ -360,7 +360,7 @@ class MemberDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not self.any_dropout:
             return x
-        return x * self.scaled_mask(x.shape, x.dtype)
+        return masked(self.scaled_mask(x.shape, x.dtype), x)
 
     def per_member(self, shape: tuple[int, ...], dtype: torch.dtype
                    ) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -378,7 +378,8 @@ class MemberDropout(nn.Module):
 
 def masked(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x times its dropout mask, x first: an elementwise result takes the memory order of its
-    first operand, and x is channels-last on CUDA where a member's mask is a strided slice."""
+    first operand, and x is channels-last on CUDA where the mask is drawn in the default order
+    (a member's mask is even a strided slice of the group's)."""
     return x * mask
 
 
