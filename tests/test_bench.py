@@ -98,14 +98,19 @@ def test_the_fused_benchmark_trains_what_a_sweep_samples(load_bench):
     assert all(cfg.dropout == 0 for cfg in bench.member_configs("gan", 4, gan_dropout=False))
 
 
-def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(tmp_path, data_dir):
-    """Run as a script (its unfused trials are processes that import it): the VAE, quick."""
-    out = tmp_path / "rows.json"
+def run_fused_benchmark(out: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """bench/bench_fused.py as a script (its unfused trials are processes that import it): the VAE,
+    one unfused process, one timed step a row, its rows written to `out`."""
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_fused.py"
-    done = subprocess.run([sys.executable, str(script), "--model", "vae", "--members", "2", "--procs", "1",
-                           "--steps", "1", "--data-dir", str(data_dir), "--precisions", "fp32,tf32",
-                           "--unfused-precisions", "fp32,tf32", "--json", str(out)],
+    return subprocess.run([sys.executable, str(script), "--model", "vae", "--procs", "1", "--steps", "1",
+                           "--data-dir", str(data_dir), "--json", str(out), *args],
                           capture_output=True, text=True, timeout=300)
+
+
+def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(tmp_path, data_dir):
+    out = tmp_path / "rows.json"
+    done = run_fused_benchmark(out, data_dir, "--members", "2", "--precisions", "fp32,tf32",
+                               "--unfused-precisions", "fp32,tf32")
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [(r["mode"], r["precision"]) for r in rows] == [
@@ -125,10 +130,7 @@ def test_a_failing_fused_row_is_reported_and_the_others_still_run(tmp_path, data
     """On a lent GPU a layout that fails (here: a group of no members) must not cost the rest of the
     run: its row says why, the other rows are measured, and the exit code says one failed."""
     out = tmp_path / "rows.json"
-    script = Path(__file__).resolve().parents[1] / "bench" / "bench_fused.py"
-    done = subprocess.run([sys.executable, str(script), "--model", "vae", "--members", "0", "1",
-                           "--procs", "1", "--steps", "1", "--data-dir", str(data_dir), "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = run_fused_benchmark(out, data_dir, "--members", "0", "1")
     assert done.returncode == 1, done.stderr
     rows = json.loads(out.read_text())["rows"]
     assert "a fused group needs at least one member" in rows[1]["error"]
