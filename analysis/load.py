@@ -32,6 +32,7 @@ no Ray process is needed and a folder copied off a cluster reads the same.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -56,15 +57,38 @@ def load_sweep(results: str | Path | None = None, *, experiment: str | None = No
         raise ValueError("pass exactly one source: results=<Ray results folder> or "
                          "experiment=<MLflow experiment name>")
     if results is not None:
-        records, options = read_ray_folder(results)
+        records, options, location = read_results(str(results))
         model = next((m for m, metrics in names.MODEL_METRICS.items()
                       if options.get("metric") in metrics), None)
-        return build_sweep(records, Path(results).name, model, metric or options.get("metric"),
-                           mode, {"results": str(Path(results).expanduser().resolve()),
-                                  "options": options})
+        return build_sweep(records, location.rstrip("/").rsplit("/", 1)[-1], model,
+                           metric or options.get("metric"), mode,
+                           {"results": location, "options": options})
     uri = names.tracking_uri(tracking_uri)
     records, model, source = read_mlflow(experiment, uri)
     return build_sweep(records, experiment, model, metric or source.get("metric"), mode, source)
+
+
+def read_results(results: str) -> tuple[list, dict, str]:
+    """Ray's folder of a sweep: a local folder, or a cloud URI (--storage-path s3://...), whose
+    small files are read from a temporary local copy; each trial's `figures_dir` is then its URI.
+    Returns the records, the sweep's options and where the folder is."""
+    if "://" not in results or results.startswith("file://"):
+        folder = Path(results.removeprefix("file://")).expanduser().resolve()
+        return *read_ray_folder(folder), str(folder)
+    from sweeps.storage import SweepFolder
+
+    with tempfile.TemporaryDirectory(prefix="gensweep-results-") as tmp:
+        try:
+            storage = SweepFolder(results)
+            mirror = storage.download_records(Path(tmp))
+        except (OSError, ValueError) as err:  # pyarrow's: unreachable, denied, not found, bad URI
+            raise LoadError(f"cannot read the sweep folder {results}: "
+                            f"{' '.join(str(err).split())[:300]}") from err
+        records, options = read_ray_folder(mirror)
+    for record in records:
+        if record.figures_dir:
+            record.figures_dir = record.figures_dir.replace(str(mirror), storage.location, 1)
+    return records, options, storage.location
 
 
 def load_trials(results: str | Path | None = None, *, experiment: str | None = None,

@@ -17,6 +17,7 @@ any choice.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,7 @@ from genmodels.device import resolve_device
 from genmodels.files import write_json
 from genmodels.names import CHECKPOINT_FILE, MODEL_CONFIG_FILE, TEST_METRICS_FILE, USABLE
 from genmodels.training import TrainConfig, evaluate_on_test_split
+from sweeps.storage import SweepFolder
 
 DEFAULT_TEST_TOP = 3  # the best few by the validation objective; each costs seconds on a CPU
 
@@ -47,16 +49,19 @@ def ranked_trials(experiment: Path, model: str, metric: str, mode: str) -> pd.Da
 
 
 def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: int, data,
-                settings: dict, scorer=None) -> pd.DataFrame:
+                   settings: dict, scorer=None, fetch=None) -> pd.DataFrame:
     """Rank the sweep's trials by `metric` and measure the best `top` usable ones on the test
     split; returns the ranked table with their `test_*` columns filled in (and their
-    test_metrics.json written)."""
+    test_metrics.json written). `fetch(folder)`, if given, brings a chosen trial's model into its
+    folder first: `experiment` is then a local copy of a sweep on cloud storage."""
     ranked = ranked_trials(experiment, model, metric, mode)
     chosen = ranked[ranked["status"].isin(USABLE) & ranked[metric].notna()].head(top)
     device = resolve_device("auto")
     train_cfg = TrainConfig(**settings)
     for index, row in chosen.iterrows():
         folder = Path(row["figures_dir"])
+        if fetch is not None:
+            fetch(folder)
         path = final_model(folder)
         if path is None:  # e.g. a trial whose checkpoint was deleted: say so, test the others
             print(f"test split: no trained model in {folder}; {row['trial_id']} not tested")
@@ -65,6 +70,26 @@ def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: in
         write_json(folder / TEST_METRICS_FILE, {"epoch": int(row["epochs"]), **metrics})
         for name, value in metrics.items():
             ranked.loc[index, name] = value
+    return ranked
+
+
+def measure_chosen_in(folder: SweepFolder, model: str, metric: str, mode: str, top: int, data,
+                      settings: dict, scorer=None) -> pd.DataFrame:
+    """measure_chosen on the sweep's folder wherever it is. On cloud storage it works on a local
+    copy of the sweep's small files, downloads only the chosen trials' models, and uploads each
+    tested trial's test_metrics.json beside its results; the table's `figures_dir` are the URIs."""
+    if folder.local:
+        return measure_chosen(Path(folder.path), model, metric, mode, top, data, settings, scorer)
+    with tempfile.TemporaryDirectory(prefix="gensweep-test-split-") as tmp:
+        mirror = folder.download_records(Path(tmp))
+        ranked = measure_chosen(mirror, model, metric, mode, top, data, settings, scorer,
+                                fetch=lambda trial: folder.fetch_final_model(mirror, trial))
+        for trial in map(Path, ranked["figures_dir"].dropna()):
+            if (trial / TEST_METRICS_FILE).exists():
+                folder.upload(trial / TEST_METRICS_FILE,
+                              f"{trial.relative_to(mirror).as_posix()}/{TEST_METRICS_FILE}")
+        ranked["figures_dir"] = ranked["figures_dir"].str.replace(str(mirror), folder.location,
+                                                                  regex=False)
     return ranked
 
 

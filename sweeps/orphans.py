@@ -10,33 +10,33 @@ loaded machine: four trial folders for three configurations). The orphan would b
 a folder beside the real trials and an MLflow run closed FAILED beside the real one.
 
 `set_aside_orphans` moves each orphan folder into `<sweep>/orphaned/` (nothing is deleted: its
-checkpoints and images stay there) and deletes its MLflow runs the way MLflow deletes (a soft
-delete: `mlflow runs restore --run-id ID` brings one back), so each configuration shows once.
+checkpoints and images stay there; on cloud storage too, see sweeps/storage.py) and deletes its
+MLflow runs the way MLflow deletes (a soft delete: `mlflow runs restore --run-id ID` brings one
+back), so each configuration shows once.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mlflow.tracking import MlflowClient
 
 from genmodels.names import PARENT_RUN_TAG, PLACEMENT_FILE, TRIAL_DIR_TAG
+from sweeps.storage import SweepFolder
 from trainables.tracking import SweepRecords, retry
 
 ORPHANS_DIR = "orphaned"
 
 
-def orphan_folders(experiment: Path, known: set[str]) -> list[Path]:
+def orphan_folders(experiment: SweepFolder, known: set[str]) -> list[str]:
     """Folders in the sweep's folder that a trial wrote (its `placement.json`) but that no trial of
     the sweep's state owns (`known`: the folder names of the trials Tune knows)."""
-    return sorted(p for p in experiment.iterdir()
-                  if p.is_dir() and p.name not in known and p.name != ORPHANS_DIR
-                  and (p / PLACEMENT_FILE).exists())
+    return [name for name in experiment.subfolders()
+            if name not in known and name != ORPHANS_DIR
+            and experiment.exists(f"{name}/{PLACEMENT_FILE}")]
 
 
-def orphan_runs(client: MlflowClient, tracking: SweepRecords, folder: Path) -> list[str]:
+def orphan_runs(client: MlflowClient, tracking: SweepRecords, folder: str) -> list[str]:
     """The sweep's MLflow runs of the trial folder `folder` (a fused group's: one per member)."""
-    prefix = f"{tracking.experiment_dir}/{folder.name}"
+    prefix = f"{tracking.experiment_dir}/{folder}"
     query = (f"tags.`{PARENT_RUN_TAG}` = '{tracking.parent_run_id}' "
              f"and tags.`{TRIAL_DIR_TAG}` LIKE '{prefix}%'")
     runs = retry(lambda: client.search_runs([tracking.experiment_id], filter_string=query))
@@ -45,7 +45,8 @@ def orphan_runs(client: MlflowClient, tracking: SweepRecords, folder: Path) -> l
             if r.data.tags[TRIAL_DIR_TAG] == prefix or r.data.tags[TRIAL_DIR_TAG].startswith(prefix + "/")]
 
 
-def set_aside_orphans(experiment: Path, known: set[str], tracking: SweepRecords) -> list[str]:
+def set_aside_orphans(experiment: SweepFolder, known: set[str],
+                      tracking: SweepRecords) -> list[str]:
     """Move every orphan folder into `<experiment>/orphaned/` and delete its MLflow runs; the names
     of the folders set aside."""
     orphans = orphan_folders(experiment, known)
@@ -53,6 +54,5 @@ def set_aside_orphans(experiment: Path, known: set[str], tracking: SweepRecords)
     for folder in orphans:
         for run_id in orphan_runs(client, tracking, folder):
             retry(lambda r=run_id: client.delete_run(r))
-        (experiment / ORPHANS_DIR).mkdir(exist_ok=True)
-        folder.rename(experiment / ORPHANS_DIR / folder.name)
-    return [folder.name for folder in orphans]
+        experiment.move(folder, f"{ORPHANS_DIR}/{folder}")
+    return orphans

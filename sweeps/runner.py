@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -29,7 +28,6 @@ from genmodels.data import (
     resolve_data_dir,
 )
 from genmodels.device import PRECISIONS
-from genmodels.files import write_json
 from genmodels.fused.gan import GAN_LAYOUTS
 from genmodels.names import (
     DIRECTIONS,
@@ -48,10 +46,11 @@ from sweeps.final_test import (
     DEFAULT_TEST_TOP,
     chosen_table,
     log_test_numbers,
-    measure_chosen,
+    measure_chosen_in,
     scorer_for_test,
 )
 from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
+from sweeps.storage import SweepFolder
 from sweeps.tracking import (
     TrackingError,
     check_reachable,
@@ -78,6 +77,7 @@ SMOKE = {  # a sweep that finishes in about a minute on a laptop CPU
     "test_samples": 1000,  # the GAN's test scores of the best --test-top (a real run: 10,000)
 }
 TABLE_ROWS = 5
+TUNER_FILE = "tuner.pkl"  # Tune's saved Tuner in the sweep's folder: a sweep exists once it does
 # On --resume the sweep keeps its own options (epochs, data set, space...). Its location and Ray
 # address are always this command's; these may be given anew; any other option given with another
 # value than the sweep's is an error naming both.
@@ -459,15 +459,14 @@ def run(model: str, argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
-def restore_options(args: argparse.Namespace, given: set[str], experiment: Path,
+def restore_options(args: argparse.Namespace, given: set[str], experiment: SweepFolder,
                     parser: argparse.ArgumentParser) -> argparse.Namespace:
     """On --resume, the interrupted sweep's own options (data, epochs, space...), so every trial of
     one sweep trains the same way; RESUME_CURRENT and RESUME_OVERRIDES say what may change."""
-    saved = experiment / OPTIONS_FILE
-    if not saved.exists():
-        raise SweepError(f"--resume: {experiment} has no {OPTIONS_FILE}; it was not started by "
-                         "this sweep tool, or never got past its checks")
-    options = json.loads(saved.read_text())
+    if not experiment.exists(OPTIONS_FILE):
+        raise SweepError(f"--resume: {experiment.location} has no {OPTIONS_FILE}; it was not "
+                         "started by this sweep tool, or never got past its checks")
+    options = experiment.read_json(OPTIONS_FILE)
     for key in sorted(given - set(RESUME_CURRENT) - set(RESUME_OVERRIDES)):
         if key in options and options[key] != getattr(args, key):
             flag = "--" + key.replace("_", "-")
@@ -553,6 +552,11 @@ class SweepPlan:
         return "://" not in self.storage
 
     @property
+    def folder(self) -> SweepFolder:
+        """The sweep's folder, local or on cloud storage, for the sweep's own reads and writes."""
+        return SweepFolder(self.experiment)
+
+    @property
     def mode(self) -> str:
         return DIRECTIONS[self.args.metric]
 
@@ -609,15 +613,14 @@ def prepare(model: str, args: argparse.Namespace, given: set[str]) -> SweepPlan:
     """Resolve --resume and the storage, build and check the search space and the training
     settings: everything that needs neither the data, Ray nor MLflow."""
     storage = storage_uri(args.storage_path)
-    experiment = Path(storage) / args.name
-    local = "://" not in storage
-    if args.resume and local:
-        if not (experiment / "tuner.pkl").exists():
+    experiment = open_storage(storage, args.name)
+    if args.resume:
+        if not experiment.exists(TUNER_FILE):
             raise SweepError(f"--resume: no sweep {args.name!r} in {storage}; check --name and "
                              "--storage-path")
         args = restore_options(args, given, experiment, build_parser(model))
         check_options(args)
-    if not args.resume and local and (experiment / "tuner.pkl").exists():
+    if not args.resume and experiment.exists(TUNER_FILE):
         raise SweepError(f"a sweep named {args.name!r} already exists in {storage}: pass --resume "
                          "to continue it, or another --name")
     overrides = spaces.load_overrides(args.space) if args.space else None
@@ -627,6 +630,21 @@ def prepare(model: str, args: argparse.Namespace, given: set[str]) -> SweepPlan:
     args.data_dir = str(resolve_data_dir(args.data_dir))
     return SweepPlan(model=model, args=args, space=space, settings=train_settings(args),
                      storage=storage, mlflow_uri=args.mlflow_uri)
+
+
+def open_storage(storage: str, name: str) -> SweepFolder:
+    """The sweep's folder in --storage-path, checked readable now (a cloud URI: its credentials and
+    endpoint), not after Ray has started and the trials have failed one by one."""
+    try:
+        experiment = SweepFolder(f"{storage}/{name}")
+        experiment.exists(TUNER_FILE)
+    except (OSError, ValueError) as err:  # pyarrow's errors: OSError, ArrowInvalid (a ValueError)
+        raise SweepError(f"--storage-path {storage}: cannot read it ({' '.join(str(err).split())[:300]}). "
+                         "A local folder, or a cloud URI (s3://bucket/path, gs://bucket/path) "
+                         "with its credentials set (for S3: AWS_ACCESS_KEY_ID, "
+                         "AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a server other than "
+                         "AWS)") from err
+    return experiment
 
 
 def check_inputs(plan: SweepPlan):
@@ -657,8 +675,8 @@ def check_inputs(plan: SweepPlan):
 
 def save_options(plan: SweepPlan) -> None:
     """The sweep's options in its folder: what --resume reuses."""
-    if plan.local and not plan.args.resume:
-        write_json(Path(plan.experiment) / OPTIONS_FILE, vars(plan.args))
+    if not plan.args.resume:
+        plan.folder.write_json(OPTIONS_FILE, vars(plan.args))
 
 
 def open_records(plan: SweepPlan):
@@ -703,13 +721,9 @@ def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
     top = getattr(args, "test_top", DEFAULT_TEST_TOP)  # a sweep saved before --test-top existed
     if top == 0:
         return None
-    if not plan.local:
-        print(f"test split: the sweep's folder is remote ({plan.experiment}); rank it with "
-              "analysis/rank.py after copying it, the chosen trials were not tested")
-        return None
     try:
-        ranked = measure_chosen(Path(plan.experiment), plan.model, args.metric, plan.mode, top,
-                                data, plan.settings, scorer_for_test(scorer_cache))
+        ranked = measure_chosen_in(plan.folder, plan.model, args.metric, plan.mode, top, data,
+                                   plan.settings, scorer_for_test(scorer_cache))
     except Exception as err:  # the sweep's results are safe; say what is missing
         print(f"warning: could not measure the chosen trials on the test split: {err}",
               file=sys.stderr)
@@ -727,14 +741,12 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
 
     unfinished = unfinished_trials(results, tune_trials(args))
     interrupted = stop.received is not None or unfinished > 0
-    if plan.local:
-        experiment = Path(plan.experiment)
-        orphans = set_aside_orphans(experiment, {Path(r.path).name for r in results}, tracking)
-        if orphans:
-            print(f"set aside {len(orphans)} trial(s) that a killed driver started but never "
-                  f"recorded (their configurations ran again): folders moved to "
-                  f"{experiment / ORPHANS_DIR}, MLflow runs deleted (`mlflow runs restore "
-                  "--run-id ID` brings one back)")
+    orphans = set_aside_orphans(plan.folder, {Path(r.path).name for r in results}, tracking)
+    if orphans:
+        print(f"set aside {len(orphans)} trial(s) that a killed driver started but never "
+              f"recorded (their configurations ran again): folders moved to "
+              f"{plan.experiment}/{ORPHANS_DIR}, MLflow runs deleted (`mlflow runs restore "
+              "--run-id ID` brings one back)")
     leaderboard = None if interrupted else test_chosen_trials(plan, data, scorer_cache)
     close_sweep(tracking, results, interrupted, args.metric, plan.mode, leaderboard)
     if leaderboard is not None:

@@ -95,3 +95,23 @@ def mlflow_runs(uri: str, experiment: str):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS, tests/s3_server.py), started once per session by the
+    first test that asks for it."""
+    from s3_server import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server, with its credentials and endpoint in this test's environment (and so in the
+    sweeps and Ray workers it starts), as a user exports them."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -320,30 +320,50 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     assert "--epochs 5 differs from the sweep's 2" in changed.stderr
 
 
-def test_trials_a_killed_driver_never_recorded_are_set_aside_not_left_as_duplicates(tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_trials_a_killed_driver_never_recorded_are_set_aside_not_left_as_duplicates(storage, tmp_path,
+                                                                                   request):
     """A driver killed right after starting a trial (the SIGKILL test above, on a loaded machine)
     leaves that trial's folder and MLflow run outside Tune's saved state; --resume runs its
     configuration again as a new trial. At the end of the sweep the orphans are moved to
-    `orphaned/` and their runs deleted (restorable); the real trials are untouched."""
+    `orphaned/` and their runs deleted (restorable); the real trials are untouched. The same on a
+    local disk and on S3 (a real S3-compatible server, tests/s3_server.py), where a folder is only
+    a prefix of object names and moving one is copying every object."""
+    import pyarrow.fs as pafs
+
     from genmodels.names import PARENT_RUN_TAG, PLACEMENT_FILE, TRIAL_DIR_TAG
     from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
+    from sweeps.storage import SweepFolder
     from sweeps.tracking import open_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = tmp_path / "ray" / "term"
+    if storage == "s3":
+        from s3_server import BUCKET
+
+        request.getfixturevalue("s3")
+        location = f"s3://{BUCKET}/{tmp_path.name}/term"
+    else:
+        location = str(tmp_path / "ray" / "term")
+    experiment = SweepFolder(location)
+
+    def write(relative: str, content: bytes = b"{}") -> None:
+        experiment.fs.create_dir(f"{experiment.path}/{relative.rsplit('/', 1)[0]}")
+        with experiment.fs.open_output_stream(f"{experiment.path}/{relative}") as out:
+            out.write(content)
+
     known = {"train_trial_aa_1_lr=0.001", "train_trial_bb_2_lr=0.002"}
     orphans = ["train_trial_cc_2_lr=0.002", "train_group_dd"]  # an unfused trial, a fused group
     for name in [*known, *orphans]:
-        (experiment / name / "checkpoint_000000").mkdir(parents=True)
-        (experiment / name / PLACEMENT_FILE).write_text("{}")
-    (experiment / "not_a_trial").mkdir()  # no placement.json: not ours to move
-    tracking = open_sweep(uri, "term", "vae", str(experiment), {"metric": "val_elbo"}, "", False)
+        write(f"{name}/checkpoint_000000/checkpoint.pt", b"weights")
+        write(f"{name}/{PLACEMENT_FILE}")
+    write("not_a_trial/notes.txt", b"")  # no placement.json: not ours to move
+    tracking = open_sweep(uri, "term", "vae", location, {"metric": "val_elbo"}, "", False)
     client = MlflowClient(uri)
 
     def run(folder: str) -> str:
         return client.create_run(tracking.experiment_id, tags={
             PARENT_RUN_TAG: tracking.parent_run_id,
-            TRIAL_DIR_TAG: f"{experiment}/{folder}"}).info.run_id
+            TRIAL_DIR_TAG: f"{location}/{folder}"}).info.run_id
 
     kept = [run(name) for name in known]
     # A run whose folder shares the orphan's prefix (LIKE's _ is a wildcard too) stays.
@@ -352,9 +372,15 @@ def test_trials_a_killed_driver_never_recorded_are_set_aside_not_left_as_duplica
 
     assert sorted(set_aside_orphans(experiment, known, tracking)) == sorted(orphans)
     for name in orphans:
-        assert not (experiment / name).exists()
-        assert (experiment / ORPHANS_DIR / name / "checkpoint_000000").is_dir()  # nothing lost
-    assert all((experiment / name).is_dir() for name in [*known, "not_a_trial"])
+        # not a file left where the orphan was (SeaweedFS may keep the emptied folder's name)
+        left = pafs.FileSelector(f"{experiment.path}/{name}", recursive=True, allow_not_found=True)
+        assert experiment.fs.get_file_info(left) == []
+        # nothing lost: the checkpoint moved with its folder, whole
+        moved = f"{ORPHANS_DIR}/{name}/checkpoint_000000/checkpoint.pt"
+        with experiment.fs.open_input_stream(f"{experiment.path}/{moved}") as stream:
+            assert stream.read() == b"weights"
+    assert all(experiment.exists(f"{name}/{PLACEMENT_FILE}") for name in known)
+    assert experiment.exists("not_a_trial/notes.txt")
     assert [client.get_run(r).info.lifecycle_stage for r in gone] == ["deleted"] * 3
     assert {client.get_run(r).info.lifecycle_stage for r in kept} == {"active"}
     assert set_aside_orphans(experiment, known, tracking) == []  # a second run finds none

@@ -1,0 +1,113 @@
+"""The sweep's folder in its storage: a local folder (or NFS), or cloud storage (s3://, gs://).
+
+Ray Tune writes a sweep's trials, checkpoints and search state wherever `--storage-path` points,
+through pyarrow's file systems. The sweep's own steps around the trials (its saved options for
+`--resume`, setting orphaned trials aside, the test split of the chosen trials) read and write the
+same folder through the same file systems, so they work on cloud storage as they do on a disk:
+
+    folder = SweepFolder("s3://bucket/sweeps/vae-sweep")   # or "/home/me/runs/vae-sweep"
+    folder.exists("tuner.pkl")
+    mirror = folder.download_records(Path(tmp))              # the small files, for reading
+    folder.fetch_final_model(mirror / "train_trial_...")      # one trial's model, when needed
+
+Credentials and endpoints are pyarrow's (and so Ray's): for S3 the usual AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or SeaweedFS), or
+`?endpoint_override=...` in the URI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from genmodels.files import write_json
+from genmodels.names import CHECKPOINT_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
+
+CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's checkpoint folders: checkpoint_000000, ...
+# What reading a sweep needs (results, parameters, statuses, Tune's state, options, errors): small
+# files. Checkpoints, weights and images stay in the storage unless asked for.
+RECORD_SUFFIXES = (".json", ".csv", ".txt")
+
+
+class SweepFolder:
+    """One sweep's folder, by its local path or cloud URI (pyarrow resolves which)."""
+
+    def __init__(self, location: str):
+        self.location = location.rstrip("/")
+        self.fs, self.path = pafs.FileSystem.from_uri(self.location)
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def _path(self, relative: str = "") -> str:
+        return f"{self.path}/{relative}" if relative else self.path
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self._path(relative)).type != pafs.FileType.NotFound
+
+    def read_json(self, relative: str):
+        with self.fs.open_input_stream(self._path(relative)) as stream:
+            return json.loads(stream.read())
+
+    def write_json(self, relative: str, obj) -> None:
+        if self.local:
+            write_json(Path(self._path(relative)), obj)  # atomic: never half a file
+            return
+        # An object store's upload is atomic: the object appears whole, or not at all.
+        with self.fs.open_output_stream(self._path(relative)) as stream:
+            stream.write(json.dumps(obj, indent=2).encode())
+
+    def subfolders(self) -> list[str]:
+        """The names of the folders directly in the sweep's folder (trials, groups, ...)."""
+        entries = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory)
+
+    def move(self, relative: str, destination: str) -> None:
+        """Move a folder within the sweep's folder. An object store has no folders to rename:
+        there it is a copy of every object, then a delete of the originals."""
+        source, target = self._path(relative), self._path(destination)
+        if self.local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.move(source, target)
+            return
+        pafs.copy_files(source, target, source_filesystem=self.fs, destination_filesystem=self.fs)
+        self.fs.delete_dir(source)
+
+    def download_records(self, into: Path) -> Path:
+        """A local copy of the sweep's small files (RECORD_SUFFIXES) in `into`/<sweep name>: what
+        `analysis.read_ray_folder` reads. Returns that copy's folder."""
+        mirror = into / Path(self.path).name
+        mirror.mkdir(parents=True, exist_ok=True)
+        mirror = mirror.resolve()  # as analysis.read_ray_folder names the trial folders
+        selector = pafs.FileSelector(self.path, recursive=True)
+        for entry in self.fs.get_file_info(selector):
+            if entry.type == pafs.FileType.File and entry.base_name.endswith(RECORD_SUFFIXES):
+                self._download(entry.path, mirror / Path(entry.path).relative_to(self.path))
+        return mirror
+
+    def fetch_final_model(self, mirror: Path, trial: Path) -> None:
+        """Into the local copy `mirror` (download_records), the files of the trial folder `trial`
+        (a folder in the copy) that `sweeps.final_test.final_model` looks for: a fused member's
+        weights, or an unfused trial's newest checkpoint."""
+        relative = trial.relative_to(mirror).as_posix()
+        if (trial / MODEL_CONFIG_FILE).exists():
+            self._download(self._path(f"{relative}/{MODEL_WEIGHTS_FILE}"), trial / MODEL_WEIGHTS_FILE)
+            return
+        entries = self.fs.get_file_info(pafs.FileSelector(self._path(relative), allow_not_found=True))
+        checkpoints = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
+                             and e.base_name.startswith(CHECKPOINT_PREFIX))
+        newest = f"{relative}/{checkpoints[-1]}/{CHECKPOINT_FILE}" if checkpoints else None
+        if newest and self.exists(newest):
+            self._download(self._path(newest), mirror / newest)
+
+    def upload(self, file: Path, relative: str) -> None:
+        pafs.copy_files(str(file), self._path(relative),
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+    def _download(self, source: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(source, str(target), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())

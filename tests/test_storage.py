@@ -1,0 +1,149 @@
+"""Sweeps on cloud storage: --storage-path s3://bucket/path on a real S3-compatible server
+(SeaweedFS, tests/s3_server.py), reached through the AWS_* variables as a user reaches AWS or MinIO.
+The sweep's own steps work there as on a disk: its options saved for --resume, the test split of the
+chosen trials, orphans set aside, and analysis reading the folder by its URI.
+
+    pytest tests/test_storage.py -q
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+from s3_server import BUCKET
+
+from analysis import load_trials
+from genmodels.names import (
+    CHECKPOINT_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_WEIGHTS_FILE,
+    OPTIONS_FILE,
+    PLACEMENT_FILE,
+    TEST_METRICS_FILE,
+)
+from sweeps.final_test import final_model
+from sweeps.orphans import ORPHANS_DIR
+from sweeps.runner import EXIT_BAD_INPUT, EXIT_OK
+from sweeps.storage import SweepFolder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The VAE sweep as a user runs it (this test's environment: the S3 variables included)."""
+    return subprocess.run([sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), *args],
+                          capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+def put(folder: SweepFolder, relative: str, content: bytes = b"{}") -> None:
+    with folder.fs.open_output_stream(f"{folder.path}/{relative}") as out:
+        out.write(content)
+
+
+def files(folder: SweepFolder, relative: str = "") -> list[str]:
+    """Every file under `relative`, as paths relative to the folder."""
+    root = f"{folder.path}/{relative}".rstrip("/")
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    return sorted(e.path[len(folder.path) + 1:] for e in folder.fs.get_file_info(selector)
+                  if e.type == pafs.FileType.File)
+
+
+def test_only_records_are_copied_and_only_the_final_model_is_fetched(s3, tmp_path):
+    """The test split of a sweep on S3 reads a local copy of its small files, then downloads the
+    model of each chosen trial only: an unfused trial's newest checkpoint (not the older ones), a
+    fused member's weights. Checkpoints, weights and images of the others stay in the bucket."""
+    folder = SweepFolder(f"s3://{BUCKET}/{tmp_path.name}/fetch")
+    trial, member = "train_trial_aa_1_lr=0.001", "train_group_bb/m000"
+    put(folder, f"{trial}/params.json")
+    put(folder, f"{trial}/result.json", b'{"epoch": 2}\n')
+    put(folder, f"{trial}/checkpoint_000000/{CHECKPOINT_FILE}", b"epoch 1")
+    put(folder, f"{trial}/checkpoint_000001/{CHECKPOINT_FILE}", b"epoch 2")
+    put(folder, f"{trial}/samples/epoch_002.png", b"png")
+    put(folder, f"{member}/{MODEL_CONFIG_FILE}")
+    put(folder, f"{member}/{MODEL_WEIGHTS_FILE}", b"weights")
+    put(folder, f"{member}/real_vs_reconstructed.png", b"png")
+
+    mirror = folder.download_records(tmp_path / "copy")
+    local = sorted(p.relative_to(mirror).as_posix() for p in mirror.rglob("*") if p.is_file())
+    assert local == [f"{member}/{MODEL_CONFIG_FILE}", f"{trial}/params.json", f"{trial}/result.json"]
+
+    folder.fetch_final_model(mirror, mirror / trial)
+    newest = mirror / trial / "checkpoint_000001" / CHECKPOINT_FILE
+    assert final_model(mirror / trial) == newest and newest.read_bytes() == b"epoch 2"
+    assert not (mirror / trial / "checkpoint_000000").exists()
+    folder.fetch_final_model(mirror, mirror / member)
+    assert final_model(mirror / member) == mirror / member
+    assert (mirror / member / MODEL_WEIGHTS_FILE).read_bytes() == b"weights"
+    assert not (mirror / member / "real_vs_reconstructed.png").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_on_s3_tests_its_chosen_trials_resumes_and_reads_by_its_uri(s3, data_dir, tmp_path):
+    name = "on-s3"
+    storage = f"s3://{BUCKET}/{tmp_path.name}"
+    location = f"{storage}/{name}"
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = ["--data-dir", str(data_dir), "--storage-path", storage, "--name", name,
+               "--mlflow-uri", mlflow_uri, "--num-samples", "2", "--max-concurrent", "2",
+               "--epochs", "2", "--train-subset", "256", "--batch-size", "64",
+               "--scheduler", "fifo"]
+    first = sweep(*command, cwd=tmp_path)
+    assert first.returncode == EXIT_OK, first.stderr[-3000:]
+    assert "test split, once, for the best 3 by val_elbo" in first.stdout
+
+    folder = SweepFolder(location)
+    assert folder.exists(OPTIONS_FILE) and folder.exists("tuner.pkl")
+    trials = [t for t in folder.subfolders() if t.startswith("train_trial")]
+    assert len(trials) == 2
+    for trial in trials:  # the test split's numbers beside each tested trial's results
+        assert folder.read_json(f"{trial}/{TEST_METRICS_FILE}")["epoch"] == 2
+
+    # analysis reads the sweep by its URI, as by a local folder...
+    table = load_trials(location)
+    assert len(table) == 2 and table["test_elbo"].notna().all()
+    assert table["figures_dir"].str.startswith(f"{location}/train_trial").all()
+    # ... and the test numbers reached each trial's MLflow run too
+    assert load_trials(experiment=name, tracking_uri=mlflow_uri)["test_elbo"].notna().all()
+
+    # The sweep exists: a second start is refused, and --resume keeps the sweep's own options.
+    again = sweep(*command, cwd=tmp_path)
+    assert again.returncode == EXIT_BAD_INPUT
+    assert f"a sweep named '{name}' already exists in {storage}" in again.stderr
+    changed = sweep(*command, "--resume", "--epochs", "3", cwd=tmp_path)
+    assert changed.returncode == EXIT_BAD_INPUT
+    assert "--epochs 3 differs from the sweep's 2" in changed.stderr
+
+    # A trial folder no trial of Tune's owns (what a killed driver can leave) is set aside when the
+    # resumed sweep ends; the real trials stay.
+    orphan = "train_trial_cc_3_lr=0.002"
+    put(folder, f"{orphan}/{PLACEMENT_FILE}")
+    put(folder, f"{orphan}/checkpoint_000000/{CHECKPOINT_FILE}", b"weights")
+    resumed = sweep("--storage-path", storage, "--name", name, "--resume", cwd=tmp_path)
+    assert resumed.returncode == EXIT_OK, resumed.stderr[-3000:]
+    assert "set aside 1 trial(s)" in resumed.stdout
+    assert files(folder, orphan) == []
+    assert files(folder, f"{ORPHANS_DIR}/{orphan}") == [
+        f"{ORPHANS_DIR}/{orphan}/checkpoint_000000/{CHECKPOINT_FILE}",
+        f"{ORPHANS_DIR}/{orphan}/{PLACEMENT_FILE}"]
+    assert sorted(t for t in folder.subfolders() if t.startswith("train_trial")
+                  and files(folder, t)) == sorted(trials)
+
+
+@pytest.mark.parametrize("fault", ["nothing listens", "wrong secret"])
+def test_storage_it_cannot_read_is_a_clear_error_before_anything_starts(fault, s3, data_dir,
+                                                                        tmp_path, monkeypatch):
+    from ray_cluster import free_port
+
+    if fault == "nothing listens":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    else:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    storage = f"s3://{BUCKET}/{tmp_path.name}"
+    run_ = sweep("--data-dir", str(data_dir), "--storage-path", storage, "--name", "x",
+                 cwd=tmp_path)
+    assert run_.returncode == EXIT_BAD_INPUT
+    assert f"error: --storage-path {storage}: cannot read it" in run_.stderr
+    assert "AWS_ENDPOINT_URL" in run_.stderr  # the fix, named
+    assert list(tmp_path.iterdir()) == []  # nothing written: no mlflow.db, no runs/, no log
