@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "write the ranked CSV and a report with plots."))
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment: the sweep's --name")
-    source.add_argument("--results", help="Ray Tune results folder: <--storage-path>/<--name>")
+    source.add_argument("--results", help="Ray Tune results folder: <--storage-path>/<--name>, "
+                        "a local folder or a cloud URI (s3://...)")
     p.add_argument("--mlflow-uri", default=None,
                    help="tracking server or store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--metric", default=None,
