@@ -40,15 +40,17 @@ def own_disk_for_ray() -> list[str]:
     return ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /tmp/ray && exec "$@"', "sh"]
 
 
-def start_node(log: Path, *args: str) -> subprocess.Popen:
+def start_node(log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """One node, `ray start <args> --block`; returns once the node is up. A worker node (one that
-    joins with --address) gets a /tmp/ray of its own, as on another machine (`own_disk_for_ray`)."""
+    joins with --address) gets a /tmp/ray of its own, as on another machine (`own_disk_for_ray`).
+    `env`: variables the node's processes get besides NODE_ENV (credentials, say)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     own_disk = own_disk_for_ray() if any(a.startswith("--address") for a in args) else []
     with log.open("w") as out:
         process = subprocess.Popen([*own_disk, ray_bin, "start", *args, LOOPBACK,
                                     "--disable-usage-stats", "--block"], stdout=out,
-                                   stderr=subprocess.STDOUT, env=NODE_ENV, start_new_session=True)
+                                   stderr=subprocess.STDOUT, env={**NODE_ENV, **(env or {})},
+                                   start_new_session=True)
     deadline = time.time() + RAY_START_TIMEOUT
     while "Ray runtime started" not in log.read_text():
         if process.poll() is not None or time.time() > deadline:
@@ -58,10 +60,10 @@ def start_node(log: Path, *args: str) -> subprocess.Popen:
     return process
 
 
-def start_head(log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def start_head(log: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """The head node (no dashboard); returns it and the cluster's address."""
     port = free_port()
-    head = start_node(log, "--head", f"--port={port}", "--include-dashboard=false", *args)
+    head = start_node(log, "--head", f"--port={port}", "--include-dashboard=false", *args, env=env)
     return head, f"127.0.0.1:{port}"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from ray_cluster import CLUSTER_ENV, forget_cluster, start_head, start_node, stop_node
 from s3_server import BUCKET
 
 from analysis import load_trials
@@ -21,6 +22,7 @@ from genmodels.names import (
     MODEL_WEIGHTS_FILE,
     OPTIONS_FILE,
     PLACEMENT_FILE,
+    STATUS_FILE,
     TEST_METRICS_FILE,
 )
 from sweeps.final_test import final_model
@@ -147,3 +149,53 @@ def test_storage_it_cannot_read_is_a_clear_error_before_anything_starts(fault, s
     assert f"error: --storage-path {storage}: cannot read it" in run_.stderr
     assert "AWS_ENDPOINT_URL" in run_.stderr  # the fix, named
     assert list(tmp_path.iterdir()) == []  # nothing written: no mlflow.db, no runs/, no log
+
+
+@pytest.fixture
+def two_nodes_with_s3(s3, tmp_path):
+    """A real two-node Ray cluster (a head and a worker with a /tmp/ray of its own, as on another
+    machine; 1 CPU each) whose nodes have the S3 credentials, as a cluster's nodes would."""
+    head, address = start_head(tmp_path / "head.log", "--num-cpus=1", "--num-gpus=0", env=s3.env)
+    nodes = [head]
+    try:
+        nodes.append(start_node(tmp_path / "worker.log", f"--address={address}", "--num-cpus=1",
+                                "--num-gpus=0", env=s3.env))
+        yield address
+    finally:
+        for node in reversed(nodes):
+            stop_node(node)
+        forget_cluster(address)
+
+
+@pytest.mark.slow
+def test_fused_groups_on_two_nodes_upload_their_members_models_and_figures(two_nodes_with_s3,
+                                                                           data_dir, tmp_path,
+                                                                           monkeypatch):
+    """On cloud storage a group on the worker node writes its members' figures, status and final
+    model on that node: they must reach the bucket from there (Ray's staging folder on a node other
+    than the driver's is copied nowhere), or the members trained there have no figures in their
+    folder and are never tested."""
+    for name, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(name, value)
+    storage, name = f"s3://{BUCKET}/{tmp_path.name}", "fused-2-nodes"
+    run_ = sweep("--address", two_nodes_with_s3, "--data-dir", str(data_dir),
+                 "--storage-path", storage, "--name", name,
+                 "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "--fuse", "2", "--num-samples", "4", "--max-concurrent", "2",
+                 "--cpus-per-trial", "1", "--epochs", "1", "--train-subset", "256",
+                 "--batch-size", "64", "--scheduler", "fifo", "--test-top", "4", cwd=tmp_path)
+    assert run_.returncode == EXIT_OK, run_.stderr[-3000:]
+    folder = SweepFolder(f"{storage}/{name}")
+    groups = [g for g in folder.subfolders() if g.startswith("train_group")]
+    assert len(groups) == 2
+    nodes = {folder.read_json(f"{group}/{PLACEMENT_FILE}")["node_id"] for group in groups}
+    assert len(nodes) == 2  # one group ran on the worker node
+    for group in groups:
+        members = [m for m in SweepFolder(f"{storage}/{name}/{group}").subfolders()
+                   if m.startswith("m")]
+        assert len(members) == 2
+        for member in members:
+            stored = set(files(folder, f"{group}/{member}"))
+            for file in (MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, STATUS_FILE, TEST_METRICS_FILE,
+                         "real_vs_reconstructed.png", "samples/epoch_001.png"):
+                assert f"{group}/{member}/{file}" in stored, (group, member, sorted(stored))

@@ -46,7 +46,12 @@ from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
 from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
 from genmodels.training import CHECKPOINT_FORMAT, EpochReport, TrainConfig, Trainer, TrainingDiverged
 from trainables.tracking import SweepRecords, start_tracker
-from trainables.trainable import model_config_from_tune, trial_folder, write_placement
+from trainables.trainable import (
+    folder_uploader,
+    model_config_from_tune,
+    trial_folder,
+    write_placement,
+)
 
 GROUP_FILE = "group.pt"  # beside the checkpoint: members still training, statuses, sample grids
 
@@ -130,6 +135,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     device = resolve_device(train_cfg.device)
     scorer = scorer_from_cache(scorer_cache, device) if scorer_cache else None
     trial_dir = trial_folder()
+    upload = folder_uploader(trial_dir)
 
     # A restored group continues with the members its last checkpoint still trained.
     group = {"training": ids, "status": {i: RUNNING for i in ids}, "results": {},
@@ -161,6 +167,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             trackers[member].finish(how)
 
     def report(epoch: int, results: dict) -> None:
+        upload()  # on cloud storage: the members' new figures, statuses and models
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             torch.save(group, Path(folder) / GROUP_FILE)

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs
@@ -54,21 +55,47 @@ def model_config_from_tune(model: str, values: dict):
 
 
 def trial_folder() -> Path:
-    """This trial's folder, where its figures, status and placement go: the folder under the
-    sweep's storage itself when that is a file system every node mounts (local, NFS), written from
-    whichever node runs the trial. Ray's own answer, `tune.get_context().get_trial_dir()`, is a
-    staging folder on the node running the trial that only the driver's node copies into the
-    storage: a trial on another machine kept its figures and status to itself (measured with a
-    worker node given its own /tmp, bench/RESULTS.md), and a worker reused from an ended trial
-    (`reuse_actors`) gets yet another folder that nobody copies. For cloud storage (s3://, gs://)
-    it stays Ray's staging folder: MLflow holds every trial's metrics and images either way."""
+    """This trial's folder, where its figures, status and placement go, from whichever node runs it:
+
+    - storage on a file system every node mounts (local, NFS): the trial's folder in the sweep's
+      storage itself. Ray's own answer, `tune.get_context().get_trial_dir()`, is a staging folder
+      on the node running the trial that only the driver's node copies into the storage: a trial
+      on another machine kept its figures and status to itself (measured with a worker node given
+      its own /tmp, bench/RESULTS.md), and a worker reused from an ended trial (`reuse_actors`)
+      gets yet another folder that nobody copies.
+    - cloud storage (s3://, gs://): Ray's trial working folder on the node running the trial,
+      whose new files that node uploads to the trial's folder in the storage before each report
+      (`folder_uploader`)."""
     storage = tune.get_context().get_storage()
     if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
         folder = Path(storage.trial_fs_path)
     else:
-        folder = Path(storage.trial_driver_staging_path)
+        folder = Path(storage.trial_working_directory)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def folder_uploader(folder: Path) -> Callable[[], None]:
+    """On cloud storage, a function that uploads the files of the trial's `folder` (trial_folder)
+    that are new or changed since its last call into the trial's folder in the storage; on a
+    shared file system, one that does nothing (the folder is already there). Only what changed:
+    an upload of the whole folder at every epoch would send a long run's sample grids (and a fused
+    group's, for every member) again and again."""
+    storage = tune.get_context().get_storage()
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return lambda: None
+    sent: dict[str, tuple[int, int]] = {}
+
+    def upload() -> None:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            relative, stat = path.relative_to(folder).as_posix(), path.stat()
+            if sent.get(relative) != (stat.st_mtime_ns, stat.st_size):
+                pyarrow.fs.copy_files(str(path), f"{storage.trial_fs_path}/{relative}",
+                                      source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                      destination_filesystem=storage.storage_filesystem)
+                sent[relative] = (stat.st_mtime_ns, stat.st_size)
+
+    return upload
 
 
 def write_placement(trial_dir: Path, trainer: Trainer) -> None:
@@ -115,6 +142,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
                 tracking: SweepRecords | None = None) -> None:
     """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
     trial_dir = trial_folder()
+    upload = folder_uploader(trial_dir)
     earlier = read_status(trial_dir)
     if earlier.get("status") == DIVERGED:
         # Tune retries every error (--max-failures) and --resume every errored trial; a diverged
@@ -142,6 +170,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         tracker.log_epoch(report.epoch, report.metrics, grid, figures)
         if report.is_last:
             write_status(trial_dir, FINISHED, report.epoch)
+        upload()
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             tune.report(report.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -150,6 +179,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
         trainer.fit(on_epoch)
     except TrainingDiverged as err:
         write_status(trial_dir, DIVERGED, err.epoch, str(err))
+        upload()
         tracker.fail(str(err), status=DIVERGED)
         raise  # Tune marks the trial ERROR with this message; Optuna records it as failed
     except SystemExit:
