@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 # `ray start --head` turns on token authentication (Ray >= 2.5x): every process that joins the
@@ -65,6 +66,25 @@ def start_head(log: Path, *args: str, env: dict | None = None) -> tuple[subproce
     port = free_port()
     head = start_node(log, "--head", f"--port={port}", "--include-dashboard=false", *args, env=env)
     return head, f"127.0.0.1:{port}"
+
+
+@contextmanager
+def head_and_worker(logs: Path, head_gpus: int = 0, env: dict | None = None):
+    """A real two-node Ray cluster on this machine, started as a user would (`ray start`): a head
+    with 1 CPU and `head_gpus` logical GPUs, a worker with 1 CPU and its own /tmp/ray; `env`: for
+    both nodes' processes. Yields the cluster's address; stops both nodes at the end."""
+    logs.mkdir(parents=True, exist_ok=True)
+    head, address = start_head(logs / "head.log", "--num-cpus=1", f"--num-gpus={head_gpus}",
+                               env=env)
+    nodes = [head]
+    try:
+        nodes.append(start_node(logs / "worker.log", f"--address={address}", "--num-cpus=1",
+                                "--num-gpus=0", env=env))
+        yield address
+    finally:
+        for node in reversed(nodes):
+            stop_node(node)
+        forget_cluster(address)
 
 
 def forget_cluster(address: str) -> None:

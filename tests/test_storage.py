@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from ray_cluster import CLUSTER_ENV, forget_cluster, start_head, start_node, stop_node
+from ray_cluster import CLUSTER_ENV, head_and_worker
 from s3_server import BUCKET
 
 from analysis import load_trials
@@ -155,16 +155,8 @@ def test_storage_it_cannot_read_is_a_clear_error_before_anything_starts(fault, s
 def two_nodes_with_s3(s3, tmp_path):
     """A real two-node Ray cluster (a head and a worker with a /tmp/ray of its own, as on another
     machine; 1 CPU each) whose nodes have the S3 credentials, as a cluster's nodes would."""
-    head, address = start_head(tmp_path / "head.log", "--num-cpus=1", "--num-gpus=0", env=s3.env)
-    nodes = [head]
-    try:
-        nodes.append(start_node(tmp_path / "worker.log", f"--address={address}", "--num-cpus=1",
-                                "--num-gpus=0", env=s3.env))
+    with head_and_worker(tmp_path / "nodes", env=s3.env) as address:
         yield address
-    finally:
-        for node in reversed(nodes):
-            stop_node(node)
-        forget_cluster(address)
 
 
 @pytest.mark.slow

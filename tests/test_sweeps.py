@@ -11,15 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_cluster import (
-    CLUSTER_ENV,
-    forget_cluster,
-    listening_addresses,
-    process_tree,
-    start_head,
-    start_node,
-    stop_node,
-)
+from ray_cluster import CLUSTER_ENV, head_and_worker, listening_addresses, process_tree
 
 from sweeps.runner import run
 from sweeps.search_space import default_point, is_default_config, search_space
@@ -104,17 +96,8 @@ def test_gan_sweep_scores_trials(data_dir, tmp_path):
 def two_node_cluster(tmp_path_factory):
     """A real Ray cluster on this machine: a head with 1 CPU and 1 logical GPU, a worker with 1 CPU
     (started as a user would, with `ray start`)."""
-    logs = tmp_path_factory.mktemp("ray-nodes")
-    head, address = start_head(logs / "head.log", "--num-cpus=1", "--num-gpus=1")
-    nodes = [head]
-    try:
-        nodes.append(start_node(logs / "worker.log", f"--address={address}", "--num-cpus=1",
-                                "--num-gpus=0"))
+    with head_and_worker(tmp_path_factory.mktemp("ray-nodes"), head_gpus=1) as address:
         yield address
-    finally:
-        for node in reversed(nodes):
-            stop_node(node)
-        forget_cluster(address)
 
 
 @pytest.mark.slow
