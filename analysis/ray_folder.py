@@ -168,3 +168,21 @@ def read_ray_folder(results: str | Path) -> tuple[list[TrialRecord], dict]:
         else:
             records.append(read_ray_trial(trial, statuses.get(trial.name), options.get("epochs")))
     return records, options
+
+
+def local_trial_folder(figures_dir: str, cache: Path) -> Path:
+    """A trial's folder on this disk, for its figures: the folder itself, or for a sweep on cloud
+    storage (`figures_dir` a URI) a copy of the trial's images in `cache`, downloaded once. A
+    storage this machine cannot read (no credentials here, say) gives an empty folder: the caller
+    falls back to the trial's MLflow run."""
+    if "://" not in figures_dir:
+        return Path(figures_dir)
+    copy = cache / figures_dir.rstrip("/").rsplit("/", 1)[-1]
+    if not copy.exists():
+        from sweeps.storage import SweepFolder
+
+        try:
+            SweepFolder(figures_dir).download(cache, (".png",))
+        except (OSError, ValueError):  # pyarrow's: unreachable, denied, not found, bad URI
+            copy.mkdir(parents=True, exist_ok=True)
+    return copy

@@ -30,6 +30,7 @@ from matplotlib.ticker import NullFormatter
 
 from analysis.load import Sweep
 from analysis.ranking import USABLE, rank_trials, summary_columns
+from analysis.ray_folder import local_trial_folder
 from sweeps.search_space import budget_split, is_default_config, startup_trials
 
 DPI = 110
@@ -254,8 +255,9 @@ def final_grid(row: pd.Series, source: dict, cache: Path) -> Path | None:
     """The trial's last sample grid: samples/epoch_NNN.png in its folder, else (a folder on
     another machine) the last `samples` image of its MLflow run."""
     folder = row.get("figures_dir")
-    if isinstance(folder, str) and Path(folder).is_dir():
-        grids = sorted((Path(folder) / "samples").glob("epoch_*.png"))
+    if isinstance(folder, str):
+        folder = local_trial_folder(folder, cache)  # a sweep on cloud storage: its images, copied
+        grids = sorted((folder / "samples").glob("epoch_*.png"))
         if grids:
             return grids[-1]
     run_id = row.get("run_id")

@@ -37,6 +37,7 @@ except ModuleNotFoundError as err:  # run as a file from a checkout that was nev
     sys.exit("error: the gensweep package is not installed in this Python: run `pip install -e .` "
              "in the checkout (or `python -m analysis.results_page` from its root)")
 from analysis.ranking import USABLE, rank_trials
+from analysis.ray_folder import local_trial_folder
 from analysis.repeats import (
     RUNS_FILE,
     RepeatError,
@@ -105,7 +106,7 @@ def regenerate_figures(folder: Path, model: str, data_dir: str | None, out: Path
 def collect_figures(row: pd.Series, role: str, model: str, data_dir: str | None,
                     out: Path) -> dict[str, Path]:
     """The trial's figures copied into `out` as <role>_<figure>.png; key -> copied path."""
-    folder = Path(str(row["figures_dir"]))
+    folder = local_trial_folder(str(row["figures_dir"]), out / f".{role}_stored")
     found = {key: trial_figure(folder, key) for key in MODEL_FIGURES[model]}
     if any(path is None for key, path in found.items() if key != "final_samples"):
         regenerated = regenerate_figures(folder, model, data_dir, out / f".{role}_regenerated")
@@ -115,7 +116,8 @@ def collect_figures(row: pd.Series, role: str, model: str, data_dir: str | None,
         if path is not None:
             copied[key] = out / f"{role}_{key}.png"
             shutil.copyfile(path, copied[key])
-    shutil.rmtree(out / f".{role}_regenerated", ignore_errors=True)
+    for scratch in (f".{role}_regenerated", f".{role}_stored"):
+        shutil.rmtree(out / scratch, ignore_errors=True)
     return copied
 
 

@@ -79,12 +79,17 @@ class SweepFolder:
     def download_records(self, into: Path) -> Path:
         """A local copy of the sweep's small files (RECORD_SUFFIXES) in `into`/<sweep name>: what
         `analysis.read_ray_folder` reads. Returns that copy's folder."""
+        return self.download(into, RECORD_SUFFIXES)
+
+    def download(self, into: Path, suffixes: tuple[str, ...]) -> Path:
+        """A local copy of the folder's files whose names end with one of `suffixes`, in
+        `into`/<the folder's name>; returns that copy's folder."""
         mirror = into / Path(self.path).name
         mirror.mkdir(parents=True, exist_ok=True)
         mirror = mirror.resolve()  # as analysis.read_ray_folder names the trial folders
         selector = pafs.FileSelector(self.path, recursive=True)
         for entry in self.fs.get_file_info(selector):
-            if entry.type == pafs.FileType.File and entry.base_name.endswith(RECORD_SUFFIXES):
+            if entry.type == pafs.FileType.File and entry.base_name.endswith(suffixes):
                 self._download(entry.path, mirror / Path(entry.path).relative_to(self.path))
         return mirror
 

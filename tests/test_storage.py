@@ -16,6 +16,7 @@ from ray_cluster import CLUSTER_ENV, head_and_worker
 from s3_server import BUCKET
 
 from analysis import load_trials
+from analysis.report import final_grid
 from genmodels.names import (
     CHECKPOINT_FILE,
     MODEL_CONFIG_FILE,
@@ -106,6 +107,12 @@ def test_a_sweep_on_s3_tests_its_chosen_trials_resumes_and_reads_by_its_uri(s3, 
     table = load_trials(location)
     assert len(table) == 2 and table["test_elbo"].notna().all()
     assert table["figures_dir"].str.startswith(f"{location}/train_trial").all()
+    # rank.py's report shows each trial's last sample grid, fetched from the bucket
+    grid = final_grid(table.iloc[0], {}, tmp_path / "cache")
+    assert grid is not None and grid.name == "epoch_002.png"
+    trial = SweepFolder(table["figures_dir"].iloc[0])
+    with trial.fs.open_input_stream(f"{trial.path}/samples/epoch_002.png") as stored:
+        assert grid.read_bytes() == stored.read()
     # ... and the test numbers reached each trial's MLflow run too
     assert load_trials(experiment=name, tracking_uri=mlflow_uri)["test_elbo"].notna().all()
 
