@@ -72,14 +72,15 @@ def read_results(results: str) -> tuple[list, dict, str]:
     """Ray's folder of a sweep: a local folder, or a cloud URI (--storage-path s3://...), whose
     small files are read from a temporary local copy; each trial's `figures_dir` is then its URI.
     Returns the records, the sweep's options and where the folder is."""
-    if "://" not in results or results.startswith("file://"):
-        folder = Path(results.removeprefix("file://")).expanduser().resolve()
-        return *read_ray_folder(folder), str(folder)
-    from sweeps.storage import SweepFolder
+    from sweeps.storage import SweepFolder, storage_uri
+
+    location = storage_uri(results)
+    if "://" not in location:
+        return *read_ray_folder(location), location
 
     with tempfile.TemporaryDirectory(prefix="gensweep-results-") as tmp:
         try:
-            storage = SweepFolder(results)
+            storage = SweepFolder(location)
             mirror = storage.download_records(Path(tmp))
         except (OSError, ValueError) as err:  # pyarrow's: unreachable, denied, not found, bad URI
             raise LoadError(f"cannot read the sweep folder {results}: "

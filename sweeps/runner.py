@@ -50,7 +50,7 @@ from sweeps.final_test import (
     scorer_for_test,
 )
 from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
-from sweeps.storage import SweepFolder
+from sweeps.storage import SweepFolder, storage_uri
 from sweeps.tracking import (
     TrackingError,
     check_reachable,
@@ -369,18 +369,6 @@ def start_ray(address: str | None) -> None:
         # "local": always a fresh Ray of this process, never silently joining a cluster that
         # happens to run on this machine (that is what --address auto is for).
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
-
-
-LOCAL_URI = "file://"
-
-
-def storage_uri(path: str) -> str:
-    """--storage-path as Ray's storage: a local folder made absolute, or a cloud URI as given. A
-    file:// URI is a local folder (Ray's pyarrow reads it so), and the sweep's own steps after the
-    trials (the test split, setting orphans aside, its log) need it as one too."""
-    if path.startswith(LOCAL_URI):
-        path = path[len(LOCAL_URI):]
-    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def best_table(results, metric: str, mode: str, space: dict) -> str:

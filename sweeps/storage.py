@@ -29,6 +29,16 @@ CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's checkpoint folders: checkpoint_0
 # What reading a sweep needs (results, parameters, statuses, Tune's state, options, errors): small
 # files. Checkpoints, weights and images stay in the storage unless asked for.
 RECORD_SUFFIXES = (".json", ".csv", ".txt")
+LOCAL_URI = "file://"
+
+
+def storage_uri(path: str) -> str:
+    """--storage-path (or a sweep's folder) as Ray's storage: a local folder made absolute, or a
+    cloud URI as given. A file:// URI is a local folder (Ray's pyarrow reads it so), and the sweep's
+    own steps after the trials (the test split, setting orphans aside, its log) need it as one too."""
+    if path.startswith(LOCAL_URI):
+        path = path[len(LOCAL_URI):]
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 class SweepFolder:
