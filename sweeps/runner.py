@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -539,7 +540,7 @@ class SweepPlan:
     def local(self) -> bool:
         return "://" not in self.storage
 
-    @property
+    @functools.cached_property
     def folder(self) -> SweepFolder:
         """The sweep's folder, local or on cloud storage, for the sweep's own reads and writes."""
         return SweepFolder(self.experiment)
