@@ -49,11 +49,12 @@ def ranked_trials(experiment: Path, model: str, metric: str, mode: str) -> pd.Da
 
 
 def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: int, data,
-                   settings: dict, scorer=None, fetch=None) -> pd.DataFrame:
+                   settings: dict, scorer=None, fetch=None, store=None) -> pd.DataFrame:
     """Rank the sweep's trials by `metric` and measure the best `top` usable ones on the test
     split; returns the ranked table with their `test_*` columns filled in (and their
-    test_metrics.json written). `fetch(folder)`, if given, brings a chosen trial's model into its
-    folder first: `experiment` is then a local copy of a sweep on cloud storage."""
+    test_metrics.json written). When `experiment` is a local copy of a sweep on cloud storage,
+    `fetch(folder)` brings a chosen trial's model into its folder first, and `store(file)` sends
+    its test_metrics.json back."""
     ranked = ranked_trials(experiment, model, metric, mode)
     chosen = ranked[ranked["status"].isin(USABLE) & ranked[metric].notna()].head(top)
     device = resolve_device("auto")
@@ -68,6 +69,8 @@ def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: in
             continue
         metrics = evaluate_on_test_split(path, data, train_cfg, scorer, device)
         write_json(folder / TEST_METRICS_FILE, {"epoch": int(row["epochs"]), **metrics})
+        if store is not None:
+            store(folder / TEST_METRICS_FILE)
         for name, value in metrics.items():
             ranked.loc[index, name] = value
     return ranked
@@ -83,11 +86,9 @@ def measure_chosen_in(folder: SweepFolder, model: str, metric: str, mode: str, t
     with tempfile.TemporaryDirectory(prefix="gensweep-test-split-") as tmp:
         mirror = folder.download_records(Path(tmp))
         ranked = measure_chosen(mirror, model, metric, mode, top, data, settings, scorer,
-                                fetch=lambda trial: folder.fetch_final_model(mirror, trial))
-        for trial in map(Path, ranked["figures_dir"].dropna()):
-            if (trial / TEST_METRICS_FILE).exists():
-                folder.upload(trial / TEST_METRICS_FILE,
-                              f"{trial.relative_to(mirror).as_posix()}/{TEST_METRICS_FILE}")
+                                fetch=lambda trial: folder.fetch_final_model(mirror, trial),
+                                store=lambda file: folder.upload(
+                                    file, file.relative_to(mirror).as_posix()))
         ranked["figures_dir"] = ranked["figures_dir"].str.replace(str(mirror), folder.location,
                                                                   regex=False)
     return ranked
