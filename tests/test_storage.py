@@ -28,7 +28,7 @@ from genmodels.names import (
 )
 from sweeps.final_test import final_model
 from sweeps.orphans import ORPHANS_DIR
-from sweeps.runner import EXIT_BAD_INPUT, EXIT_OK
+from sweeps.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRIALS_FAILED
 from sweeps.storage import SweepFolder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +138,33 @@ def test_a_sweep_on_s3_tests_its_chosen_trials_resumes_and_reads_by_its_uri(s3, 
         f"{ORPHANS_DIR}/{orphan}/{PLACEMENT_FILE}"]
     assert sorted(t for t in folder.subfolders() if t.startswith("train_trial")
                   and files(folder, t)) == sorted(trials)
+
+
+@pytest.mark.slow
+def test_a_diverged_trial_on_s3_is_not_trained_again_by_resume(s3, data_dir, tmp_path):
+    """A diverged trial ends at once when Tune retries or --resume restarts it. On cloud storage
+    its earlier status.json is in the bucket, not in the working folder of the node that runs it:
+    a resumed sweep is a new Ray session whose working folders start empty, as on another node."""
+    name = "diverged-on-s3"
+    storage = f"s3://{BUCKET}/{tmp_path.name}"
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {low: 1.0e+5, high: 1.0e+7, log: true}\n")  # NaN loss at once
+    first = sweep("--data-dir", str(data_dir), "--storage-path", storage, "--name", name,
+                  "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--space", str(space),
+                  "--num-samples", "1", "--max-failures", "0", "--epochs", "2",
+                  "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+                  cwd=tmp_path)
+    assert first.returncode == EXIT_TRIALS_FAILED, first.stderr[-3000:]
+    folder = SweepFolder(f"{storage}/{name}")
+    (trial,) = [t for t in folder.subfolders() if t.startswith("train_trial")]
+    assert folder.read_json(f"{trial}/{STATUS_FILE}")["status"] == "diverged"
+
+    resumed = sweep("--storage-path", storage, "--name", name, "--resume", cwd=tmp_path)
+    assert resumed.returncode == EXIT_TRIALS_FAILED, resumed.stderr[-3000:]
+    with folder.fs.open_input_stream(f"{folder.path}/{trial}/error.txt") as stored:
+        error = stored.read().decode()
+    assert "TrialDivergedBefore: not trained again: training diverged at epoch 1" in error
+    assert folder.read_json(f"{trial}/{STATUS_FILE}")["status"] == "diverged"
 
 
 @pytest.mark.parametrize("fault", ["nothing listens", "wrong secret"])

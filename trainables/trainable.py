@@ -13,6 +13,7 @@ figures go to the trial's directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -28,7 +29,7 @@ from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import read_status, write_json, write_status
-from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE, STATUS_FILE
 from genmodels.tasks import TASKS
 from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
 from trainables.tracking import SweepRecords, start_tracker
@@ -57,6 +58,12 @@ def model_config_from_tune(model: str, values: dict):
     return cfg_class(**values)
 
 
+def on_cloud_storage(storage) -> bool:
+    """Whether the sweep's storage (Ray's StorageContext) is cloud storage (s3://, gs://) rather
+    than a file system every node mounts (local, NFS)."""
+    return not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+
+
 def trial_folder() -> Path:
     """This trial's folder, where its figures, status and placement go, from whichever node runs it:
 
@@ -70,10 +77,10 @@ def trial_folder() -> Path:
       whose new files that node uploads to the trial's folder in the storage before each report
       (`folder_uploader`)."""
     storage = tune.get_context().get_storage()
-    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        folder = Path(storage.trial_fs_path)
-    else:
+    if on_cloud_storage(storage):
         folder = Path(storage.trial_working_directory)
+    else:
+        folder = Path(storage.trial_fs_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -85,7 +92,7 @@ def folder_uploader(folder: Path) -> Callable[[], None]:
     an upload of the whole folder at every epoch would send a long run's sample grids (and a fused
     group's, for every member) again and again."""
     storage = tune.get_context().get_storage()
-    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+    if not on_cloud_storage(storage):
         return lambda: None
     sent: dict[str, tuple[int, int]] = {}
 
@@ -107,6 +114,21 @@ def folder_uploader(folder: Path) -> Callable[[], None]:
         sent.update({relative: stamp for relative, (_, stamp) in changed.items()})
 
     return upload
+
+
+def earlier_status(trial_dir: Path) -> dict:
+    """How an earlier attempt of this trial ended (its status.json), or {}. On cloud storage it is
+    read from the trial's folder in the storage, not from `trial_dir`: a retry on another node, and
+    every --resume (a new Ray session, so a new working folder), start with an empty one."""
+    storage = tune.get_context().get_storage()
+    if not on_cloud_storage(storage):
+        return read_status(trial_dir)
+    try:
+        with storage.storage_filesystem.open_input_stream(
+                f"{storage.trial_fs_path}/{STATUS_FILE}") as stored:
+            return json.loads(stored.read())
+    except FileNotFoundError:
+        return {}
 
 
 def write_placement(trial_dir: Path, trainer: Trainer) -> None:
@@ -154,7 +176,7 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
     """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
     trial_dir = trial_folder()
     upload = folder_uploader(trial_dir)
-    earlier = read_status(trial_dir)
+    earlier = earlier_status(trial_dir)
     if earlier.get("status") == DIVERGED:
         # Tune retries every error (--max-failures) and --resume every errored trial; a diverged
         # trial would only diverge again at the same step, so its retry ends at once, unchanged.
