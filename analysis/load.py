@@ -81,6 +81,7 @@ def read_results(results: str) -> tuple[list, dict, str]:
     with tempfile.TemporaryDirectory(prefix="gensweep-results-") as tmp:
         try:
             storage = SweepFolder(location)
+            storage.check_reachable()  # a store that never answers: an error now, not in minutes
             mirror = storage.download_records(Path(tmp))
         except (OSError, ValueError) as err:  # pyarrow's: unreachable, denied, not found, bad URI
             raise LoadError(f"cannot read the sweep folder {results}: "

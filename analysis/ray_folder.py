@@ -178,11 +178,18 @@ def local_trial_folder(figures_dir: str, cache: Path) -> Path:
     if "://" not in figures_dir:
         return Path(figures_dir)
     copy = cache / figures_dir.rstrip("/").rsplit("/", 1)[-1]
-    if not copy.exists():
+    silent = cache / ".storage-silent"  # one wait for a store that never answers, not one a trial
+    if not copy.exists() and not silent.exists():
         from sweeps.storage import SweepFolder
 
         try:
-            SweepFolder(figures_dir).download(cache, (".png",))
+            folder = SweepFolder(figures_dir)
+            folder.check_reachable()
+            folder.download(cache, (".png",))
+        except TimeoutError:
+            silent.parent.mkdir(parents=True, exist_ok=True)
+            silent.touch()
         except (OSError, ValueError):  # pyarrow's: unreachable, denied, not found, bad URI
-            copy.mkdir(parents=True, exist_ok=True)
+            pass
+    copy.mkdir(parents=True, exist_ok=True)
     return copy

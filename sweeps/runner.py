@@ -626,13 +626,14 @@ def open_storage(storage: str, name: str) -> SweepFolder:
     endpoint), not after Ray has started and the trials have failed one by one."""
     try:
         experiment = SweepFolder(f"{storage}/{name}")
-        experiment.exists(TUNER_FILE)
+        experiment.check_reachable()
     except (OSError, ValueError) as err:  # pyarrow's errors: OSError, ArrowInvalid (a ValueError)
         raise SweepError(f"--storage-path {storage}: cannot read it ({' '.join(str(err).split())[:300]}). "
                          "A local folder, or a cloud URI (s3://bucket/path, gs://bucket/path) "
                          "with its credentials set (for S3: AWS_ACCESS_KEY_ID, "
                          "AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a server other than "
-                         "AWS)") from err
+                         "AWS; for GCS: GOOGLE_APPLICATION_CREDENTIALS, or `gcloud auth "
+                         "application-default login`)") from err
     return experiment
 
 

@@ -18,6 +18,8 @@ AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (an S3-compatible server such as MinI
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -30,6 +32,11 @@ CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's checkpoint folders: checkpoint_0
 # files. Checkpoints, weights and images stay in the storage unless asked for.
 RECORD_SUFFIXES = (".json", ".csv", ".txt")
 LOCAL_URI = "file://"
+# How long a sweep (or the analysis) waits for its storage's first answer. Cloud file systems retry
+# a store they cannot reach for many minutes before they fail: GCS without credentials (none in
+# GOOGLE_APPLICATION_CREDENTIALS, no `gcloud auth application-default login`, not on a GCP machine)
+# retries for 15. A listing that answers at all answers within seconds.
+REACH_SECONDS = 30.0
 
 
 def storage_uri(path: str) -> str:
@@ -39,6 +46,27 @@ def storage_uri(path: str) -> str:
     if path.startswith(LOCAL_URI):
         path = path[len(LOCAL_URI):]
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def answer_within(seconds: float, call: Callable):
+    """call()'s result, or TimeoutError when it has not returned within `seconds`. The call goes
+    on in a daemon thread (pyarrow's calls cannot be cancelled) that the process's exit ends."""
+    outcome: dict = {}
+
+    def attempt() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # handed to the caller's thread, raised there
+            outcome["error"] = err
+
+    thread = threading.Thread(target=attempt, name="storage-probe", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer in {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class SweepFolder:
@@ -54,6 +82,12 @@ class SweepFolder:
 
     def _path(self, relative: str = "") -> str:
         return f"{self.path}/{relative}" if relative else self.path
+
+    def check_reachable(self, seconds: float | None = None) -> None:
+        """Raise OSError (TimeoutError, or pyarrow's own error) unless the storage answers within
+        `seconds` (REACH_SECONDS) whether the folder exists: no credentials, a wrong key or
+        nothing listening is found now, not after minutes of retries."""
+        answer_within(REACH_SECONDS if seconds is None else seconds, lambda: self.exists(""))
 
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self._path(relative)).type != pafs.FileType.NotFound

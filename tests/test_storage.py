@@ -185,6 +185,46 @@ def test_storage_it_cannot_read_is_a_clear_error_before_anything_starts(fault, s
     assert list(tmp_path.iterdir()) == []  # nothing written: no mlflow.db, no runs/, no log
 
 
+NO_SUCH_BUCKET = "gs://gensweep-no-such-bucket/sweeps"  # here: no GCP credentials, no internet
+
+
+def test_cloud_storage_that_never_answers_is_a_clear_error_in_bounded_time(data_dir, tmp_path,
+                                                                           monkeypatch):
+    """gs:// without credentials: Google's client retries for 15 minutes before it fails (on this
+    machine, with no internet, it never answers). The sweep gives up after REACH_SECONDS (3 s
+    here), names the fix, writes nothing and exits; the probe left running does not hold the
+    exit. (With credentials and internet the bucket's absence is the answer: the same error.)"""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    program = ("import sys; import sweeps.storage; sweeps.storage.REACH_SECONDS = 3; "
+               "from sweeps.runner import run; sys.exit(run('vae', sys.argv[1:]))")
+    run_ = subprocess.run([sys.executable, "-c", program, "--data-dir", str(data_dir),
+                           "--storage-path", NO_SUCH_BUCKET, "--name", "x"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert run_.returncode == EXIT_BAD_INPUT, run_.stderr[-3000:]
+    assert f"error: --storage-path {NO_SUCH_BUCKET}: cannot read it" in run_.stderr
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in run_.stderr  # the fix, named
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_analysis_of_a_store_that_never_answers_fails_once_and_fast(tmp_path, monkeypatch):
+    """load_trials on a URI that never answers is a LoadError after REACH_SECONDS; a report's
+    figures from such a store (figures_dir URIs read from MLflow) wait once, not once a trial."""
+    import sweeps.storage
+    from analysis.load import LoadError
+    from analysis.ray_folder import local_trial_folder
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setattr(sweeps.storage, "REACH_SECONDS", 1)
+    with pytest.raises(LoadError, match="cannot read the sweep folder .*no answer in 1 s"):
+        load_trials(NO_SUCH_BUCKET)
+    cache = tmp_path / "cache"
+    first = local_trial_folder(f"{NO_SUCH_BUCKET}/train_trial_a", cache)
+    assert first.is_dir() and list(first.iterdir()) == []  # no figures: the report asks MLflow
+    assert (cache / ".storage-silent").exists()  # so the next trial does not wait again
+    second = local_trial_folder(f"{NO_SUCH_BUCKET}/train_trial_b", cache)
+    assert second.is_dir() and list(second.iterdir()) == []
+
+
 @pytest.fixture
 def two_nodes_with_s3(s3, tmp_path):
     """A real two-node Ray cluster (a head and a worker with a /tmp/ray of its own, as on another
