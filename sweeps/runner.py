@@ -624,6 +624,10 @@ def prepare(model: str, args: argparse.Namespace, given: set[str]) -> SweepPlan:
 def open_storage(storage: str, name: str) -> SweepFolder:
     """The sweep's folder in --storage-path, checked readable now (a cloud URI: its credentials and
     endpoint), not after Ray has started and the trials have failed one by one."""
+    if "?" in storage:  # pyarrow would read it as options; the sweep joins folder names under it
+        raise SweepError(f"--storage-path {storage}: a URI with a query (?...) is not supported; "
+                         "give the endpoint and credentials in the environment instead (for S3: "
+                         "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
     try:
         experiment = SweepFolder(f"{storage}/{name}")
         experiment.check_reachable()

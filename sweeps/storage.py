@@ -11,8 +11,8 @@ same folder through the same file systems, so they work on cloud storage as they
     folder.fetch_final_model(mirror / "train_trial_...")      # one trial's model, when needed
 
 Credentials and endpoints are pyarrow's (and so Ray's): for S3 the usual AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or SeaweedFS), or
-`?endpoint_override=...` in the URI.
+AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or SeaweedFS). A
+URI's query (`?endpoint_override=...`) is refused: the sweep's own folders are paths joined under it.
 """
 
 from __future__ import annotations
