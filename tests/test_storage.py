@@ -1,17 +1,24 @@
 """Sweeps on cloud storage: --storage-path s3://bucket/path on a real S3-compatible server
 (SeaweedFS, tests/s3_server.py), reached through the AWS_* variables as a user reaches AWS or MinIO.
-The sweep's own steps work there as on a disk: its options saved for --resume, the test split of the
-chosen trials, orphans set aside, and analysis reading the folder by its URI.
+The sweep's own steps work there as on a disk: its options saved for --resume, an interrupted sweep
+resumed with every epoch once, the test split of the chosen trials, orphans set aside, and analysis
+reading the folder by its URI.
 
     pytest tests/test_storage.py -q
 """
 
+import fnmatch
+import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from conftest import mlflow_runs
+from mlflow.tracking import MlflowClient
 from ray_cluster import CLUSTER_ENV, head_and_worker
 from s3_server import BUCKET
 
@@ -28,10 +35,11 @@ from genmodels.names import (
 )
 from sweeps.final_test import final_model
 from sweeps.orphans import ORPHANS_DIR
-from sweeps.runner import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRIALS_FAILED
+from sweeps.runner import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED
 from sweeps.storage import SweepFolder
 
 REPO = Path(__file__).resolve().parent.parent
+WAIT_SECONDS = 300  # for a tiny trial to reach an epoch on a busy 2-core machine
 
 
 def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -82,21 +90,56 @@ def test_only_records_are_copied_and_only_the_final_model_is_fetched(s3, tmp_pat
     assert not (mirror / member / "real_vs_reconstructed.png").exists()
 
 
+def wait_for_file(folder: SweepFolder, pattern: str, process: subprocess.Popen, log: Path) -> None:
+    """Until a file matching `pattern` (fnmatch, relative to the folder) is in the bucket."""
+    deadline = time.time() + WAIT_SECONDS
+    while not fnmatch.filter(files(folder), pattern):
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, f"no {pattern} in {WAIT_SECONDS} s"
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
-def test_a_sweep_on_s3_tests_its_chosen_trials_resumes_and_reads_by_its_uri(s3, data_dir, tmp_path):
+def test_a_sweep_on_s3_resumes_tests_its_chosen_trials_and_reads_by_its_uri(s3, data_dir, tmp_path):
     name = "on-s3"
     storage = f"s3://{BUCKET}/{tmp_path.name}"
     location = f"{storage}/{name}"
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = ["--data-dir", str(data_dir), "--storage-path", storage, "--name", name,
-               "--mlflow-uri", mlflow_uri, "--num-samples", "2", "--max-concurrent", "2",
+               "--mlflow-uri", mlflow_uri, "--num-samples", "2", "--max-concurrent", "1",
                "--epochs", "2", "--train-subset", "256", "--batch-size", "64",
                "--scheduler", "fifo"]
-    first = sweep(*command, cwd=tmp_path)
+    # Ctrl-C once the first trial's first epoch is in the bucket (its grid goes up just before its
+    # checkpoint), with the second trial still to come; then --resume finishes the sweep.
+    folder = SweepFolder(location)
+    log = tmp_path / "interrupted.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), *command],
+                                   cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_file(folder, "train_trial_*/samples/epoch_001.png", process, log)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=WAIT_SECONDS) == EXIT_INTERRUPTED, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert len(fnmatch.filter(files(folder), f"train_trial_*/{STATUS_FILE}")) < 2  # work left
+    first = sweep("--storage-path", storage, "--name", name, "--resume", cwd=tmp_path)
     assert first.returncode == EXIT_OK, first.stderr[-3000:]
     assert "test split, once, for the best 3 by val_elbo" in first.stdout
+    # Nothing lost, nothing twice: each trial's own MLflow run has every epoch once.
+    runs = mlflow_runs(mlflow_uri, name)
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == 2 and set(runs["status"]) == {"FINISHED"}
+    client = MlflowClient(mlflow_uri)
+    for run_id in children.run_id:
+        history = client.get_metric_history(run_id, "val_elbo")
+        assert sorted(m.step for m in history) == [1, 2], run_id
+    for trial in fnmatch.filter(folder.subfolders(), "train_trial_*"):  # and Ray's records
+        with folder.fs.open_input_stream(f"{folder.path}/{trial}/result.json") as stored:
+            lines = stored.read().decode().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines if line.strip()] == [1, 2], trial
 
-    folder = SweepFolder(location)
     assert folder.exists(OPTIONS_FILE) and folder.exists("tuner.pkl")
     trials = [t for t in folder.subfolders() if t.startswith("train_trial")]
     assert len(trials) == 2
