@@ -72,16 +72,17 @@ def read_results(results: str) -> tuple[list, dict, str]:
     """Ray's folder of a sweep: a local folder, or a cloud URI (--storage-path s3://...), whose
     small files are read from a temporary local copy; each trial's `figures_dir` is then its URI.
     Returns the records, the sweep's options and where the folder is."""
-    from sweeps.storage import SweepFolder, storage_uri
+    from sweeps.storage import QUERY_REFUSED, SweepFolder, storage_uri
 
     location = storage_uri(results)
     if "://" not in location:
         return *read_ray_folder(location), location
+    if "?" in location:
+        raise LoadError(f"cannot read the sweep folder {results}: {QUERY_REFUSED}")
 
     with tempfile.TemporaryDirectory(prefix="gensweep-results-") as tmp:
         try:
-            storage = SweepFolder(location)
-            storage.check_reachable()  # a store that never answers: an error now, not in minutes
+            storage = SweepFolder.reached(location)  # one that never answers: an error now
             mirror = storage.download_records(Path(tmp))
         except (OSError, ValueError) as err:  # pyarrow's: unreachable, denied, not found, bad URI
             raise LoadError(f"cannot read the sweep folder {results}: "

@@ -183,9 +183,7 @@ def local_trial_folder(figures_dir: str, cache: Path) -> Path:
         from sweeps.storage import SweepFolder
 
         try:
-            folder = SweepFolder(figures_dir)
-            folder.check_reachable()
-            folder.download(cache, (".png",))
+            SweepFolder.reached(figures_dir).download(cache, (".png",))
         except TimeoutError:
             silent.parent.mkdir(parents=True, exist_ok=True)
             silent.touch()

@@ -51,7 +51,7 @@ from sweeps.final_test import (
     scorer_for_test,
 )
 from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
-from sweeps.storage import SweepFolder, storage_uri
+from sweeps.storage import QUERY_REFUSED, SweepFolder, storage_uri
 from sweeps.tracking import (
     TrackingError,
     check_reachable,
@@ -624,13 +624,10 @@ def prepare(model: str, args: argparse.Namespace, given: set[str]) -> SweepPlan:
 def open_storage(storage: str, name: str) -> SweepFolder:
     """The sweep's folder in --storage-path, checked readable now (a cloud URI: its credentials and
     endpoint), not after Ray has started and the trials have failed one by one."""
-    if "?" in storage:  # pyarrow would read it as options; the sweep joins folder names under it
-        raise SweepError(f"--storage-path {storage}: a URI with a query (?...) is not supported; "
-                         "give the endpoint and credentials in the environment instead (for S3: "
-                         "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    if "?" in storage:
+        raise SweepError(f"--storage-path {storage}: {QUERY_REFUSED}")
     try:
-        experiment = SweepFolder(f"{storage}/{name}")
-        experiment.check_reachable()
+        experiment = SweepFolder.reached(f"{storage}/{name}")
     except (OSError, ValueError) as err:  # pyarrow's errors: OSError, ArrowInvalid (a ValueError)
         raise SweepError(f"--storage-path {storage}: cannot read it ({' '.join(str(err).split())[:300]}). "
                          "A local folder, or a cloud URI (s3://bucket/path, gs://bucket/path) "

@@ -37,6 +37,11 @@ LOCAL_URI = "file://"
 # GOOGLE_APPLICATION_CREDENTIALS, no `gcloud auth application-default login`, not on a GCP machine)
 # retries for 15. A listing that answers at all answers within seconds.
 REACH_SECONDS = 30.0
+# A URI's query would be read as options by pyarrow, while the sweep (and the analysis) join folder
+# names under the URI: both refuse one, in these words.
+QUERY_REFUSED = ("a URI with a query (?...) is not supported; give the endpoint and credentials in "
+                 "the environment instead (for S3: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                 "AWS_SECRET_ACCESS_KEY)")
 
 
 def storage_uri(path: str) -> str:
@@ -76,18 +81,24 @@ class SweepFolder:
         self.location = location.rstrip("/")
         self.fs, self.path = pafs.FileSystem.from_uri(self.location)
 
+    @classmethod
+    def reached(cls, location: str, seconds: float | None = None) -> SweepFolder:
+        """The folder, once its storage has answered whether it exists, within `seconds`
+        (REACH_SECONDS); else OSError (TimeoutError, or pyarrow's own error). No credentials, a
+        wrong key or nothing listening is found now, not after minutes of retries."""
+        def reach() -> SweepFolder:
+            folder = cls(location)  # for S3 this may already ask the store for the bucket's region
+            folder.exists("")
+            return folder
+
+        return answer_within(REACH_SECONDS if seconds is None else seconds, reach)
+
     @property
     def local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def _path(self, relative: str = "") -> str:
         return f"{self.path}/{relative}" if relative else self.path
-
-    def check_reachable(self, seconds: float | None = None) -> None:
-        """Raise OSError (TimeoutError, or pyarrow's own error) unless the storage answers within
-        `seconds` (REACH_SECONDS) whether the folder exists: no credentials, a wrong key or
-        nothing listening is found now, not after minutes of retries."""
-        answer_within(REACH_SECONDS if seconds is None else seconds, lambda: self.exists(""))
 
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self._path(relative)).type != pafs.FileType.NotFound

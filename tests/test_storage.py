@@ -263,6 +263,8 @@ def test_analysis_of_a_store_that_never_answers_fails_once_and_fast(tmp_path, mo
     monkeypatch.setattr(sweeps.storage, "REACH_SECONDS", 1)
     with pytest.raises(LoadError, match="cannot read the sweep folder .*no answer in 1 s"):
         load_trials(NO_SUCH_BUCKET)
+    with pytest.raises(LoadError, match="a URI with a query .* AWS_ENDPOINT_URL"):
+        load_trials("s3://bucket/sweeps/x?endpoint_override=127.0.0.1:9000")
     cache = tmp_path / "cache"
     first = local_trial_folder(f"{NO_SUCH_BUCKET}/train_trial_a", cache)
     assert first.is_dir() and list(first.iterdir()) == []  # no figures: the report asks MLflow
