@@ -1,11 +1,14 @@
 """The README's first command, `python sweeps/gan_sweep.py --smoke`, for both models, as a user
 runs it in an empty folder (on the committed data subset): it succeeds and its console is short,
-readable and free of warnings; Ray's and MLflow's own messages are in the sweep's log. And the
+readable and free of warnings; Ray's and MLflow's own messages are in the sweep's log; every trial
+is scored on the validation split and the best are measured once on the test split. And the
 console lines themselves, from made-up trial events.
 
     pytest tests/test_smoke.py -q
 """
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -13,19 +16,30 @@ from pathlib import Path
 
 import pytest
 
+from genmodels.names import CACHE_ENV
 from sweeps.console import QUIET_SUMMARY_SECONDS, SUMMARY_EVERY_SECONDS, Progress
+from sweeps.final_test import DEFAULT_TEST_TOP
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_LINES = 60
 SMOKE_TRIALS = 4
 TRIAL_LINE = re.compile(r"^\[\d\d:\d\d\] \w+ (started|epoch \d/2|finished|stopped early|failed)")
+# What each model's trials report every epoch, its test numbers, and its final figure.
+VALIDATION = {"gan": {"val_fcd", "val_inception_score", "val_precision", "val_recall", "loss_d",
+                      "loss_g"},
+              "vae": {"val_elbo", "val_kl", "val_recon", "train_loss"}}
+TEST = {"gan": {"test_fcd", "test_inception_score", "test_precision", "test_recall"},
+        "vae": {"test_elbo", "test_iwae"}}
+FIGURE = {"gan": "real_vs_generated.png", "vae": "real_vs_reconstructed.png"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, metric", [("gan", "val_fcd"), ("vae", "val_elbo")])
 def test_readme_smoke_sweep_is_quiet_and_complete(model, metric, data_dir, tmp_path):
+    cache = tmp_path / "cache"  # the scoring classifier's, this test's own (a user setting)
     run = subprocess.run([sys.executable, str(REPO / "sweeps" / f"{model}_sweep.py"), "--smoke",
-                          "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=900)
+                          "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, CACHE_ENV: str(cache)})
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]
     lines = output.splitlines()
@@ -39,6 +53,23 @@ def test_readme_smoke_sweep_is_quiet_and_complete(model, metric, data_dir, tmp_p
     sweep = tmp_path / "runs" / "sweeps" / f"{model}-sweep"
     assert "Started a local Ray instance" in (sweep / "sweep.log").read_text()
     assert (tmp_path / "mlflow.db").exists()
+
+    trials = sorted(sweep.glob("train_trial_*"))
+    assert len(trials) == SMOKE_TRIALS
+    for trial in trials:
+        last = json.loads((trial / "result.json").read_text().splitlines()[-1])
+        assert VALIDATION[model] <= set(last) and not any(k.startswith("test_") for k in last)
+        assert (trial / "samples" / "epoch_001.png").exists()
+        # The end-of-run figures are a finished trial's (ASHA may stop one after epoch 1).
+        if (trial / "status.json").exists():
+            assert json.loads((trial / "status.json").read_text())["status"] == "finished"
+            assert (trial / FIGURE[model]).exists()
+    assert any((t / FIGURE[model]).exists() for t in trials)  # ASHA lets the first one go on
+    tested = [json.loads(p.read_text()) for p in sweep.glob("train_trial_*/test_metrics.json")]
+    assert len(tested) == DEFAULT_TEST_TOP and all(TEST[model] <= set(t) for t in tested)
+    assert "test split, once" in run.stdout
+    # The GAN's scoring classifier is trained once, by the driver, for all trials.
+    assert len(list(cache.glob("classifier-*.pt"))) == (model == "gan")
 
 
 def test_console_lines_follow_the_trials():

@@ -1,5 +1,6 @@
 """Sweeps end to end on a real Ray: local, on a two-node cluster with a logical GPU, and every check
-that must fail before a trial starts (interrupted and resumed sweeps: tests/test_faults.py).
+that must fail before a trial starts (the GAN's scores in a sweep: tests/test_smoke.py; interrupted
+and resumed sweeps: tests/test_faults.py).
 
     pytest tests/test_sweeps.py -q
 """
@@ -40,14 +41,42 @@ def placement(trial: Path) -> dict:
     return json.loads((trial / "placement.json").read_text())
 
 
+def listening_while_a_trial_runs(args: list[str], cwd: Path, trials: Path):
+    """Run the sweep script (as `sweep` does) and, once its first trial has started, the addresses
+    its whole process tree (the driver, Ray's servers, the trial's worker) listens on."""
+    with (cwd / "out.txt").open("w") as out, (cwd / "err.txt").open("w") as err:
+        process = subprocess.Popen([sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), *args],
+                                   cwd=cwd, stdout=out, stderr=err, text=True)
+    try:
+        deadline = time.time() + 300
+        while not list(trials.glob("train_trial_*/placement.json")):
+            assert process.poll() is None and time.time() < deadline, "no trial started"
+            time.sleep(0.2)
+        tree = process_tree(process.pid)
+        addresses = listening_addresses(tree)
+        process.wait(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    run_ = subprocess.CompletedProcess(args, process.returncode, (cwd / "out.txt").read_text(),
+                                       (cwd / "err.txt").read_text())
+    return run_, tree, addresses
+
+
 @pytest.mark.slow
 def test_vae_sweep_end_to_end(data_dir, tmp_path):
     # A file:// URI is a local folder to Ray and to the sweep's own steps (the test split below)
-    run_ = sweep("vae", "--data-dir", str(data_dir), "--storage-path", f"file://{tmp_path}",
-                 "--name", "vae", "--num-samples", "3", "--max-concurrent", "2", "--epochs", "2",
-                 "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo", cwd=tmp_path)
+    run_, tree, addresses = listening_while_a_trial_runs(
+        ["--data-dir", str(data_dir), "--storage-path", f"file://{tmp_path}", "--name", "vae",
+         "--num-samples", "3", "--max-concurrent", "2", "--epochs", "2", "--train-subset", "256",
+         "--batch-size", "64", "--scheduler", "fifo"], tmp_path, tmp_path / "vae")
     assert run_.returncode == 0, run_.stderr[-3000:]
     assert "best trials by val_elbo" in run_.stdout
+    # Nothing a local sweep starts can be reached from the network: every listening socket of its
+    # process tree (the driver, Ray's servers and the trial's worker) is on 127.0.0.1.
+    assert len(tree) > 3 and addresses
+    assert addresses == {"127.0.0.1"}, addresses
     trials = trial_dirs(tmp_path / "vae")
     assert len(trials) == 3
     assert not (tmp_path / "vae" / "orphaned").exists()  # every trial folder is one Tune knows
@@ -71,25 +100,6 @@ def test_vae_sweep_end_to_end(data_dir, tmp_path):
     assert json.loads((first / "params.json").read_text()) == default_point("vae", search_space("vae"))
     assert sum(is_default_config(c, "vae") for c in configs) == 1
     assert "Optuna TPE (seed 0): trial 1 the default, 2 random start-up, 0 guided" in run_.stdout
-
-
-@pytest.mark.slow
-def test_gan_sweep_scores_trials(data_dir, tmp_path):
-    run_ = sweep("gan", "--data-dir", str(data_dir), "--storage-path", str(tmp_path),
-                 "--name", "gan", "--num-samples", "2", "--max-concurrent", "2",
-                 "--eval-samples", "200", "--test-samples", "200", "--classifier-epochs", "1",
-                 "--cache-dir", str(tmp_path / "cache"), *TINY, cwd=tmp_path)
-    assert run_.returncode == 0, run_.stderr[-3000:]
-    assert "best trials by val_fcd" in run_.stdout
-    assert "test_fcd" in run_.stdout  # the best two, measured once on the test split
-    for trial in trial_dirs(tmp_path / "gan"):
-        (last,) = results(trial)
-        assert {"val_fcd", "val_inception_score", "val_precision", "val_recall", "loss_d",
-                "loss_g"} <= set(last)
-        test = json.loads((trial / "test_metrics.json").read_text())
-        assert {"test_fcd", "test_inception_score", "test_precision", "test_recall"} <= set(test)
-        assert (trial / "real_vs_generated.png").exists()
-    assert len(list((tmp_path / "cache").glob("classifier-*.pt"))) == 1  # trained once
 
 
 @pytest.fixture(scope="module")
@@ -132,29 +142,6 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
     starts = [p["started_at"] for p in places]
     ends = [json.loads((t / "status.json").read_text())["ended_at"] for t in trials]
     assert max(starts) < min(ends), "the two trials did not overlap in time"
-
-
-@pytest.mark.slow
-def test_a_local_sweeps_ray_listens_on_loopback_only(data_dir, tmp_path):
-    """Nothing a local sweep starts (its GCS, raylet, workers, the driver) can be reached from the
-    network: every listening socket of the sweep's process tree is on 127.0.0.1."""
-    args = [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
-            "--storage-path", str(tmp_path), "--name", "loopback", "--num-samples", "1",
-            "--epochs", "3", "--train-subset", "1024", "--batch-size", "64", "--test-top", "0"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while not list(tmp_path.glob("loopback/train_trial_*/placement.json")):
-            assert process.poll() is None and time.time() < deadline, "no trial started"
-            time.sleep(0.5)
-        tree = process_tree(process.pid)
-        addresses = listening_addresses(tree)
-    finally:
-        process.kill()
-        process.wait()
-    assert len(tree) > 3 and addresses  # the driver, Ray's servers and the trial's worker
-    assert addresses == {"127.0.0.1"}, addresses
 
 
 BAD_OPTIONS = [
