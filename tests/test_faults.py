@@ -1,8 +1,8 @@
 """Faults a long sweep meets, each injected for real: a trial's worker SIGKILLed mid-run, the
 driver stopped by SIGINT (Ctrl-C) or SIGKILL and resumed (with a second --resume refused
-meanwhile; SIGTERM stops the corrupt-checkpoint, copied-folder and fused sweeps), the tracking
-server away for 30 s mid-sweep, a node of a two-node cluster lost, and checkpoints that are
-truncated or crafted to run code.
+meanwhile; SIGTERM stops the sweep that then meets a corrupt checkpoint and a copied folder, and
+the fused sweep), the tracking server away for 15 s mid-sweep, a node of a two-node cluster lost,
+and checkpoints that are truncated or crafted to run code.
 
     pytest tests/test_faults.py -q
 """
@@ -237,18 +237,19 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_loses_nothing(data_dir
 
 
 def stop_leftovers(pids: dict[int, str]) -> None:
-    """Ray's processes die with a SIGKILLed driver (fate sharing); any that linger are this
-    test's own and are killed, by pid."""
+    """Ray's processes die with a SIGKILLed driver (fate sharing), but only once they notice, up
+    to half a minute later; they are this test's own, so they are killed now, by pid, and the
+    resumed sweep never runs beside a trial of the killed one."""
+    for pid in pids:
+        subprocess.run(["kill", "-KILL", str(pid)], capture_output=True)
     deadline = time.time() + 30
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(POLL_SECONDS)
-    for pid in pids:
-        subprocess.run(["kill", "-KILL", str(pid)], capture_output=True)
 
 
 @pytest.mark.slow
-# SIGTERM (what `timeout` or a cluster scheduler sends) takes SIGINT's path: the corrupt-checkpoint,
-# copied-folder and fused tests below stop their sweeps with it and check the same.
+# SIGTERM (what `timeout` or a cluster scheduler sends) takes SIGINT's path: the stopped-sweep
+# (corrupt checkpoint, copied folder) and fused tests below stop their sweeps with it and check the same.
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_driver(
         stop_signal, data_dir, tmp_path):
@@ -441,47 +442,6 @@ def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(data_
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
 
 
-@pytest.mark.slow
-def test_corrupt_checkpoint_fails_its_trial_with_the_reason_and_the_sweep_goes_on(data_dir, tmp_path):
-    """SIGTERM to the driver mid-trial, the trial's checkpoints truncated on disk, then --resume:
-    that trial ends FAILED with a clear reason (never trained from a wrong state), the rest of the
-    sweep finishes."""
-    trials, epochs = 2, 4
-    log = tmp_path / "sweep.log"
-    command = sweep_command(data_dir, tmp_path, "corrupt", "--num-samples", str(trials),
-                            "--max-concurrent", "1", "--epochs", str(epochs),
-                            "--train-subset", "512", "--test-top", "0")
-    process = start(command, tmp_path, log)
-    experiment = tmp_path / "ray" / "corrupt"
-    wait_for(lambda: any(epochs_reported(t) for t in trial_dirs(experiment)), "a checkpoint",
-             process, log)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
-    (cut,) = [t for t in trial_dirs(experiment) if read_status(t).get("status") != "finished"]
-    checkpoints = list(cut.glob("checkpoint_*/checkpoint.pt"))
-    assert checkpoints
-    for path in checkpoints:  # a disk that filled up, a copy cut short
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-
-    log2 = tmp_path / "resume.log"
-    resumed = start(sweep_command(data_dir, tmp_path, "corrupt", "--resume"), tmp_path, log2)
-    assert resumed.wait(timeout=WAIT_SECONDS) == EXIT_TRIALS_FAILED, log2.read_text()[-3000:]
-    assert "cannot resume this trial: its checkpoint checkpoint.pt is unreadable" in log2.read_text()
-    statuses = {t.name: read_status(t).get("status") for t in trial_dirs(experiment)}
-    assert len(statuses) == trials and statuses[cut.name] is None  # failed, not "finished"
-    assert sum(s == "finished" for s in statuses.values()) == trials - 1
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runs = mlflow_runs(uri, "corrupt")
-    children = runs[runs["tags.mlflow.parentRunId"].notna()]
-    failed = children[children["status"] == "FAILED"]
-    assert len(failed) == 1
-    assert "unreadable or unsafe" in failed["tags.gensweep.failure_reason"].iloc[0]
-    assert "RUNNING" not in set(runs["status"]) and len(children) == trials
-    record_fault("corrupt checkpoint", "a trial's checkpoints truncated while the sweep was "
-                 "stopped (SIGTERM), then --resume", "that trial FAILED with the reason "
-                 "(CheckpointError), the other finished; exit 3", experiment, uri, trials, epochs)
-
-
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under `folder`: relative path -> (size, modification time in ns)."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -489,53 +449,80 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_a_copied_sweep_folder_resumes_into_itself_never_into_the_original(data_dir, tmp_path):
-    """SIGTERM mid-trial, the sweep folder copied elsewhere, the copy resumed: the original's
-    folder and MLflow runs stay exactly as they were; the copy finishes under a parent run of its
-    own, each trial's run holding every epoch once (the epochs trained before the copy are written
-    from the trial's own checkpoint)."""
+def test_a_stopped_sweep_resumes_a_corrupt_checkpoint_as_a_failed_trial_and_a_copy_into_itself(
+        data_dir, tmp_path):
+    """SIGTERM to the driver mid-trial; the sweep folder copied elsewhere as it was stopped. Then:
+    - the original's cut trial has its checkpoints truncated (a disk that filled up, a copy cut
+      short) and the original is resumed: that trial ends FAILED with a clear reason (never
+      trained from a wrong state), the rest of the sweep finishes;
+    - the copy is resumed: the original's folder and MLflow runs stay exactly as they were; the
+      copy finishes under a parent run of its own, each trial's run holding every epoch once (the
+      epochs trained before the copy are written from the trial's own checkpoint)."""
     trials, epochs = 2, 3
     log = tmp_path / "sweep.log"
-    process = start(sweep_command(data_dir, tmp_path, "copied", "--num-samples", str(trials),
+    process = start(sweep_command(data_dir, tmp_path, "stopped", "--num-samples", str(trials),
                                   "--max-concurrent", "1", "--epochs", str(epochs),
                                   "--train-subset", "512", "--test-top", "0"), tmp_path, log)
-    original = tmp_path / "ray" / "copied"
+    original = tmp_path / "ray" / "stopped"
     wait_for(lambda: any(epochs_reported(t) for t in trial_dirs(original)), "a checkpoint",
              process, log)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before = mlflow_runs(uri, "copied")
+    stopped = mlflow_runs(uri, "stopped")
     # SIGTERM, like Ctrl-C: the sweep and its cut trial KILLED (unfinished, resumable), none RUNNING
-    assert "RUNNING" not in set(before["status"])
-    assert before[before["tags.mlflow.parentRunId"].isna()]["status"].item() == "KILLED"
-    cut = before[before["tags.mlflow.parentRunId"].notna() & (before["status"] != "FINISHED")]
-    assert set(cut["status"]) == {"KILLED"}
-    assert set(cut["tags.gensweep.status"].dropna()) <= {"unfinished"}  # never "stopped_early"
-    before_runs = before[["run_id", "status", "end_time"]]
-    before_files = snapshot(original)
-    copy = tmp_path / "elsewhere" / "copied"
+    assert "RUNNING" not in set(stopped["status"])
+    (parent,) = stopped[stopped["tags.mlflow.parentRunId"].isna()].run_id
+    assert stopped[stopped.run_id == parent]["status"].item() == "KILLED"
+    cut_runs = stopped[stopped["tags.mlflow.parentRunId"].notna() & (stopped["status"] != "FINISHED")]
+    assert set(cut_runs["status"]) == {"KILLED"}
+    assert set(cut_runs["tags.gensweep.status"].dropna()) <= {"unfinished"}  # never "stopped_early"
+    copy = tmp_path / "elsewhere" / "stopped"
     shutil.copytree(original, copy)
 
+    (cut,) = [t for t in trial_dirs(original) if read_status(t).get("status") != "finished"]
+    checkpoints = list(cut.glob("checkpoint_*/checkpoint.pt"))
+    assert checkpoints
+    for path in checkpoints:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     log2 = tmp_path / "resume.log"
-    command = sweep_command(data_dir, tmp_path, "copied", "--resume")
+    resumed = start(sweep_command(data_dir, tmp_path, "stopped", "--resume"), tmp_path, log2)
+    assert resumed.wait(timeout=WAIT_SECONDS) == EXIT_TRIALS_FAILED, log2.read_text()[-3000:]
+    assert "cannot resume this trial: its checkpoint checkpoint.pt is unreadable" in log2.read_text()
+    statuses = {t.name: read_status(t).get("status") for t in trial_dirs(original)}
+    assert len(statuses) == trials and statuses[cut.name] is None  # failed, not "finished"
+    assert sum(s == "finished" for s in statuses.values()) == trials - 1
+    runs = mlflow_runs(uri, "stopped")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    failed = children[children["status"] == "FAILED"]
+    assert len(failed) == 1
+    assert "unreadable or unsafe" in failed["tags.gensweep.failure_reason"].iloc[0]
+    assert "RUNNING" not in set(runs["status"]) and len(children) == trials
+    record_fault("corrupt checkpoint", "a trial's checkpoints truncated while the sweep was "
+                 "stopped (SIGTERM), then --resume", "that trial FAILED with the reason "
+                 "(CheckpointError), the other finished; exit 3", original, uri, trials, epochs)
+
+    before_runs = runs[["run_id", "status", "end_time"]]
+    before_files = snapshot(original)
+    log3 = tmp_path / "resume-copy.log"
+    command = sweep_command(data_dir, tmp_path, "stopped", "--resume")
     command[command.index("--storage-path") + 1] = str(copy.parent)
-    resumed = start(command, tmp_path, log2)
-    assert resumed.wait(timeout=WAIT_SECONDS) == EXIT_OK, log2.read_text()[-3000:]
+    resumed = start(command, tmp_path, log3)
+    assert resumed.wait(timeout=WAIT_SECONDS) == EXIT_OK, log3.read_text()[-3000:]
 
     assert snapshot(original) == before_files  # not a byte of the original touched
-    runs = mlflow_runs(uri, "copied")
+    runs = mlflow_runs(uri, "stopped")
     kept = runs[runs.run_id.isin(before_runs.run_id)][["run_id", "status", "end_time"]]
     assert kept.sort_values("run_id").reset_index(drop=True).equals(
         before_runs.sort_values("run_id").reset_index(drop=True))
     assert len(trial_dirs(copy)) == trials
-    for trial in trial_dirs(copy):
+    for trial in trial_dirs(copy):  # the copy's cut trial resumed from its intact checkpoint
         assert read_status(trial)["status"] == "finished"
         assert sorted(set(epochs_reported(trial))) == list(range(1, epochs + 1))
     new = runs[~runs.run_id.isin(before_runs.run_id)]
-    (parent,) = new[new["tags.mlflow.parentRunId"].isna()].run_id
-    assert new[new.run_id == parent]["tags.gensweep.sweep_dir"].item() == str(copy)
-    children = new[new["tags.mlflow.parentRunId"] == parent]
+    (copy_parent,) = new[new["tags.mlflow.parentRunId"].isna()].run_id
+    assert new[new.run_id == copy_parent]["tags.gensweep.sweep_dir"].item() == str(copy)
+    children = new[new["tags.mlflow.parentRunId"] == copy_parent]
     assert len(children) == trials and set(new["status"]) == {"FINISHED"}
     client = MlflowClient(uri)
     for run_id in children.run_id:
@@ -587,7 +574,7 @@ def test_diverged_error_survives_pickling():
     assert "training diverged at epoch 3, step 50" in str(err)
 
 
-OUTAGE_SECONDS = 30  # how long the tracking server is away mid-sweep
+OUTAGE_SECONDS = 15  # how long the tracking server is away mid-sweep
 SERVER_START_SECONDS = 120
 
 
