@@ -13,8 +13,9 @@ reports/<sweep name>/, beside analysis/rank.py's report):
 - the search space and the sweep's options, and how many trials finished, were stopped or failed,
 - the seed repeats (analysis/repeats.py), when `repeats.csv` is in the folder.
 
-A figure a trial folder lacks (a trial ASHA stopped early has no end-of-run figures) is regenerated
-from the trial's last checkpoint when the data set is at hand (--data-dir, else the sweep's).
+A figure a trial folder lacks (deleted, or from a sweep made before trials that ASHA stopped early
+drew theirs) is regenerated from the trial's last checkpoint when the data set is at hand
+(--data-dir, else the sweep's).
 `--log-to-mlflow` attaches the page and its files to the sweep's parent run under `results/`.
 """
 

@@ -20,7 +20,7 @@ from sweeps.fused_search import FusedOptunaSearch
 from sweeps.search_space import Range, default_point, startup_trials
 from trainables.fused_trainable import MemberRungs, train_group
 from trainables.tracking import SweepRecords
-from trainables.trainable import train_trial
+from trainables.trainable import rung_epochs, train_trial
 
 ASHA_REDUCTION = 2  # keep the better half at each rung
 
@@ -94,7 +94,10 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
                                         rungs=rungs, layout=layout, **inputs)
     else:
-        function = tune.with_parameters(train_trial, **inputs)
+        # Where ASHA may stop a trial: it draws its end-of-run figures there too.
+        rungs = (rung_epochs(args.grace_period, ASHA_REDUCTION, args.epochs)
+                 if args.scheduler == "asha" else frozenset())
+        function = tune.with_parameters(train_trial, rungs=rungs, **inputs)
     trainable = tune.with_resources(function, resources)
     callbacks = [ConsoleCallback(Progress(tune_trials(args), args.epochs, args.metric, plan.mode)),
                  TrialStatusCallback(tracking, args.epochs, stop)]

@@ -119,7 +119,7 @@ def test_results_page(sweep, repeated, data_dir):
 def test_results_page_regenerates_missing_figures_and_says_when_no_default(sweep, data_dir,
                                                                            tmp_path):
     """A copy of the sweep without the default trial's folder, and whose best trial lost its
-    end-of-run figures (as a trial ASHA stopped early has none): the page regenerates them from the
+    end-of-run figures (as a trial ASHA stopped early had none before): the page regenerates them from the
     trial's checkpoint, identical, and says the default was not a trial."""
     copy = tmp_path / "tiny"
     shutil.copytree(sweep, copy)

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import mlflow_runs
+from mlflow.tracking import MlflowClient
 
 from genmodels.names import CACHE_ENV
 from sweeps.console import QUIET_SUMMARY_SECONDS, SUMMARY_EVERY_SECONDS, Progress
@@ -59,15 +61,15 @@ def test_readme_smoke_sweep_is_quiet_and_complete(model, metric, data_dir, tmp_p
     for trial in trials:
         last = json.loads((trial / "result.json").read_text().splitlines()[-1])
         assert VALIDATION[model] <= set(last) and not any(k.startswith("test_") for k in last)
-        assert (trial / "samples" / "epoch_001.png").exists()
-        # The end-of-run figures are a finished trial's (ASHA may stop one after epoch 1).
-        if (trial / "status.json").exists():
-            assert json.loads((trial / "status.json").read_text())["status"] == "finished"
-            assert (trial / FIGURE[model]).exists()
-    assert any((t / FIGURE[model]).exists() for t in trials)  # ASHA lets the first one go on
+        # Every trial's end-of-run figures, a trial ASHA stopped after epoch 1 included.
+        assert (trial / FIGURE[model]).exists() and (trial / "samples_across_epochs.png").exists()
     tested = [json.loads(p.read_text()) for p in sweep.glob("train_trial_*/test_metrics.json")]
     assert len(tested) == DEFAULT_TEST_TOP and all(TEST[model] <= set(t) for t in tested)
     assert "test split, once" in run.stdout
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", f"{model}-sweep")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run_id in runs[runs["tags.mlflow.parentRunId"].notna()].run_id:  # and in MLflow
+        assert f"figures/{FIGURE[model]}" in {a.path for a in client.list_artifacts(run_id, "figures")}
     # The GAN's scoring classifier is trained once, by the driver, for all trials.
     assert len(list(cache.glob("classifier-*.pt"))) == (model == "gan")
 

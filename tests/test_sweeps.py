@@ -144,6 +144,23 @@ def test_fractional_gpus_pack_two_trials_and_fall_back_to_cpu(two_node_cluster, 
     assert max(starts) < min(ends), "the two trials did not overlap in time"
 
 
+def test_trials_draw_their_end_of_run_figures_at_tunes_asha_rungs():
+    """A trial draws its end-of-run figures at each epoch where ASHA may stop it (the scheduler
+    stops a trial inside its report, too late to draw): exactly Tune's own ASHAScheduler's rungs
+    before the last epoch."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from sweeps.tuner import ASHA_REDUCTION
+    from trainables.trainable import rung_epochs
+
+    for grace, epochs in [(1, 1), (1, 2), (1, 8), (1, 10), (3, 3), (2, 100), (10, 100)]:
+        scheduler = ASHAScheduler(max_t=epochs, grace_period=grace, reduction_factor=ASHA_REDUCTION)
+        (bracket,) = scheduler._brackets
+        assert rung_epochs(grace, ASHA_REDUCTION, epochs) == {m for m, _ in bracket._rungs
+                                                              if m < epochs}
+    assert rung_epochs(1, 2, 10) == {1, 2, 4, 8}
+
+
 BAD_OPTIONS = [
     (["--space", "SPACE", "--print-space"], "must be below"),
     (["--epochs", "0"], "--epochs must be a positive integer"),

@@ -49,6 +49,7 @@ from trainables.tracking import SweepRecords, start_tracker
 from trainables.trainable import (
     folder_uploader,
     model_config_from_tune,
+    rung_epochs,
     trial_folder,
     write_placement,
 )
@@ -67,8 +68,7 @@ class MemberRungs:
     """
 
     def __init__(self, grace_period: int, reduction: int, max_epochs: int, mode: str):
-        self.rungs = {grace_period * reduction**i for i in range(64)
-                      if grace_period * reduction**i < max_epochs}
+        self.rungs = rung_epochs(grace_period, reduction, max_epochs)
         self.reduction, self.mode = reduction, mode
         self.recorded: dict[int, dict[str, float]] = {rung: {} for rung in self.rungs}
 

@@ -58,6 +58,16 @@ def model_config_from_tune(model: str, values: dict):
     return cfg_class(**values)
 
 
+def rung_epochs(grace_period: int, reduction: int, epochs: int) -> frozenset[int]:
+    """The epochs before the last after which asynchronous successive halving may stop a trial:
+    grace_period * reduction^i (the rungs of Tune's ASHAScheduler, and of MemberRungs)."""
+    rungs, epoch = set(), grace_period
+    while epoch < epochs:
+        rungs.add(epoch)
+        epoch *= reduction
+    return frozenset(rungs)
+
+
 def on_cloud_storage(storage) -> bool:
     """Whether the sweep's storage (Ray's StorageContext) is cloud storage (s3://, gs://) rather
     than a file system every node mounts (local, NFS)."""
@@ -172,8 +182,9 @@ def backfill(tracker, trainer: Trainer, trial_dir: Path) -> None:
 
 def train_trial(config: dict, *, model: str, data: ImageData, train_settings: dict,
                 fixed: dict, scorer_cache: dict | None,
-                tracking: SweepRecords | None = None) -> None:
-    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim)."""
+                tracking: SweepRecords | None = None, rungs: frozenset[int] = frozenset()) -> None:
+    """One trial. `fixed` holds the model options that are not searched (e.g. hidden_dim);
+    `rungs`: the epochs after which the scheduler (ASHA) may stop it (`rung_epochs`)."""
     trial_dir = trial_folder()
     upload = folder_uploader(trial_dir)
     earlier = earlier_status(trial_dir)
@@ -199,7 +210,11 @@ def train_trial(config: dict, *, model: str, data: ImageData, train_settings: di
 
     def on_epoch(report: EpochReport) -> None:
         grid = save_sample_grid(report.samples, trial_dir / "samples" / f"epoch_{report.epoch:03d}.png")
-        figures = save_run_figures(trainer, trial_dir) if report.is_last else {}
+        # The end-of-run figures at the last epoch, and at each rung: a trial the scheduler stops
+        # there ends inside tune.report below, with no chance to draw them. Each drawing replaces
+        # the one before, so a trial stopped early keeps those of its last epoch.
+        drawn = report.is_last or report.epoch in rungs
+        figures = save_run_figures(trainer, trial_dir) if drawn else {}
         tracker.log_epoch(report.epoch, report.metrics, grid, figures)
         if report.is_last:
             write_status(trial_dir, FINISHED, report.epoch)
