@@ -8,13 +8,15 @@ weight gradients on the way, and they are thrown away: the next D step clears th
 backward. `loss.backward(inputs=G's parameters)` makes autograd skip them (each convolution's
 backward then computes its input gradient only), which is what `genmodels.tasks.GANTask` and
 `genmodels.fused.tasks.FusedGANTask` now do. This times the G step's forward + backward both ways,
-for one standalone GAN or a fused group of `--members`, and checks that G's gradients are the same.
+for one standalone GAN or a fused group of `--members`, and checks that G's gradients are the same
+(bit for bit, in deterministic fp32 arithmetic).
 Imports torch and genmodels only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -28,6 +30,22 @@ from bench.bench_fused import BATCH, DEFAULT_DATA, SEED, build_task, sync, train
 from genmodels.data import to_unit_interval  # noqa: E402
 from genmodels.fused.gan import fused_generator_loss  # noqa: E402
 from genmodels.gan import generator_loss  # noqa: E402
+
+
+@contextlib.contextmanager
+def exact_arithmetic():
+    """cuDNN's deterministic algorithms and no TF32 while the gradients are compared: otherwise two
+    runs of the *same* G step already differ on CUDA (the H200 round of 2026-11-28 printed DIFFER
+    for that reason). No change on a CPU."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+             torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(SEED)  # the same dropout masks in D both ways
         return g_step(only_g)
 
-    same = all(torch.equal(a, b) for a, b in zip(seeded_g_step(False), seeded_g_step(True)))
+    with exact_arithmetic():
+        same = all(torch.equal(a, b) for a, b in zip(seeded_g_step(False), seeded_g_step(True)))
     times = {False: [], True: []}
     for r in range(args.rounds):
         for only_g in ((False, True) if r % 2 == 0 else (True, False)):

@@ -29,7 +29,7 @@ from genmodels.data import (
     resolve_data_dir,
 )
 from genmodels.device import PRECISIONS
-from genmodels.fused.gan import GAN_LAYOUTS
+from genmodels.fused.gan import GAN_LAYOUTS, MEMBERS
 from genmodels.names import (
     DIRECTIONS,
     LOCK_FILE,
@@ -244,6 +244,11 @@ def check_options(args: argparse.Namespace) -> None:
     if getattr(args, "fused_layout", "auto") != "auto" and args.fuse == 1:
         raise SweepError(f"--fused-layout {args.fused_layout} sets how fused groups run, and this "
                          "sweep's trials are not fused: add --fuse K (K > 1)")
+    if getattr(args, "fused_layout", "auto") == MEMBERS and args.gpus_per_trial > 0:
+        raise SweepError("--fused-layout members is held back on GPUs: on an H200 it raced (two runs "
+                         "of one seed trained different models; bench/RESULTS.md, 2026-11-28), and "
+                         "the fix awaits its check on a GPU (bench/check_graphs.py). Leave "
+                         "--fused-layout at auto (streams on CUDA) or pick another layout")
     if args.max_failures < 0:
         raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
     if args.cpus_per_trial <= 0:

@@ -21,6 +21,7 @@ from torch import nn
 
 from genmodels.data import load_dataset, to_unit_interval
 from genmodels.fused import layers as fused_layers
+from genmodels.fused import streams
 from genmodels.fused.gan import FusedGenerator, fused_discriminator_loss
 from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d, conv_weights
 from genmodels.fused.optim import StackedAdam
@@ -444,6 +445,38 @@ def test_a_diverging_gan_member_is_frozen_in_the_members_layout_too(mnist):
                                "members")
     assert sick.status.active.tolist() == [True, False, True]
     assert_same_members(sick, well, [0, 2])
+
+
+def test_a_members_job_is_handed_every_tensor_it_reads_from_outside(mnist, monkeypatch):
+    """On CUDA `SideStreams.run` marks the tensors handed to a side-stream job (through
+    functools.partial, lists and tuples) as used on its stream, so the caching allocator cannot
+    give their memory away while the job's backward may still read them: the race the members
+    layout had on an H200 (genmodels.fused.streams). A tensor a job reached through a closure
+    would go unmarked. So every weight, BatchNorm statistic and dropout mask a member's chain
+    reads must be among what its job is handed: checked on the CPU, storage by storage."""
+    handed = set()
+    run = streams.SideStreams.run
+
+    def run_and_note(self, jobs, mark_handed=True):
+        handed.update(t.untyped_storage().data_ptr() for job in jobs for t in streams.handed_tensors(job))
+        return run(self, jobs, mark_handed)
+
+    monkeypatch.setattr(streams.SideStreams, "run", run_and_note)
+    fused = FusedGANTask(FusedConfig(GAN_MEMBERS, conv_layout="members"), mnist, torch.device("cpu"),
+                         train_cfg(), contextlib.nullcontext)
+    record(fused.discriminator.drops)
+    x = to_unit_interval(mnist.train_images[:GAN_BATCH])
+    fused.update(x, torch.randn(len(GAN_MEMBERS), GAN_BATCH, fused.generator.latent_dim))
+    on_main_only = ("project.weight", "project.bias", "latent_mask", "num_batches_tracked", ".p")
+    needed = {name: t for module in (fused.generator, fused.discriminator)
+              for name, t in [*module.named_parameters(), *module.named_buffers()]
+              if not name.endswith(on_main_only)}
+    masks = [mask for drop in fused.discriminator.drops for mask in drop.recorded]
+    needed.update({f"mask {i}": mask for i, mask in enumerate(masks)})
+    assert len([n for n in needed if n.startswith("mask")]) == 12  # 4 layers; D on real, on fake, in G's step
+    missing = [name for name, t in needed.items() if t.untyped_storage().data_ptr() not in handed]
+    assert not missing, missing
+    assert not list(streams.handed_tensors(nn.Identity()))  # a module is not walked: it is no job input
 
 
 def test_the_fused_gan_layout_follows_the_measurements():

@@ -126,6 +126,16 @@ def test_a_fused_layout_needs_fused_trials():
         parse_options("gan", ["--fused-layout", "members"])
 
 
+def test_the_members_layout_is_held_back_on_gpus_until_its_race_fix_is_checked_there():
+    from sweeps.runner import SweepError, parse_options
+
+    gpu = ["--gpus-per-trial", "0.5", "--fuse", "4"]
+    with pytest.raises(SweepError, match="held back on GPUs.*--fused-layout at auto"):
+        parse_options("gan", [*gpu, "--fused-layout", "members"])
+    assert parse_options("gan", [*gpu, "--fused-layout", "streams"]).fused_layout == "streams"
+    assert parse_options("gan", [*gpu]).fused_layout == "auto"
+
+
 @pytest.mark.slow
 def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_path):
     """The main job's GPU default, fused GAN groups, end to end on the CPU: members scored per

@@ -81,7 +81,8 @@ class StackedAdam:
                 beta1=self.beta1[k], beta2=self.beta2[k], weight_decay=0.0, eps=self.eps,
                 amsgrad=False, maximize=False, found_inf=None if skip is None else skip[k])
 
-        self.streams.run([partial(member_step, k, g) for k, g in enumerate(grads)])
+        # No backward reads what the step is handed, so nothing outlives the join: no marks.
+        self.streams.run([partial(member_step, k, g) for k, g in enumerate(grads)], mark_handed=False)
 
     def keep_members(self, index: torch.Tensor, params: Iterable[torch.nn.Parameter]) -> StackedAdam:
         """A new optimizer over `params` (the module's after `keep_module_members`) with the

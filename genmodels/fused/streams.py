@@ -14,11 +14,23 @@ Autograd runs each job's backward on the stream its forward ran on, so the backw
 the same way. A tensor a job allocates on a side stream and the current stream consumes is safe to
 free afterwards: the next work on any side stream is queued behind a new fork, i.e. behind that
 consumer. On a CPU (or with fewer than two streams) the jobs just run in order.
+
+The other direction needs care. A tensor made on the current stream and handed to a job (a
+member's weights copied channels-last, its dropout mask, its slice of an input) is often saved for
+the job's backward, which runs on the side stream with no fork before it. When autograd frees the
+tensor after that backward is queued, PyTorch's caching allocator would hand its memory to the
+next allocation on the current stream at once, while the side stream may not have read it yet.
+The "members" GAN layout hit exactly this on an H200 (2026-11-28, bench/RESULTS.md: two eager runs
+of the same seed differed by 0.74 relative in their losses). So `run` marks every tensor a job is
+handed (through `functools.partial`, lists and tuples) as used on the job's stream
+(`Tensor.record_stream`): the allocator then reuses its memory only once that stream has caught up
+with the moment it was freed. Tensors a job makes for itself need no mark.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import torch
 
@@ -39,8 +51,10 @@ class SideStreams:
     def __len__(self) -> int:
         return len(self.streams)
 
-    def run(self, jobs: Sequence[Callable[[], object]]) -> list:
-        """Each job's result, in order; on a GPU the jobs run on the side streams, side by side."""
+    def run(self, jobs: Sequence[Callable[[], object]], mark_handed: bool = True) -> list:
+        """Each job's result, in order; on a GPU the jobs run on the side streams, side by side.
+        `mark_handed=False` skips marking the tensors handed to the jobs (see the docstring) where
+        no autograd backward will read them after the join."""
         if not self.streams:
             return [job() for job in jobs]
         main = torch.cuda.current_stream(self.device)
@@ -48,11 +62,28 @@ class SideStreams:
             stream.wait_stream(main)
         results = []
         for i, job in enumerate(jobs):
-            with torch.cuda.stream(self.streams[i % len(self.streams)]):
+            stream = self.streams[i % len(self.streams)]
+            with torch.cuda.stream(stream):
+                for tensor in handed_tensors(job) if mark_handed else ():  # see the docstring
+                    if tensor.is_cuda:
+                        tensor.record_stream(stream)
                 results.append(job())
         for stream in self.streams:  # and everything queued after waits for them
             main.wait_stream(stream)
         return results
+
+
+def handed_tensors(job: object) -> Iterator[torch.Tensor]:
+    """The tensors a job was handed: itself if it is one, else those bound in a `functools.partial`
+    (its function, positional and keyword arguments) or held in a list or tuple, at any depth."""
+    if isinstance(job, torch.Tensor):
+        yield job
+    elif isinstance(job, partial):
+        for part in (job.func, *job.args, *job.keywords.values()):
+            yield from handed_tensors(part)
+    elif isinstance(job, (list, tuple)):
+        for part in job:
+            yield from handed_tensors(part)
 
 
 def side_streams_on(current: SideStreams | None, device: torch.device) -> SideStreams:
