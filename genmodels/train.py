@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from genmodels.classifier import CACHE_ENV, ensure_classifier, load_scorer
+from genmodels.classifier import EPOCHS as CLASSIFIER_EPOCHS
 from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, load_dataset
 from genmodels.device import COMPILE_MODES, PRECISIONS, resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="skip the classifier-based scores (IS, fcd, precision, recall)")
             sub.add_argument("--cache-dir", default=None,
                              help=f"scoring classifier cache (default: ${CACHE_ENV} or ~/.cache/gensweep)")
+            sub.add_argument("--classifier-epochs", type=int, default=CLASSIFIER_EPOCHS,
+                             help="epochs of the scoring classifier if it must be trained (default "
+                                  f"{CLASSIFIER_EPOCHS}; a cached one is used as it is)")
         train_group = sub.add_argument_group("training")
         _add_dataclass_options(train_group, TrainConfig)
         model_group = sub.add_argument_group(f"{name.upper()} model")
@@ -122,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-{stamp}")
     try:
         model_cfg, train_cfg = configs_from_args(args, out)
+        if getattr(args, "classifier_epochs", 1) < 1:
+            raise ValueError(f"--classifier-epochs must be a positive integer, got {args.classifier_epochs}")
         data = load_dataset(train_cfg.dataset, args.data_dir, download=args.download)
         scorer = None
         if args.model == "gan" and not args.no_scores:
             # Trained once per data set and cached; every later run only loads it.
-            path = ensure_classifier(train_cfg.dataset, data, args.cache_dir)
+            path = ensure_classifier(train_cfg.dataset, data, args.cache_dir, epochs=args.classifier_epochs)
             scorer = load_scorer(path, resolve_device(train_cfg.device))
         trainer = Trainer.create(args.model, model_cfg, train_cfg, data, scorer=scorer)
         if args.resume:

@@ -235,6 +235,8 @@ def check_options(args: argparse.Namespace) -> None:
         if value < 1:
             flag = "--" + option.replace("_", "-")
             raise SweepError(f"{flag} must be a positive integer, got {value}")
+    if getattr(args, "classifier_epochs", None) is not None and args.classifier_epochs < 1:
+        raise SweepError(f"--classifier-epochs must be a positive integer, got {args.classifier_epochs}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     if args.train_subset is not None and args.train_subset < 1:

@@ -62,7 +62,7 @@ def test_gan_cli_writes_scores_metrics_and_figures(data_dir, tmp_path):
     env = {**os.environ, "GENSWEEP_CACHE_DIR": str(tmp_path / "cache")}
     run = train("gan", "--data-dir", str(data_dir), "--epochs", "2", "--out", str(out),
                 "--latent-dim", "32", "--lr-g", "3e-4", "--lr-d", "1e-4", "--eval-samples", "200",
-                "--eval-every", "2", "--test-samples", "200", *QUICK, env=env)
+                "--eval-every", "2", "--test-samples", "200", "--classifier-epochs", "1", *QUICK, env=env)
     assert run.returncode == 0, run.stderr
     assert "training the scoring classifier" in run.stdout
     first, last = json.loads((out / "metrics.json").read_text())
@@ -78,6 +78,7 @@ def test_gan_cli_writes_scores_metrics_and_figures(data_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["vae", "--dropout", "1.0"], "dropout"),
     (["gan", "--lr-d", "-0.1"], "lr_d"),
+    (["gan", "--classifier-epochs", "0"], "--classifier-epochs must be a positive integer"),
     (["vae", "--epochs", "0"], "epochs must be a positive integer"),
 ])
 def test_cli_rejects_bad_options(args, message, data_dir, tmp_path, capsys):

@@ -199,6 +199,11 @@ def test_bad_options_fail_before_ray_is_imported(data_dir, tmp_path):
     assert outcome == {"codes": [2] * len(BAD_OPTIONS), "ray": False}
 
 
+def test_a_gan_sweeps_classifier_epochs_must_be_positive(data_dir, tmp_path, capsys):
+    assert run("gan", bad_command(["--classifier-epochs", "0"], data_dir, tmp_path)) == 2
+    assert "--classifier-epochs must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_dropout_of_one_in_the_space_is_the_models_error(data_dir, tmp_path, capsys):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"dropout": {"low": 0.5, "high": 1.0}}))
