@@ -447,36 +447,71 @@ def test_a_diverging_gan_member_is_frozen_in_the_members_layout_too(mnist):
     assert_same_members(sick, well, [0, 2])
 
 
-def test_a_members_job_is_handed_every_tensor_it_reads_from_outside(mnist, monkeypatch):
+def marked_storages_of_one_step(mnist, monkeypatch, layout):
+    """A fused GAN step in `layout` on the CPU, noting the storage of every tensor `SideStreams.run`
+    would mark on CUDA (its `marked`, or all a job was handed). Returns the task and those storages."""
+    storages = set()
+    run = streams.SideStreams.run
+
+    def run_and_note(self, jobs, marked=None):
+        if marked is None:
+            marked = [list(streams.handed_tensors(job)) for job in jobs]
+        storages.update(t.untyped_storage().data_ptr() for tensors in marked for t in tensors)
+        return run(self, jobs, marked)
+
+    monkeypatch.setattr(streams.SideStreams, "run", run_and_note)
+    fused = FusedGANTask(FusedConfig(GAN_MEMBERS, conv_layout=layout), mnist, torch.device("cpu"),
+                         train_cfg(), contextlib.nullcontext)
+    record(fused.discriminator.drops)
+    x = to_unit_interval(mnist.train_images[:GAN_BATCH])
+    fused.update(x, torch.randn(len(GAN_MEMBERS), GAN_BATCH, fused.generator.latent_dim))
+    return fused, storages
+
+
+def test_a_members_job_marks_every_tensor_it_reads_from_outside(mnist, monkeypatch):
     """On CUDA `SideStreams.run` marks the tensors handed to a side-stream job (through
     functools.partial, lists and tuples) as used on its stream, so the caching allocator cannot
     give their memory away while the job's backward may still read them: the race the members
     layout had on an H200 (genmodels.fused.streams). A tensor a job reached through a closure
     would go unmarked. So every weight, BatchNorm statistic and dropout mask a member's chain
-    reads must be among what its job is handed: checked on the CPU, storage by storage."""
-    handed = set()
-    run = streams.SideStreams.run
-
-    def run_and_note(self, jobs, mark_handed=True):
-        handed.update(t.untyped_storage().data_ptr() for job in jobs for t in streams.handed_tensors(job))
-        return run(self, jobs, mark_handed)
-
-    monkeypatch.setattr(streams.SideStreams, "run", run_and_note)
-    fused = FusedGANTask(FusedConfig(GAN_MEMBERS, conv_layout="members"), mnist, torch.device("cpu"),
-                         train_cfg(), contextlib.nullcontext)
-    record(fused.discriminator.drops)
-    x = to_unit_interval(mnist.train_images[:GAN_BATCH])
-    fused.update(x, torch.randn(len(GAN_MEMBERS), GAN_BATCH, fused.generator.latent_dim))
+    reads must be marked: checked on the CPU, storage by storage."""
+    fused, marked = marked_storages_of_one_step(mnist, monkeypatch, "members")
     on_main_only = ("project.weight", "project.bias", "latent_mask", "num_batches_tracked", ".p")
     needed = {name: t for module in (fused.generator, fused.discriminator)
               for name, t in [*module.named_parameters(), *module.named_buffers()]
               if not name.endswith(on_main_only)}
     masks = [mask for drop in fused.discriminator.drops for mask in drop.recorded]
     needed.update({f"mask {i}": mask for i, mask in enumerate(masks)})
-    assert len([n for n in needed if n.startswith("mask")]) == 12  # 4 layers; D on real, on fake, in G's step
-    missing = [name for name, t in needed.items() if t.untyped_storage().data_ptr() not in handed]
+    assert len(masks) == 12  # 4 layers; D on real, on fake, in G's step
+    missing = [name for name, t in needed.items() if t.untyped_storage().data_ptr() not in marked]
     assert not missing, missing
     assert not list(streams.handed_tensors(nn.Identity()))  # a module is not walked: it is no job input
+
+
+def test_the_streams_layout_marks_each_members_weights_and_not_the_stacked_inputs(mnist, monkeypatch):
+    """In the default CUDA layout a member's call reads its input slice only in the forward (a
+    copy on its stream), and its weights in the backward too: the weights are marked, the
+    channel-stacked activations are not (marked, their memory would stay unused inside a
+    captured step)."""
+    inputs = set()
+    conv_forward = {}
+    for cls in (fused_layers.MemberConv2d, fused_layers.MemberConvTranspose2d):
+        conv_forward[cls] = cls.forward
+
+        def noting(self, x, forward=conv_forward[cls]):
+            inputs.add(x.untyped_storage().data_ptr())
+            return forward(self, x)
+
+        monkeypatch.setattr(cls, "forward", noting)
+    fused, marked = marked_storages_of_one_step(mnist, monkeypatch, "streams")
+    convs = {name: p for module in (fused.generator, fused.discriminator)
+             for name, p in module.named_parameters()
+             if isinstance(module.get_submodule(name.rsplit(".", 1)[0]), fused_layers.MemberConvs)}
+    assert sum(name.endswith("weight") for name in convs) == 8  # G's 4 and D's 4 layers
+    unmarked = [name for name, p in convs.items() if p.untyped_storage().data_ptr() not in marked]
+    assert not unmarked, unmarked
+    stacked_inputs = inputs - {p.untyped_storage().data_ptr() for p in convs.values()}
+    assert stacked_inputs and not stacked_inputs & marked
 
 
 def test_the_fused_gan_layout_follows_the_measurements():

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.convs import add_channel_bias, conv2d, conv_output_size, conv_transpose2d
-from genmodels.fused.streams import SideStreams, side_streams_on
+from genmodels.fused.streams import SideStreams, handed_tensors, side_streams_on
 
 
 def stacked(tensors: list[torch.Tensor], shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -216,11 +216,15 @@ class MemberConvs(nn.Module):
             return conv(x, weight, flat_bias, groups=groups, **options)
         # Each member's slice in `conv_memory_format`: on CUDA torch.cat keeps the outputs
         # channels-last, and so does everything after it.
-        calls = [partial(call, xk) for call, xk in zip(self.member_calls(conv, **options),
-                                                        x.chunk(groups, dim=1))]
+        member_calls = self.member_calls(conv, **options)
+        calls = [partial(call, xk) for call, xk in zip(member_calls, x.chunk(groups, dim=1))]
         if self.layout == "streams":
             self.side_streams = side_streams_on(self.side_streams, x.device)
-            return torch.cat(self.side_streams.run(calls), dim=1)
+            # Only the weights need marks (genmodels.fused.streams): a member's input slice is
+            # read by its forward's copy alone (`member_conv`), and marking the channel-stacked
+            # input would keep its memory from reuse inside a captured step.
+            weights = [list(handed_tensors(call)) for call in member_calls]
+            return torch.cat(self.side_streams.run(calls, marked=weights), dim=1)
         return torch.cat([call() for call in calls], dim=1)
 
     def member_calls(self, conv, **options) -> list[Callable[[torch.Tensor], torch.Tensor]]:

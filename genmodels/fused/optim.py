@@ -82,7 +82,8 @@ class StackedAdam:
                 amsgrad=False, maximize=False, found_inf=None if skip is None else skip[k])
 
         # No backward reads what the step is handed, so nothing outlives the join: no marks.
-        self.streams.run([partial(member_step, k, g) for k, g in enumerate(grads)], mark_handed=False)
+        jobs = [partial(member_step, k, g) for k, g in enumerate(grads)]
+        self.streams.run(jobs, marked=[()] * len(jobs))
 
     def keep_members(self, index: torch.Tensor, params: Iterable[torch.nn.Parameter]) -> StackedAdam:
         """A new optimizer over `params` (the module's after `keep_module_members`) with the

@@ -24,12 +24,15 @@ The "members" GAN layout hit exactly this on an H200 (2026-11-28, bench/RESULTS.
 of the same seed differed by 0.74 relative in their losses). So `run` marks every tensor a job is
 handed (through `functools.partial`, lists and tuples) as used on the job's stream
 (`Tensor.record_stream`): the allocator then reuses its memory only once that stream has caught up
-with the moment it was freed. Tensors a job makes for itself need no mark.
+with the moment it was freed. Tensors a job makes for itself need no mark, and neither do those
+only its forward reads (the join orders every later allocation after it): callers that know which
+those are say so (`marked`), because under a CUDA graph a marked tensor's memory stays unused until
+the capture ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 
 import torch
@@ -51,20 +54,24 @@ class SideStreams:
     def __len__(self) -> int:
         return len(self.streams)
 
-    def run(self, jobs: Sequence[Callable[[], object]], mark_handed: bool = True) -> list:
+    def run(self, jobs: Sequence[Callable[[], object]],
+            marked: Sequence[Iterable[torch.Tensor]] | None = None) -> list:
         """Each job's result, in order; on a GPU the jobs run on the side streams, side by side.
-        `mark_handed=False` skips marking the tensors handed to the jobs (see the docstring) where
-        no autograd backward will read them after the join."""
+        `marked[i]` are the tensors to mark as used on job i's stream (see the module's
+        docstring): by default all it was handed (`handed_tensors`). A caller that knows better
+        passes fewer, or none where no backward reads anything handed after the join: under a
+        CUDA graph a marked tensor's memory is not reused until the capture ends."""
         if not self.streams:
             return [job() for job in jobs]
         main = torch.cuda.current_stream(self.device)
         for stream in self.streams:  # the side streams start after everything queued so far
             stream.wait_stream(main)
         results = []
-        for i, job in enumerate(jobs):
+        marked = [handed_tensors(job) for job in jobs] if marked is None else marked
+        for i, (job, tensors) in enumerate(zip(jobs, marked, strict=True)):
             stream = self.streams[i % len(self.streams)]
             with torch.cuda.stream(stream):
-                for tensor in handed_tensors(job) if mark_handed else ():  # see the docstring
+                for tensor in tensors:
                     if tensor.is_cuda:
                         tensor.record_stream(stream)
                 results.append(job())
