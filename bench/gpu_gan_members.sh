@@ -19,36 +19,56 @@
 #     bash bench/gpu_gan_members.sh OUT             # on the GPU (carry .gpu), about 7 minutes
 #     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 OM=2 PROCS=1 G=off P=fp32 UP=fp32 PM=2 PP=fp32 GS=2 \
 #         VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out   # the plumbing on a CPU
-# The parts run in the order of what their numbers decide (a timeout still leaves the first ones).
+# The parts run in the order of what their numbers decide (a timeout still leaves the first ones);
+# PARTS="0 1 3" runs only those (bench/gpu_members_fix.sh does).
 source bench/gpu_setup.sh "$@"
-echo "== 0. graphed as eager; one stream and the members layout against the default layout"
-timeout 170 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
-echo "== 1. fused GAN, streams and members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"
-timeout 260 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
-    --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members --gan-dropout none \
-    --precisions ${P:-fp32,bf16} --unfused-precisions ${UP:-fp32,bf16} --graphs ${G:-on} \
-    --json "$O/gan-members.json"
-echo "== 5. torch.func (stack_module_state + vmap) against the fused layers"
-timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-} --data-dir "$DATA" \
-    | tee "$O/vmap.txt"
-echo "== 1b. the same with dropout in every configuration, as a GAN sweep samples it"
-timeout 100 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
-    --members ${OM:-64} --procs 1 --layouts streams,members --precisions ${PP:-bf16} \
-    --unfused-precisions ${PP:-bf16} --graphs ${G:-on} --json "$O/gan-dropout.json"
-echo "== 7. HFTA's way: one grouped call per layer, now channels-last (last measured NCHW fp32 eager)"
-timeout 90 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
-    --members ${GM:-16 64} --procs 1 --layouts grouped --gan-dropout none --precisions ${PP:-bf16} \
-    --unfused-precisions ${PP:-bf16} --graphs ${G:-on} --json "$O/gan-grouped.json"
-echo "== 3. the G step with and without D's weight gradients, one trial and K = ${GS:-64}"
-timeout 40 python bench/gan_g_step.py --device "$D" --data-dir "$DATA"
-timeout 60 python bench/gan_g_step.py --device "$D" --members ${GS:-64} --data-dir "$DATA"
-echo "== 4. where a fused GAN step (members, ${PP:-bf16}, K = ${PM:-32}) spends its device time"
-timeout 60 python bench/profile_fused.py --model gan --device "$D" --members ${PM:-32} --layout members \
-    --precision ${PP:-bf16} --steps 5 --rows 16 --data-dir "$DATA" | tee "$O/profile-members.txt"
-echo "== 2. the same before (.gpu/old at 60bec18), streams, against 1 unfused trial (graphed)"
-(cd .gpu/old && PYTHONPATH=$PWD:$PWD/../site timeout 90 python bench/bench_fused.py --device "$D" $Q \
-    --data-dir "../../$DATA" --model gan --members ${OM:-64} --procs 1 --layouts streams \
-    --precisions ${P:-fp32,bf16} --graphs ${G:-on} --json "$O/gan-before.json")
-echo "== 6. D's dropout, forward + backward: the mask with its scale against a bool mask and a division"
-timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype float32
-timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype bfloat16
+want() { [[ " ${PARTS:-0 1 5 1b 7 3 4 2 6} " == *" $1 "* ]]; }
+if want 0; then
+    echo "== 0. graphed as eager; one stream and the members layout against the default layout"
+    timeout 170 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
+fi
+if want 1; then
+    echo "== 1. fused GAN, streams and members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"
+    timeout 260 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
+        --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members --gan-dropout none \
+        --precisions ${P:-fp32,bf16} --unfused-precisions ${UP:-fp32,bf16} --graphs ${G:-on} \
+        --json "$O/gan-members.json"
+fi
+if want 5; then
+    echo "== 5. torch.func (stack_module_state + vmap) against the fused layers"
+    timeout 60 python bench/bench_vmap.py --device "$D" --members ${VM:-4 16} ${VQ:-} --data-dir "$DATA" \
+        | tee "$O/vmap.txt"
+fi
+if want 1b; then
+    echo "== 1b. the same with dropout in every configuration, as a GAN sweep samples it"
+    timeout 100 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
+        --members ${OM:-64} --procs 1 --layouts streams,members --precisions ${PP:-bf16} \
+        --unfused-precisions ${PP:-bf16} --graphs ${G:-on} --json "$O/gan-dropout.json"
+fi
+if want 7; then
+    echo "== 7. HFTA's way: one grouped call per layer, now channels-last (last measured NCHW fp32 eager)"
+    timeout 90 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
+        --members ${GM:-16 64} --procs 1 --layouts grouped --gan-dropout none --precisions ${PP:-bf16} \
+        --unfused-precisions ${PP:-bf16} --graphs ${G:-on} --json "$O/gan-grouped.json"
+fi
+if want 3; then
+    echo "== 3. the G step with and without D's weight gradients, one trial and K = ${GS:-64}"
+    timeout 40 python bench/gan_g_step.py --device "$D" --data-dir "$DATA"
+    timeout 60 python bench/gan_g_step.py --device "$D" --members ${GS:-64} --data-dir "$DATA"
+fi
+if want 4; then
+    echo "== 4. where a fused GAN step (members, ${PP:-bf16}, K = ${PM:-32}) spends its device time"
+    timeout 60 python bench/profile_fused.py --model gan --device "$D" --members ${PM:-32} --layout members \
+        --precision ${PP:-bf16} --steps 5 --rows 16 --data-dir "$DATA" | tee "$O/profile-members.txt"
+fi
+if want 2; then
+    echo "== 2. the same before (.gpu/old at 60bec18), streams, against 1 unfused trial (graphed)"
+    (cd .gpu/old && PYTHONPATH=$PWD:$PWD/../site timeout 90 python bench/bench_fused.py --device "$D" $Q \
+        --data-dir "../../$DATA" --model gan --members ${OM:-64} --procs 1 --layouts streams \
+        --precisions ${P:-fp32,bf16} --graphs ${G:-on} --json "$O/gan-before.json")
+fi
+if want 6; then
+    echo "== 6. D's dropout, forward + backward: the mask with its scale against a bool mask and a division"
+    timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype float32
+    timeout 30 python bench/dropout.py --device "$D" --members ${GS:-64} --dtype bfloat16
+fi

@@ -4,9 +4,10 @@
 # relative in their losses, because tensors made on the current stream and read in a side stream's
 # backward could have their memory handed on too early. `SideStreams.run` now marks every tensor a
 # job is handed as used on the job's stream (genmodels/fused/streams.py). This round checks that
-# (part 0: bench/check_graphs.py must pass, members eager-vs-eager 0 included), then times the
-# members layout against streams again, as part 1 of bench/gpu_gan_members.sh did with the race,
-# and repeats the G-step gradient check now made in deterministic arithmetic.
+# (part 0: bench/check_graphs.py must pass, members eager-vs-eager 0 included; the default
+# "streams" layout now marks its weight copies too), then times the members layout against
+# streams again (part 1, as on 2026-11-28 with the race), and repeats the G-step gradient check
+# (part 3), now made in deterministic arithmetic.
 # If part 0 passes and members still beats streams: make it the CUDA default
 # (genmodels/fused/tasks.py::default_conv_layout, test_the_fused_gan_layout_follows_the_measurements,
 # README) and drop the GPU refusal in sweeps/runner.py::check_options; if part 0 passes only, drop
@@ -15,15 +16,6 @@
 #     bash bench/gpu_members_fix.sh OUT             # on the GPU, carry .gpu
 #     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 PROCS=1 G=off P=fp32 UP=fp32 GS=2 \
 #         bash bench/gpu_members_fix.sh /tmp/out    # the plumbing on a CPU (part 0 needs CUDA)
-# The parts run in the order of what their numbers decide (a timeout still leaves the first ones).
-source bench/gpu_setup.sh "$@"
-echo "== 0. graphed as eager; the members layout eager against eager and against the default layout"
-timeout 170 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
-echo "== 1. fused GAN, streams and members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"
-timeout 260 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
-    --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members --gan-dropout none \
-    --precisions ${P:-fp32,bf16} --unfused-precisions ${UP:-fp32,bf16} --graphs ${G:-on} \
-    --json "$O/gan-members.json"
-echo "== 2. G's gradients with and without D's weight gradients, deterministic arithmetic"
-timeout 40 python bench/gan_g_step.py --device "$D" --data-dir "$DATA"
-timeout 60 python bench/gan_g_step.py --device "$D" --members ${GS:-64} --data-dir "$DATA"
+
+# Parts 0, 1 and 3 of bench/gpu_gan_members.sh, with the same overrides (DEV, DATA, GM, ...).
+PARTS="0 1 3" exec bash bench/gpu_gan_members.sh "$@"
