@@ -230,13 +230,12 @@ def given_options(model: str, argv: list[str] | None) -> set[str]:
 
 def check_options(args: argparse.Namespace) -> None:
     """Each option's own range, the option named in the message."""
-    for option in ("num_samples", "epochs", "batch_size", "fuse"):  # epochs before the grace period
-        value = getattr(args, option)
-        if value < 1:
+    # epochs before the grace period; a GAN's classifier_epochs is None for the default
+    for option in ("num_samples", "epochs", "batch_size", "fuse", "classifier_epochs"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
             flag = "--" + option.replace("_", "-")
             raise SweepError(f"{flag} must be a positive integer, got {value}")
-    if getattr(args, "classifier_epochs", None) is not None and args.classifier_epochs < 1:
-        raise SweepError(f"--classifier-epochs must be a positive integer, got {args.classifier_epochs}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     if args.train_subset is not None and args.train_subset < 1:

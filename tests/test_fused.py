@@ -494,11 +494,8 @@ def test_the_streams_layout_marks_each_members_weights_and_not_the_stacked_input
     channel-stacked activations are not (marked, their memory would stay unused inside a
     captured step)."""
     inputs = set()
-    conv_forward = {}
     for cls in (fused_layers.MemberConv2d, fused_layers.MemberConvTranspose2d):
-        conv_forward[cls] = cls.forward
-
-        def noting(self, x, forward=conv_forward[cls]):
+        def noting(self, x, forward=cls.forward):
             inputs.add(x.untyped_storage().data_ptr())
             return forward(self, x)
 
