@@ -136,3 +136,32 @@ def test_a_failing_fused_row_is_reported_and_the_others_still_run(tmp_path, data
     assert "a fused group needs at least one member" in rows[1]["error"]
     assert rows[2]["mode"] == "fused K=1" and rows[2]["trial_epochs_per_hour"] > 0
     assert "FAILED" in done.stdout and "1 fused row(s) failed" in done.stderr
+
+
+def test_the_fused_throughput_plot_draws_a_run_against_its_one_fp32_trial(load_bench, tmp_path):
+    plot = load_bench("plot_fused")
+    row, rate = {"model": "gan", "graphs": "on"}, "trial_epochs_per_hour"
+    run = {"device": "NVIDIA X", "steps": 2, "rows": [
+        {**row, "mode": "unfused x1", "precision": "fp32", rate: 100.0},
+        {**row, "mode": "unfused x1", "precision": "bf16", rate: 120.0},
+        {**row, "mode": "unfused x4", "precision": "fp32", rate: 110.0},
+        {**row, "mode": "fused K=16", "convs": "streams", "precision": "bf16", rate: 250.0},
+        {**row, "mode": "fused K=4", "convs": "streams", "precision": "bf16", rate: 150.0},
+        {**row, "mode": "fused K=4", "convs": "members", "precision": "bf16", "error": "a failed row"},
+        {**row, "mode": "fused K=4", "convs": "grouped", "graphs": "off", rate: 999.0},
+    ]}
+    parsed = plot.parse_run(run)
+    assert parsed["baseline"] == 100.0 and parsed["graphs"] == "on"
+    # Failed rows and eager rows of a graphed run are left out; K in order.
+    assert parsed["fused"] == {"fused, bf16, streams": [(4, 1.5), (16, 2.5)]}
+    assert parsed["packed"] == {"4 unfused trials packed, fp32": 1.1}
+    assert plot.parse_run(run, {"members"})["fused"] == {}
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert plot.main([str(path), "--out", str(tmp_path / "figure.png")]) == 0
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    # No fp32 single trial to measure against: a clear error, no picture.
+    path.write_text(json.dumps({**run, "rows": run["rows"][1:]}))
+    assert plot.main([str(path), "--out", str(tmp_path / "none.png")]) == 2
+    assert not (tmp_path / "none.png").exists()
