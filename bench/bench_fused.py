@@ -197,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="every row with torch.backends.cudnn.benchmark on (cuDNN times its "
                         "algorithms per shape and keeps the fastest)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--plot", default=None,
+                   help="draw them into this PNG (bench/plot_fused.py; needs --json)")
     args = p.parse_args(argv)
+    if args.plot and not args.json:
+        p.error("--plot draws the --json file: give both")
     layouts, precisions = args.layouts.split(","), args.precisions.split(",")
     unfused_precisions, graph_modes = args.unfused_precisions.split(","), args.graphs.split(",")
     if "on" in graph_modes and args.device == "cpu":
@@ -272,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows,
                                                "cudnn_benchmark": args.cudnn_benchmark,
                                                "gan_dropout": args.gan_dropout}, indent=2))
+    if args.plot:
+        from plot_fused import main as plot  # a script beside this one in bench/
+
+        plot([args.json, "--out", args.plot])
     if failed:
         print(f"{len(failed)} fused row(s) failed", file=sys.stderr)
     return 1 if failed else 0

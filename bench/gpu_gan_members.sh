@@ -32,7 +32,7 @@ if want 1; then
     timeout 260 python bench/bench_fused.py --device "$D" $Q --data-dir "$DATA" --model gan \
         --members ${GM:-16 64} --procs ${PROCS:-1 4} --layouts streams,members --gan-dropout none \
         --precisions ${P:-fp32,bf16} --unfused-precisions ${UP:-fp32,bf16} --graphs ${G:-on} \
-        --json "$O/gan-members.json"
+        --json "$O/gan-members.json" --plot "$O/gan-members.png"
 fi
 if want 5; then
     echo "== 5. torch.func (stack_module_state + vmap) against the fused layers"
