@@ -254,9 +254,11 @@ def check_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
     if args.cpus_per_trial <= 0:
         raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
-    if args.gpus_per_trial < 0 or (args.gpus_per_trial > 1 and not args.gpus_per_trial.is_integer()):
-        raise SweepError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got "
-                         f"{args.gpus_per_trial}")
+    if not 0 <= args.gpus_per_trial <= 1:
+        # A trial (or a fused group) trains on one device: a second GPU would only sit reserved.
+        raise SweepError(f"--gpus-per-trial must be in [0, 1], got {args.gpus_per_trial:g}: a trial "
+                         "trains on one GPU (0.25 packs four trials on one); to put more of a GPU "
+                         "to work, fuse configurations into each trial with --fuse K")
     if args.scheduler == "asha" and not 1 <= args.grace_period <= args.epochs:
         raise SweepError(f"--grace-period must be between 1 and --epochs ({args.epochs}), got "
                          f"{args.grace_period}")

@@ -72,7 +72,7 @@ CASES = [
     ("batch-above-data", ["--batch-size", "512", "--train-subset", "256"], None,
      "--batch-size 512 is larger than the 256 training images"),
     ("subset-above-data", ["--train-subset", "100000"], None, "--train-subset 100000 is more"),
-    ("gpus-2.5", ["--gpus-per-trial", "2.5"], None, "--gpus-per-trial must be a fraction"),
+    ("gpus-2.5", ["--gpus-per-trial", "2.5"], None, "--gpus-per-trial must be in [0, 1], got 2.5"),
     ("gpus-none-here", ["--gpus-per-trial", "0.5"], None, "machine has none"),
     ("mlflow-unreachable", ["--mlflow-uri", "UNREACHABLE"], None, "does not answer"),
     ("resume-no-such-sweep", ["--resume", "--name", "never-ran"], None, "no sweep 'never-ran'"),

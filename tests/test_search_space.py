@@ -128,8 +128,11 @@ def test_a_gan_sweep_on_gpus_trains_long_enough_to_reach_is_9():
     assert parse_options("gan", ["--gpus-per-trial", "1", "--smoke"]).epochs == 2
 
 
-def test_whole_gpus_are_allowed():
-    assert parse_options("gan", ["--gpus-per-trial", "2"]).gpus_per_trial == 2
+def test_a_trial_asks_for_one_gpu_at_most():
+    """A trial trains on one device; two GPUs per trial would keep one reserved and idle."""
+    assert parse_options("gan", ["--gpus-per-trial", "1"]).gpus_per_trial == 1
+    with pytest.raises(SweepError, match="trains on one GPU.*--fuse K"):
+        parse_options("gan", ["--gpus-per-trial", "2"])
 
 
 # ---- the default configuration first, TPE's start-up sized to the budget (issue 11) -------------
