@@ -6,6 +6,7 @@
         --precisions fp32,tf32,bf16                      # the fused GAN's convolution layouts
     python bench/bench_fused.py --device cuda --quick --model gan --graphs on \
         --precisions fp32,bf16 --unfused-precisions fp32,bf16   # each precision against its own
+    python bench/bench_fused.py --model gan --quick --repeats 3   # every row 3 times, in turns: medians
 
 For each model it times, on the same device in one run:
 - fused groups of K = 1, 2, 4, 8, 16 members (one process, `genmodels.fused`), every member with
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -169,6 +171,34 @@ def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, wa
     return sum(3600 / s for s in seconds)
 
 
+def summarize(entry: dict) -> dict:
+    """A timed row as the JSON keeps it: its median rate over the repeats (and each repeat's, when
+    there were several), or the error that stopped it."""
+    rates = entry.pop("rates")
+    if "error" in entry:
+        return entry
+    row = {**entry, "trial_epochs_per_hour": statistics.median(rates)}
+    if len(rates) > 1:
+        row["repeats"] = rates
+    return row
+
+
+def print_medians(rows: list[dict]) -> None:
+    """Each row's median over the repeats, its range, and the median against the median of the
+    model's first row (one unfused trial)."""
+    print("\nmedians over the repeats (range in brackets):")
+    reference = {}
+    for row in rows:
+        if "error" in row:
+            continue
+        rate, rates = row["trial_epochs_per_hour"], row["repeats"]
+        reference.setdefault(row["model"], rate)
+        mode = row["mode"] + (f" {row['convs']}" if "convs" in row else "")
+        print(f"{row['model']}  {mode:<22} {row['precision']:<4} graphs {row['graphs']:<3} "
+              f"{rate:10.1f} [{min(rates):.1f}-{max(rates):.1f}] trial-epochs/h   "
+              f"{rate / reference[row['model']]:5.2f}x one trial")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -196,12 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="every row with torch.backends.cudnn.benchmark on (cuDNN times its "
                         "algorithms per shape and keeps the fastest)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="time every row this many times, in turns (all rows, then all again), and "
+                        "keep each row's median: runs on a shared machine vary by 10-25%%")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None,
                    help="draw them into this PNG (bench/plot_fused.py; needs --json)")
     args = p.parse_args(argv)
     if args.plot and not args.json:
         p.error("--plot draws the --json file: give both")
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     layouts, precisions = args.layouts.split(","), args.precisions.split(",")
     unfused_precisions, graph_modes = args.unfused_precisions.split(","), args.graphs.split(",")
     if "on" in graph_modes and args.device == "cpu":
@@ -228,50 +263,60 @@ def main(argv: list[str] | None = None) -> int:
           f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
           f"benchmark {args.cudnn_benchmark}; GAN dropout {args.gan_dropout}")
 
-    rows, failed = [], []
+    timed: dict[tuple, dict] = {}  # each row once, in order, with its rate from every repeat
     models = ["vae", "gan"] if args.model == "both" else [args.model]
-    for model in models:
-        reference = None  # one unfused trial in the first precision and graph mode: the first row
-        one_trial = {}  # (precision, graphs) -> one unfused trial's rate
-        for graphs in graph_modes:
-            for precision in unfused_precisions:
-                for n in procs:
-                    # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
-                    per_proc = max(1, threads // n) if not cuda else 1
-                    rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
-                                   graphs == "on", precision=precision, **options)
-                    reference = reference or rate
-                    if n == 1:
-                        one_trial[precision, graphs] = rate
-                    rows.append({"model": model, "mode": f"unfused x{n}", "precision": precision,
-                                 "graphs": graphs, "trial_epochs_per_hour": rate})
-                    print(f"{model}  unfused, {n} process(es), {precision:<4} graphs {graphs:<3}  "
-                          f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
-        # The GAN's convolution layouts (the VAE has none), each in every precision asked for.
-        variants = [(layout, precision, graphs)
-                    for layout in (layouts if model == "gan" else ["auto"])
-                    for precision in precisions for graphs in graph_modes]
-        for k in args.members:
-            for layout, precision, graphs in variants:
-                row = {"model": model, "mode": f"fused K={k}", "convs": layout, "precision": precision,
-                       "graphs": graphs}
-                label = f"{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3}"
-                try:
-                    rate = fused(model, k, data, device, layout, precision, steps, warmup,
-                                 graphs == "on", options)
-                except Exception as err:  # e.g. a layout never run on this device: the rest goes on
-                    failed.append(f"{type(err).__name__}: {err}")
-                    rows.append({**row, "error": failed[-1]})
-                    print(f"{label} FAILED: {failed[-1]}", flush=True)
-                    continue
-                rows.append({**row, "trial_epochs_per_hour": rate})
-                # Also against one unfused trial in the row's own precision, where one ran: bf16
-                # against fp32 alone would credit fusing with what bf16 does for one trial too.
-                own = one_trial.get((precision, graphs))
-                same = (f"   {rate / own:5.2f}x one {precision} trial"
-                        if own and own != reference else "")
-                print(f"{label} {rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}",
-                      flush=True)
+    for repeat in range(1, args.repeats + 1):
+        tag = f"[{repeat}/{args.repeats}] " if args.repeats > 1 else ""
+        for model in models:
+            reference = None  # one unfused trial in the first precision and graph mode: the first row
+            one_trial = {}  # (precision, graphs) -> one unfused trial's rate
+            for graphs in graph_modes:
+                for precision in unfused_precisions:
+                    for n in procs:
+                        # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
+                        per_proc = max(1, threads // n) if not cuda else 1
+                        rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
+                                       graphs == "on", precision=precision, **options)
+                        reference = reference or rate
+                        if n == 1:
+                            one_trial[precision, graphs] = rate
+                        row = {"model": model, "mode": f"unfused x{n}", "precision": precision,
+                               "graphs": graphs}
+                        timed.setdefault(tuple(row.items()), {**row, "rates": []})["rates"].append(rate)
+                        print(f"{tag}{model}  unfused, {n} process(es), {precision:<4} graphs {graphs:<3}  "
+                              f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial",
+                              flush=True)
+            # The GAN's convolution layouts (the VAE has none), each in every precision asked for.
+            variants = [(layout, precision, graphs)
+                        for layout in (layouts if model == "gan" else ["auto"])
+                        for precision in precisions for graphs in graph_modes]
+            for k in args.members:
+                for layout, precision, graphs in variants:
+                    row = {"model": model, "mode": f"fused K={k}", "convs": layout,
+                           "precision": precision, "graphs": graphs}
+                    entry = timed.setdefault(tuple(row.items()), {**row, "rates": []})
+                    if "error" in entry:
+                        continue  # it failed in an earlier repeat, and would again
+                    label = f"{tag}{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3}"
+                    try:
+                        rate = fused(model, k, data, device, layout, precision, steps, warmup,
+                                     graphs == "on", options)
+                    except Exception as err:  # e.g. a layout never run on this device: the rest goes on
+                        entry["error"] = f"{type(err).__name__}: {err}"
+                        print(f"{label} FAILED: {entry['error']}", flush=True)
+                        continue
+                    entry["rates"].append(rate)
+                    # Also against one unfused trial in the row's own precision, where one ran: bf16
+                    # against fp32 alone would credit fusing with what bf16 does for one trial too.
+                    own = one_trial.get((precision, graphs))
+                    same = (f"   {rate / own:5.2f}x one {precision} trial"
+                            if own and own != reference else "")
+                    print(f"{label} {rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}",
+                          flush=True)
+    rows = [summarize(entry) for entry in timed.values()]
+    failed = [row["error"] for row in rows if "error" in row]
+    if args.repeats > 1:
+        print_medians(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows,
                                                "cudnn_benchmark": args.cudnn_benchmark,

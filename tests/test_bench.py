@@ -118,6 +118,21 @@ def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(
     assert "x one tf32 trial" in done.stdout and "x one fp32 trial" not in done.stdout
 
 
+def test_repeated_rows_keep_every_repeat_and_their_median(tmp_path, data_dir):
+    """On a shared machine one timing of a row moves by 10-25%: --repeats times every row again,
+    in turns, and keeps each row's median (the JSON keeps every repeat)."""
+    out = tmp_path / "rows.json"
+    done = run_fused_benchmark(out, data_dir, "--members", "2", "--repeats", "2")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["unfused x1", "fused K=2"]
+    for row in rows:
+        first, second = row["repeats"]
+        assert row["trial_epochs_per_hour"] == pytest.approx((first + second) / 2)
+        assert f"[{min(first, second):.1f}-{max(first, second):.1f}]" in done.stdout
+    assert done.stdout.count("[2/2] vae") == 2 and "medians over the repeats" in done.stdout
+
+
 def test_the_dropout_benchmark_checks_both_ways_agree_before_it_times(load_bench, capsys):
     dropout = load_bench("dropout")
     for dtype in ("float32", "bfloat16"):
