@@ -162,11 +162,11 @@ def ms_per_step(model: str, net, images: torch.Tensor, k: int, steps: int,
 
 
 def check_agreement(model: str, k: int, images: torch.Tensor, device: torch.device) -> float:
-    """Largest relative difference of the two ways' losses on the same members, images and noise
-    (no dropout: each way draws its own masks)."""
+    """Largest relative difference of the two ways' losses on the same members, images (up to a
+    batch of them) and noise (no dropout: each way draws its own masks)."""
     torch.manual_seed(0)
-    noise = torch.randn(k, BATCH, LATENT[model], device=device)
     x = images[:BATCH]
+    noise = torch.randn(k, len(x), LATENT[model], device=device)
     a = losses(model, build(model, "vmap", k, device, dropout=False), x, noise)
     b = losses(model, build(model, "fused", k, device, dropout=False), x, noise)
     return float(((a - b).abs() / b.abs()).max().detach())
