@@ -30,6 +30,7 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -171,6 +172,81 @@ def unfused(model: str, data: ImageData, device: str, procs: int, steps: int, wa
     return sum(3600 / s for s in seconds)
 
 
+@dataclass
+class Timings:
+    """What one run times, resolved from its options, and every row's rates so far (one per
+    repeat), each row once and in the order it was first timed."""
+    data: ImageData
+    device: torch.device
+    steps: int
+    warmup: int
+    threads: int
+    procs: list[int]
+    members: list[int]
+    layouts: list[str]
+    precisions: list[str]
+    unfused_precisions: list[str]
+    graph_modes: list[str]
+    options: dict  # build_task's cudnn_benchmark and gan_dropout
+    timed: dict[tuple, dict] = field(default_factory=dict)
+
+    def entry(self, row: dict) -> dict:
+        return self.timed.setdefault(tuple(row.items()), {**row, "rates": []})
+
+    def time_unfused(self, model: str, tag: str) -> tuple[float, dict]:
+        """Time the unfused rows of `model` once; returns the first row's rate (one trial in the
+        first precision and graph mode: what every row is compared with) and one trial's rate in
+        each (precision, graphs)."""
+        cuda = self.device.type == "cuda"
+        reference, one_trial = None, {}
+        for graphs in self.graph_modes:
+            for precision in self.unfused_precisions:
+                for n in self.procs:
+                    # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
+                    per_proc = max(1, self.threads // n) if not cuda else 1
+                    rate = unfused(model, self.data.to("cpu"), str(self.device), n, self.steps,
+                                   self.warmup, per_proc, graphs == "on", precision=precision,
+                                   **self.options)
+                    reference = reference or rate
+                    if n == 1:
+                        one_trial[precision, graphs] = rate
+                    self.entry({"model": model, "mode": f"unfused x{n}", "precision": precision,
+                                "graphs": graphs})["rates"].append(rate)
+                    print(f"{tag}{model}  unfused, {n} process(es), {precision:<4} graphs {graphs:<3}  "
+                          f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial", flush=True)
+        return reference, one_trial
+
+    def time_fused(self, model: str, tag: str, reference: float, one_trial: dict) -> None:
+        """Time the fused groups of `model` once: every K, and for the GAN every convolution layout
+        (the VAE has none), each in every precision and graph mode asked for. A row that fails (a
+        layout never run on this device, say) keeps its error, is not timed again, and the others
+        go on."""
+        variants = [(layout, precision, graphs)
+                    for layout in (self.layouts if model == "gan" else ["auto"])
+                    for precision in self.precisions for graphs in self.graph_modes]
+        for k in self.members:
+            for layout, precision, graphs in variants:
+                entry = self.entry({"model": model, "mode": f"fused K={k}", "convs": layout,
+                                    "precision": precision, "graphs": graphs})
+                if "error" in entry:
+                    continue
+                label = f"{tag}{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3}"
+                try:
+                    rate = fused(model, k, self.data, self.device, layout, precision, self.steps,
+                                 self.warmup, graphs == "on", self.options)
+                except Exception as err:
+                    entry["error"] = f"{type(err).__name__}: {err}"
+                    print(f"{label} FAILED: {entry['error']}", flush=True)
+                    continue
+                entry["rates"].append(rate)
+                # Also against one unfused trial in the row's own precision, where one ran: bf16
+                # against fp32 alone would credit fusing with what bf16 does for one trial too.
+                own = one_trial.get((precision, graphs))
+                same = f"   {rate / own:5.2f}x one {precision} trial" if own and own != reference else ""
+                print(f"{label} {rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}",
+                      flush=True)
+
+
 def summarize(entry: dict) -> dict:
     """A timed row as the JSON keeps it: its median rate over the repeats (and each repeat's, when
     there were several), or the error that stopped it."""
@@ -263,57 +339,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
           f"benchmark {args.cudnn_benchmark}; GAN dropout {args.gan_dropout}")
 
-    timed: dict[tuple, dict] = {}  # each row once, in order, with its rate from every repeat
+    timings = Timings(data, device, steps, warmup, threads, procs, args.members, layouts, precisions,
+                      unfused_precisions, graph_modes, options)
     models = ["vae", "gan"] if args.model == "both" else [args.model]
-    for repeat in range(1, args.repeats + 1):
+    for repeat in range(1, args.repeats + 1):  # all rows, then all again: drift hits every row
         tag = f"[{repeat}/{args.repeats}] " if args.repeats > 1 else ""
         for model in models:
-            reference = None  # one unfused trial in the first precision and graph mode: the first row
-            one_trial = {}  # (precision, graphs) -> one unfused trial's rate
-            for graphs in graph_modes:
-                for precision in unfused_precisions:
-                    for n in procs:
-                        # On the CPU the threads are shared out; on a GPU each process keeps the host threads.
-                        per_proc = max(1, threads // n) if not cuda else 1
-                        rate = unfused(model, data.to("cpu"), str(device), n, steps, warmup, per_proc,
-                                       graphs == "on", precision=precision, **options)
-                        reference = reference or rate
-                        if n == 1:
-                            one_trial[precision, graphs] = rate
-                        row = {"model": model, "mode": f"unfused x{n}", "precision": precision,
-                               "graphs": graphs}
-                        timed.setdefault(tuple(row.items()), {**row, "rates": []})["rates"].append(rate)
-                        print(f"{tag}{model}  unfused, {n} process(es), {precision:<4} graphs {graphs:<3}  "
-                              f"{rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial",
-                              flush=True)
-            # The GAN's convolution layouts (the VAE has none), each in every precision asked for.
-            variants = [(layout, precision, graphs)
-                        for layout in (layouts if model == "gan" else ["auto"])
-                        for precision in precisions for graphs in graph_modes]
-            for k in args.members:
-                for layout, precision, graphs in variants:
-                    row = {"model": model, "mode": f"fused K={k}", "convs": layout,
-                           "precision": precision, "graphs": graphs}
-                    entry = timed.setdefault(tuple(row.items()), {**row, "rates": []})
-                    if "error" in entry:
-                        continue  # it failed in an earlier repeat, and would again
-                    label = f"{tag}{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3}"
-                    try:
-                        rate = fused(model, k, data, device, layout, precision, steps, warmup,
-                                     graphs == "on", options)
-                    except Exception as err:  # e.g. a layout never run on this device: the rest goes on
-                        entry["error"] = f"{type(err).__name__}: {err}"
-                        print(f"{label} FAILED: {entry['error']}", flush=True)
-                        continue
-                    entry["rates"].append(rate)
-                    # Also against one unfused trial in the row's own precision, where one ran: bf16
-                    # against fp32 alone would credit fusing with what bf16 does for one trial too.
-                    own = one_trial.get((precision, graphs))
-                    same = (f"   {rate / own:5.2f}x one {precision} trial"
-                            if own and own != reference else "")
-                    print(f"{label} {rate:10.1f} trial-epochs/h   {rate / reference:5.2f}x one trial{same}",
-                          flush=True)
-    rows = [summarize(entry) for entry in timed.values()]
+            reference, one_trial = timings.time_unfused(model, tag)
+            timings.time_fused(model, tag, reference, one_trial)
+    rows = [summarize(entry) for entry in timings.timed.values()]
     failed = [row["error"] for row in rows if "error" in row]
     if args.repeats > 1:
         print_medians(rows)
