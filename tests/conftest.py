@@ -8,6 +8,7 @@ Fashion-MNIST subsets copied to a temporary data folder.
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def load_bench():
     def load(name: str):
         spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        # Registered before it runs, as an import would be: a dataclass in the script looks its
+        # module up in sys.modules.
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         return module
     return load
