@@ -67,15 +67,15 @@ def is_gpu(device: str) -> bool:
     return not device.upper().startswith("CPU")
 
 
-def draw(runs: list[tuple[str, dict]], out: Path, layouts: set[str] | None) -> None:
+def draw(runs: list[tuple[str, dict, dict]], out: Path) -> None:
+    """One panel per (name, run, parse_run(run)), written to `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.6), squeeze=False)
-    for ax, (name, run) in zip(axes[0], runs):
-        parsed = parse_run(run, layouts)
+    for ax, (name, run, parsed) in zip(axes[0], runs):
         models = sorted({r["model"] for r in run["rows"]})
         for label, points in parsed["fused"].items():
             ks, multiples = zip(*points)
@@ -116,21 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", default=None,
                    help="comma-separated fused GAN layouts to draw (default: every one in the run)")
     args = p.parse_args(argv)
+    layouts = set(args.layouts.split(",")) if args.layouts else None
     runs = []
     for path in map(Path, args.json):
+        name = f"{path.parent.name}/{path.name}"
         try:
-            runs.append((f"{path.parent.name}/{path.name}", json.loads(path.read_text())))
+            run = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             print(f"cannot read {path}: {err}", file=sys.stderr)
             return 2
-    layouts = set(args.layouts.split(",")) if args.layouts else None
-    try:
-        draw(runs, Path(args.out), layouts)
-    except ValueError as err:
-        print(f"cannot draw: {err}", file=sys.stderr)
-        return 2
-    for name, run in runs:
-        parsed = parse_run(run, layouts)
+        try:
+            runs.append((name, run, parse_run(run, layouts)))
+        except ValueError as err:
+            print(f"cannot draw {path}: {err}", file=sys.stderr)
+            return 2
+    draw(runs, Path(args.out))
+    for name, _, parsed in runs:
         best = max(((m, label, k) for label, points in parsed["fused"].items()
                     for k, m in points), default=None)
         if best:
