@@ -63,8 +63,9 @@ from sweeps.tracking import (
 # --fuse when not given, on GPUs: where bench/bench_fused.py showed fusing beats packed processes
 # (H200, steps as CUDA graphs on both sides, fp32). K = 16: the VAE did 6.2x one trial's
 # trial-epochs per hour and 5.8x four packed processes'; the GAN (members' convolutions side by side
-# on CUDA streams) 1.81x one trial, where four packed processes did 1.01x. Larger groups do a bit
-# more (K = 64: VAE 8.9x, GAN 1.87x) but make Optuna ask for that many configurations at a time.
+# on CUDA streams, the 2026-11-28 round) 1.96x one trial, where four packed processes did 1.00x.
+# Larger groups do a bit more (K = 64: VAE 9.0x, GAN 2.07x) but make Optuna ask for that many
+# configurations at a time, all but the default at random (bench/RESULTS.md, "Fused trials").
 GPU_FUSE = {"vae": 16, "gan": 16}
 DEFAULT_EPOCHS, DEFAULT_GRACE_PERIOD = 10, 1
 # --epochs and --grace-period of a GAN sweep on GPUs: bench/gan_curve.py on an H200 (bench/RESULTS.md)
