@@ -121,9 +121,11 @@ def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(
 def test_repeated_rows_keep_every_repeat_and_their_median(tmp_path, data_dir):
     """On a shared machine one timing of a row moves by 10-25%: --repeats times every row again,
     in turns, and keeps each row's median (the JSON keeps every repeat)."""
-    out = tmp_path / "rows.json"
-    done = run_fused_benchmark(out, data_dir, "--members", "2", "--repeats", "2")
+    out, picture = tmp_path / "rows.json", tmp_path / "rows.png"
+    done = run_fused_benchmark(out, data_dir, "--members", "2", "--repeats", "2", "--plot",
+                               str(picture))
     assert done.returncode == 0, done.stderr
+    assert picture.stat().st_size > 10_000 and f"wrote {picture}" in done.stdout
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["unfused x1", "fused K=2"]
     for row in rows:
