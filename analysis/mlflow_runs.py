@@ -12,6 +12,7 @@ from genmodels.names import (
     FAILED,
     FAILURE_TAG,
     FINISHED,
+    GROUP_TAG,
     MODEL_TAG,
     PARENT_RUN_TAG,
     STATUS_TAG,
@@ -69,12 +70,14 @@ def mlflow_status(run) -> str:
     return tag if tag in STATUSES else FINISHED
 
 
-def trial_folder(trial_dir: str | None, sweep_dir: str | None) -> str | None:
-    """Where the trial's files are kept: Ray's `ray.trial_dir` is the trial's working folder on its
-    node (a temporary session folder when storage is local), synced to `<sweep_dir>/<its name>`."""
+def trial_folder(trial_dir: str | None, sweep_dir: str | None, group: str | None = None) -> str | None:
+    """Where the trial's files are kept: `<sweep_dir>/<its name>`, or for a fused member
+    `<sweep_dir>/<its group's folder>/<member>`. (Runs of older sweeps hold Ray's `ray.trial_dir`,
+    the trial's working folder on its node, synced to the sweep's folder under the same name.)"""
     if trial_dir is None or sweep_dir is None:
         return trial_dir
-    return f"{sweep_dir.rstrip('/')}/{Path(trial_dir).name}"
+    name = Path(trial_dir).name
+    return f"{sweep_dir.rstrip('/')}/{f'{group}/{name}' if group else name}"
 
 
 def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialRecord:
@@ -93,7 +96,7 @@ def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialReco
         trial_id=tags.get(TRIAL_ID_TAG, run.info.run_id), status=mlflow_status(run),
         config={k: parse_param(params[k]) for k in searched_keys(model, params)},
         history=[epochs[e] for e in sorted(epochs)],
-        figures_dir=trial_folder(tags.get(TRIAL_DIR_TAG), sweep_dir),
+        figures_dir=trial_folder(tags.get(TRIAL_DIR_TAG), sweep_dir, tags.get(GROUP_TAG)),
         run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None, test=test)
 
 

@@ -3,7 +3,7 @@
     gensweep-rank --results runs/sweeps/vae-sweep                    # the installed command
     python analysis/rank.py --results runs/sweeps/vae-sweep          # Ray Tune's results folder
     python analysis/rank.py --experiment gan-sweep                   # MLflow (./mlflow.db by default)
-    python analysis/rank.py --experiment gan-sweep --metric inception_score --log-to-mlflow
+    python analysis/rank.py --experiment gan-sweep --metric val_inception_score --log-to-mlflow
 
 Prints the top trials, writes the full ranked table as CSV and a report folder (figures and
 report.html; see analysis/report.py), by default `reports/<sweep name>/`. With --log-to-mlflow the
@@ -13,6 +13,7 @@ report is attached to the sweep's parent run under `analysis/`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,8 +34,9 @@ ARTIFACT_DIR = "analysis"  # where the report lands in the parent run's artifact
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python analysis/rank.py", description=(
-        "Rank a sweep's trials (VAE by test_elbo, GAN by fcd unless --metric says otherwise) and "
-        "write the ranked CSV and a report with plots."))
+        "Rank a sweep's trials by the objective it optimized on the validation split (VAE "
+        "val_elbo, GAN val_fcd unless the sweep or --metric says otherwise) and write the ranked "
+        "CSV and a report with plots."))
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment: the sweep's --name")
     source.add_argument("--results", help="Ray Tune results folder: <--storage-path>/<--name>, "
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from analysis.report import write_report  # matplotlib and Optuna only once the data is read
+
+    # A sample grid kept only in MLflow is fetched with a progress bar per file: noise in this
+    # command's printout (set the variable to true to see them).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     out = Path(args.out or Path(REPORTS_DIR) / sweep.name)
     print(f"{sweep.name} ({sweep.model}): {len(ranked)} trials ranked by {sweep.metric} "

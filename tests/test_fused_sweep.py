@@ -92,6 +92,11 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     assert len(from_ray) == len(from_mlflow) == 3
     assert set(from_ray["trial_id"]) == set(from_mlflow["trial_id"])
     assert set(from_ray["status"]) == {"finished"}
+    # Each member's folder, <group>/<member>, whichever source the table came from
+    folders_seen = from_ray.set_index("trial_id")["figures_dir"]
+    pd.testing.assert_series_equal(folders_seen, from_mlflow.set_index("trial_id")["figures_dir"][
+        folders_seen.index])
+    assert {Path(f) for f in folders_seen} == {f.resolve() for f in folders}
     # The best two by val_elbo, and only they, were measured on the test split, once, at the end:
     # the same numbers in their folders, their MLflow runs and the parent's leaderboard.
     for table in (from_ray, from_mlflow):
