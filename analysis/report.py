@@ -334,7 +334,8 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
         at_once = options.get("max_concurrent")
         fuse = options.get("fuse") or 1
         split = budget_split(num, not defaults.empty, startup, at_once or 1, fuse)
-        unit = "configurations" if fuse == 1 else f"configurations in groups of {fuse}"
+        unit = ("configurations" if fuse == 1 else "configurations in one group" if num <= fuse
+                else f"configurations in groups of {fuse}")
         ran = (f"{at_once} {'trials' if fuse == 1 else 'groups'} ran at once" if at_once else
                f"as many ran at once as fit, so more than {split.random} may have started at random")
         notes.append(

@@ -208,10 +208,14 @@ def search_line(plan) -> str:
         skipped = (" The default configuration is not run first: "
                    + "; ".join(outside_space(plan.model, plan.space)) + " of the search space.")
     startup = startup_trials(a.num_samples)
+    # Never more units (trials, or groups of at most --fuse) than the sweep has configurations for
+    size = min(a.fuse, a.num_samples)
     at_once = trials_at_once(a)
+    if at_once:
+        at_once = min(at_once, -(-a.num_samples // size))
     split = budget_split(a.num_samples, default_first, startup, at_once or 1, a.fuse)
     unit = "trial" if a.fuse == 1 else "group"
-    unit = (f"{unit}s" if at_once != 1 else unit) + ("" if a.fuse == 1 else f" of {a.fuse}")
+    unit = (f"{unit}s" if at_once != 1 else unit) + ("" if a.fuse == 1 else f" of {size}")
     ran = f"{at_once} {unit} at once" if at_once else f"more when {unit} run at once"
     return (f"Optuna TPE (seed {a.seed}): {split.describe()} (random until {startup} "
             f"configurations have ended; {ran}).{skipped}")

@@ -215,6 +215,9 @@ def test_the_setup_line_says_how_the_budget_is_searched(tmp_path):
     assert line(["--max-concurrent", "1"]) == (
         "Optuna TPE (seed 0): trial 1 the default, 3 random start-up, 12 guided (random until 4 "
         "configurations have ended; 1 trial at once).")
+    # never more at once than the sweep's configurations fill (here one group, of 2, not of 4)
+    assert line(["--fuse", "4", "--num-samples", "2"]).endswith(
+        "(random until 2 configurations have ended; 1 group of 2 at once).")
     assert line(["--max-concurrent", "1", "--no-default-first"]).startswith(
         "Optuna TPE (seed 0): 4 random start-up, 12 guided")
     moved = tmp_path / "space.yaml"
