@@ -17,6 +17,7 @@ any choice.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def ranked_trials(experiment: Path, model: str, metric: str, mode: str) -> pd.Da
     return rank_trials(sweep.trials, metric, mode)
 
 
+def measured_at(folder: Path) -> int | None:
+    """The epoch at which the trial in `folder` was measured on the test split, if it was."""
+    try:
+        return json.loads((folder / TEST_METRICS_FILE).read_text()).get("epoch")
+    except (OSError, ValueError):
+        return None
+
+
 def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: int, data,
                    settings: dict, scorer=None, fetch=None, store=None) -> pd.DataFrame:
     """Rank the sweep's trials by `metric` and measure the best `top` usable ones on the test
@@ -61,6 +70,10 @@ def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: in
     train_cfg = TrainConfig(**settings)
     for index, row in chosen.iterrows():
         folder = Path(row["figures_dir"])
+        if measured_at(folder) == int(row["epochs"]):
+            # Already measured at this trial's last epoch (a finished sweep run again with
+            # --resume): once is the rule, and its numbers are in `ranked` from that file.
+            continue
         if fetch is not None:
             fetch(folder)
         path = final_model(folder)
@@ -130,6 +143,9 @@ def log_test_numbers(tracking, ranked: pd.DataFrame) -> None:
         if run_id is None:
             continue
         step = int(row["epochs"])
+        logged = retry(lambda r=run_id: client.get_run(r)).data.metrics
+        # Each number once: a finished sweep run again with --resume logs nothing twice
         metrics = [Metric(name, float(row[name]), now, step) for name in tested
-                   if pd.notna(row[name])]
-        retry(lambda r=run_id, m=metrics: client.log_batch(r, metrics=m))
+                   if pd.notna(row[name]) and logged.get(name) != float(row[name])]
+        if metrics:
+            retry(lambda r=run_id, m=metrics: client.log_batch(r, metrics=m))

@@ -112,6 +112,20 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     assert len(first) == 1 and is_default_config(first.iloc[0], "vae")
     assert from_ray.apply(is_default_config, axis=1, model="vae").sum() == 1
 
+    # A finished sweep run again with --resume measures nothing twice and logs nothing twice.
+    tested = {f: f.stat().st_mtime_ns for f in tmp_path.glob("fused/train_group*/m*/test_metrics.json")}
+    assert len(tested) == 2
+    again = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
+         "--storage-path", str(tmp_path), "--name", "fused", "--resume"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {f: f.stat().st_mtime_ns for f in tested} == tested
+    for run_id in members["run_id"]:
+        assert [m.step for m in client.get_metric_history(run_id, "test_elbo")] in ([], [2])
+    (parent,) = runs[runs[f"tags.{GROUP_TAG}"].isna()].run_id
+    assert len(client.get_metric_history(parent, "best_test_elbo")) == 1
+
 
 def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
     from sweeps.runner import parse_options
