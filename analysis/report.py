@@ -31,7 +31,7 @@ from matplotlib.ticker import NullFormatter
 from analysis.load import Sweep
 from analysis.ranking import USABLE, rank_trials, summary_columns
 from analysis.ray_folder import local_trial_folder
-from sweeps.search_space import budget_split, is_default_config, startup_trials
+from sweeps.search_space import budget_split, is_default_config, startup_trials, units_at_once
 
 DPI = 110
 TOP_CURVES = 5  # learning curves drawn
@@ -331,12 +331,15 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
     if isinstance(num, int) and num > 0:
         sized = "no_default_first" in options  # sweeps since the default ran first
         startup = startup_trials(num) if sized else OPTUNA_STARTUP
-        at_once = options.get("max_concurrent")
         fuse = options.get("fuse") or 1
+        at_once = options.get("max_concurrent")
+        if at_once:
+            at_once = units_at_once(at_once, num, fuse)
         split = budget_split(num, not defaults.empty, startup, at_once or 1, fuse)
         unit = ("configurations" if fuse == 1 else "configurations in one group" if num <= fuse
                 else f"configurations in groups of {fuse}")
-        ran = (f"{at_once} {'trials' if fuse == 1 else 'groups'} ran at once" if at_once else
+        units = ("trial" if fuse == 1 else "group") + ("" if at_once == 1 else "s")
+        ran = (f"{at_once} {units} ran at once" if at_once else
                f"as many ran at once as fit, so more than {split.random} may have started at random")
         notes.append(
             f"Search budget: {num} {unit}: {split.describe()}; {split.default + split.random} of "

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 
 from genmodels.names import MEMBER_IDS_KEY, MEMBERS_KEY
-from sweeps.search_space import budget_split, default_point, outside_space, startup_trials
+from sweeps.search_space import (
+    budget_split,
+    default_point,
+    outside_space,
+    startup_trials,
+    units_at_once,
+)
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic", "py.warnings")
 SUMMARY_EVERY_SECONDS = 30
@@ -208,11 +214,10 @@ def search_line(plan) -> str:
         skipped = (" The default configuration is not run first: "
                    + "; ".join(outside_space(plan.model, plan.space)) + " of the search space.")
     startup = startup_trials(a.num_samples)
-    # Never more units (trials, or groups of at most --fuse) than the sweep has configurations for
-    size = min(a.fuse, a.num_samples)
+    size = min(a.fuse, a.num_samples)  # a group never larger than the sweep
     at_once = trials_at_once(a)
     if at_once:
-        at_once = min(at_once, -(-a.num_samples // size))
+        at_once = units_at_once(at_once, a.num_samples, a.fuse)
     split = budget_split(a.num_samples, default_first, startup, at_once or 1, a.fuse)
     unit = "trial" if a.fuse == 1 else "group"
     unit = (f"{unit}s" if at_once != 1 else unit) + ("" if a.fuse == 1 else f" of {size}")

@@ -132,7 +132,7 @@ def log_test_numbers(tracking, ranked: pd.DataFrame) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from trainables.tracking import find_trial_run, retry
+    from trainables.tracking import find_trial_run, not_yet_logged, retry
 
     client = MlflowClient(tracking.uri)
     tested = [c for c in ranked if c.startswith("test_")]
@@ -143,9 +143,8 @@ def log_test_numbers(tracking, ranked: pd.DataFrame) -> None:
         if run_id is None:
             continue
         step = int(row["epochs"])
-        logged = retry(lambda r=run_id: client.get_run(r)).data.metrics
-        # Each number once: a finished sweep run again with --resume logs nothing twice
-        metrics = [Metric(name, float(row[name]), now, step) for name in tested
-                   if pd.notna(row[name]) and logged.get(name) != float(row[name])]
+        values = not_yet_logged(client, run_id, {name: float(row[name]) for name in tested
+                                                 if pd.notna(row[name])})
+        metrics = [Metric(name, value, now, step) for name, value in values.items()]
         if metrics:
             retry(lambda r=run_id, m=metrics: client.log_batch(r, metrics=m))

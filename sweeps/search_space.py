@@ -146,6 +146,12 @@ class BudgetSplit:
         return ", ".join(parts)
 
 
+def units_at_once(at_once: int, num_samples: int, group_size: int = 1) -> int:
+    """Trials (or fused groups of at most `group_size`) running together: `at_once`, but never
+    more than the sweep's `num_samples` configurations fill."""
+    return min(at_once, -(-num_samples // min(group_size, num_samples)))
+
+
 def budget_split(num_samples: int, default_first: bool, startup: int, at_once: int = 1,
                  group_size: int = 1) -> BudgetSplit:
     """The split of `num_samples` configurations, derived from TPE's start-up count.

@@ -37,7 +37,7 @@ from genmodels.names import (
     SWEEP_DIR_TAG,
     UNFINISHED,
 )
-from trainables.tracking import SweepRecords, retry
+from trainables.tracking import SweepRecords, not_yet_logged, retry
 
 REACH_TIMEOUT_SECONDS = 5
 SWEEP_NOTE = (
@@ -163,10 +163,9 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
                 retry(lambda: client.log_artifact(parent, str(path)))
             if leaderboard is not None and not leaderboard.empty:
                 top = leaderboard.iloc[0]  # the best by the validation objective
-                logged = retry(lambda: client.get_run(parent)).data.metrics
-                tested = {f"best_{c}": float(top[c]) for c in leaderboard
-                          if c.startswith("test_") and pd.notna(top[c])
-                          and logged.get(f"best_{c}") != float(top[c])}  # each number once
+                tested = not_yet_logged(client, parent, {
+                    f"best_{c}": float(top[c]) for c in leaderboard
+                    if c.startswith("test_") and pd.notna(top[c])})
                 if tested:  # MlflowClient has no log_metrics (that is the fluent API): one batch
                     now = int(pd.Timestamp.now().timestamp() * 1000)
                     batch = [Metric(k, v, now, 0) for k, v in tested.items()]

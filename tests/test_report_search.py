@@ -63,9 +63,11 @@ def test_the_report_says_how_much_of_the_budget_was_random_and_how_the_default_d
     assert "so more than 3 may have started at random" in unknown
     fused = search_notes(ranked, METRIC, MODE, "vae", {**OPTIONS, "fuse": 4})[0]
     assert fused.startswith("Search budget: 16 configurations in groups of 4: trial 1 the default")
-    one_group = search_notes(ranked, METRIC, MODE, "vae", {**OPTIONS, "fuse": 16})[0]
+    one_group = search_notes(ranked, METRIC, MODE, "vae", {**OPTIONS, "fuse": 16,
+                                                           "max_concurrent": 2})[0]
     assert one_group.startswith("Search budget: 16 configurations in one group: trial 1 the "
                                 "default, 15 random start-up, 0 guided")
+    assert "and 1 group ran at once" in one_group  # not more than the configurations fill
 
 
 def test_a_sweep_from_before_the_sized_start_up_reads_as_optunas_ten():

@@ -74,6 +74,13 @@ class SweepRecords:
     experiment_dir: str  # the sweep's folder in Ray's storage
 
 
+def not_yet_logged(client: MlflowClient, run_id: str, values: dict[str, float]) -> dict[str, float]:
+    """`values` less those the run already holds with the same value: a step run again (a finished
+    sweep resumed) logs no number twice."""
+    logged = retry(lambda: client.get_run(run_id)).data.metrics
+    return {name: value for name, value in values.items() if logged.get(name) != value}
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str,
                    parent_run_id: str | None = None) -> str | None:
     """The trial's run, under the sweep's parent run when given: a copied sweep folder resumed
