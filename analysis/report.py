@@ -332,7 +332,8 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
         sized = "no_default_first" in options  # sweeps since the default ran first
         startup = startup_trials(num) if sized else OPTUNA_STARTUP
         fuse = options.get("fuse") or 1
-        at_once = options.get("max_concurrent")
+        # what the sweep ran at once: recorded since 2026-11-28 (at_once); before, --max-concurrent
+        at_once = options.get("at_once") or options.get("max_concurrent")
         if at_once:
             at_once = units_at_once(at_once, num, fuse)
         split = budget_split(num, not defaults.empty, startup, at_once or 1, fuse)

@@ -68,7 +68,7 @@ MODEL_FIGURES = {"vae": ("final_samples", "samples_across_epochs", "real_vs_reco
                  "gan": ("final_samples", "samples_across_epochs", "real_vs_generated")}
 # sweep options shown on the page, in this order (the rest stays in gensweep_options.json)
 SHOWN_OPTIONS = ("dataset", "epochs", "batch_size", "train_subset", "val_fraction", "num_samples",
-                 "scheduler", "grace_period", "max_concurrent", "cpus_per_trial", "seed", "metric",
+                 "scheduler", "grace_period", "max_concurrent", "at_once", "cpus_per_trial", "seed", "metric",
                  "space", "fuse", "test_top")
 
 

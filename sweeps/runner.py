@@ -590,12 +590,14 @@ def _run(model: str, argv: list[str] | None) -> int:
     try:
         start_ray(plan.args.address)
         resources = check_resources(plan.args)
+        at_once = plan.args.max_concurrent or trials_the_cluster_holds(plan.args)
+        if not plan.args.resume:  # kept with the options: the report derives TPE's random share from it
+            plan.args.at_once = at_once
         if plan.local and lock is None:
             lock = lock_sweep(Path(plan.experiment))
         save_options(plan)
         data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
-        at_once = plan.args.max_concurrent or trials_the_cluster_holds(plan.args)
         tuner = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
         results = fit(plan, tuner, tracking, stop)
         if results is None:

@@ -14,7 +14,8 @@ import pytest
 from conftest import mlflow_runs
 
 from analysis import load_trials, rank_trials
-from genmodels.names import GROUP_TAG, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY
+from analysis.report import search_notes
+from genmodels.names import GROUP_TAG, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, OPTIONS_FILE
 from sweeps.fused_search import FusedOptunaSearch
 from sweeps.search_space import SPACES, is_default_config
 
@@ -186,6 +187,15 @@ def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_p
     ranked = rank_trials(load_trials(results=tmp_path / "fused-gan")).set_index("trial_id")
     assert len(ranked) == 2 and ranked["val_fcd"].notna().all()
     assert ranked["test_fcd"].notna().tolist() == [True, False]  # the best by val_fcd only
+
+    # Without --max-concurrent the sweep ran as many groups as the machine held; it keeps that
+    # number, so the report's account of the search is exact rather than a hedge.
+    options = json.loads((tmp_path / "fused-gan" / OPTIONS_FILE).read_text())
+    assert options["max_concurrent"] is None and options["at_once"] >= 1
+    budget = search_notes(ranked.reset_index(), "val_fcd", "min", "gan", options)[0]
+    assert budget.startswith("Search budget: 2 configurations in one group: trial 1 the default, "
+                             "1 random start-up, 0 guided")
+    assert "and 1 group ran at once" in budget
 
 
 @pytest.mark.slow

@@ -61,6 +61,9 @@ def test_the_report_says_how_much_of_the_budget_was_random_and_how_the_default_d
     assert "trial 1 the default, 4 random start-up, 11 guided" in two_at_once
     unknown = search_notes(ranked, METRIC, MODE, "vae", {**OPTIONS, "max_concurrent": None})[0]
     assert "so more than 3 may have started at random" in unknown
+    recorded = search_notes(ranked, METRIC, MODE, "vae",  # what the sweep ran at once, kept since
+                            {**OPTIONS, "max_concurrent": None, "at_once": 2})[0]
+    assert "4 random start-up, 11 guided" in recorded and "and 2 trials ran at once" in recorded
     fused = search_notes(ranked, METRIC, MODE, "vae", {**OPTIONS, "fuse": 4})[0]
     assert fused.startswith("Search budget: 16 configurations in groups of 4: trial 1 the default")
     one_group = search_notes(ranked, METRIC, MODE, "vae", {**OPTIONS, "fuse": 16,
