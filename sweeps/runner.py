@@ -241,6 +241,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     if args.train_subset is not None and args.train_subset < 1:
         raise SweepError(f"--train-subset must be a positive integer, got {args.train_subset}")
+    val_fraction = getattr(args, "val_fraction", TrainConfig.val_fraction)  # (absent: older sweeps)
+    if not 0 < val_fraction < 1:
+        raise SweepError(f"--val-fraction is the share of training images held out for validation, "
+                         f"between 0 and 1 (exclusive), got {val_fraction}")
     if getattr(args, "test_top", 0) < 0:
         raise SweepError(f"--test-top must be 0 (none) or more, got {args.test_top}")
     if getattr(args, "fused_layout", "auto") != "auto" and args.fuse == 1:

@@ -164,6 +164,7 @@ def test_trials_draw_their_end_of_run_figures_at_tunes_asha_rungs():
 BAD_OPTIONS = [
     (["--space", "SPACE", "--print-space"], "must be below"),
     (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--val-fraction", "1"], "--val-fraction is the share"),
     (["--gpus-per-trial", "1.5"], "--gpus-per-trial"),
     (["--data-dir", "MISSING"], "train-images-idx3-ubyte"),
 ]
