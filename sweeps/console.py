@@ -139,7 +139,7 @@ class Progress:
             self.event(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")
         else:
             self.done[trial_id] = "finished"
-            self.event(f"{trial_id} finished   after {epochs_done} epochs")
+            self.event(f"{trial_id} finished   after {epochs_done} epoch{'' if epochs_done == 1 else 's'}")
 
     def maybe_summary(self) -> None:
         since = self.now() - self.last_summary
@@ -178,7 +178,8 @@ def setup_lines(plan) -> str:
     scheduler = (f"ASHA (grace {a.grace_period} epoch(s), max {a.epochs})" if a.scheduler == "asha"
                  else "FIFO (every trial runs all epochs)")
     lines = [
-        f"sweep      {a.name}: {a.num_samples} {plan.model.upper()} trials x {a.epochs} epochs, "
+        f"sweep      {a.name}: {a.num_samples} {plan.model.upper()} trials x {a.epochs} "
+        f"epoch{'' if a.epochs == 1 else 's'}, "
         f"{at_once} at once, {a.cpus_per_trial:g} CPU / {a.gpus_per_trial:g} GPU each"
         + (" (--smoke)" if a.smoke else ""),
         f"objective  {a.metric} ({'higher' if plan.mode == 'max' else 'lower'} is better), "
