@@ -51,6 +51,23 @@ class ConsoleCallback(tune.Callback):
 
     def __init__(self, progress: Progress):
         self.progress = progress
+        self.looked_back = False  # pickled with the Tuner as False: a --resume looks back once
+
+    def on_step_begin(self, iteration, trials, **info):
+        self.look_back(trials)
+
+    def look_back(self, trials) -> None:
+        """On a --resume, Tune restores the trials that had ended, with no event for them."""
+        if self.looked_back:
+            return
+        self.looked_back = True
+        for trial in trials:
+            if trial.status in (trial.TERMINATED, trial.ERROR):
+                epochs = (trial.last_result or {}).get("training_iteration", 0)
+                reason = (reason_of(getattr(trial, "error_file", None))
+                          if trial.status == trial.ERROR else None)
+                best = trial.metric_analysis.get(self.progress.metric, {}).get(self.progress.mode)
+                self.progress.ended_before(trial.trial_id, epochs, reason, best)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.progress.started(trial.trial_id, trial.config)
@@ -73,6 +90,7 @@ class ConsoleCallback(tune.Callback):
         self.progress.maybe_summary()
 
     def on_experiment_end(self, trials, **info):
+        self.look_back(trials)  # a finished sweep resumed: Tune takes no step
         self.progress.summary()
 
 

@@ -89,12 +89,14 @@ class Progress:
         self.retried: set[str] = set()  # trials Tune restarted after a failure (--max-failures)
         self.best: tuple[float, str] | None = None  # (value, trial id)
         self.events_since_summary = 0
+        self.done_before = 0  # trials that had ended before this --resume: not in the time estimate
 
     def __setstate__(self, state: dict) -> None:
         """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
         process, whose clock starts now."""
         self.__dict__.update(state)
         self.__dict__.setdefault("retried", set())  # a sweep saved by an older gensweep
+        self.__dict__.setdefault("done_before", 0)
         self.started_at = self.last_summary = self.now()
 
     def say(self, text: str) -> None:
@@ -121,25 +123,40 @@ class Progress:
         value = result.get(self.metric)
         shown = f"{self.metric} {value:.4g}" if isinstance(value, (int, float)) else "no score"
         self.event(f"{trial_id} epoch {epoch}/{self.epochs}  {shown}")
+        self.consider(value, trial_id)
+
+    def consider(self, value, trial_id: str) -> None:
+        """Keep `value` as the best so far if it is."""
         if isinstance(value, (int, float)) and math.isfinite(value):
             better = self.best is None or (value > self.best[0] if self.mode == "max"
                                            else value < self.best[0])
             if better:
                 self.best = (value, trial_id)
 
-    def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
-        self.running.discard(trial_id)
+    def outcome(self, epochs_done: int, reason: str | None) -> str:
         if reason is not None:
             # TrainingDiverged, or TrialDivergedBefore for a diverged trial's retry
-            outcome = "diverged" if "Diverged" in reason else "failed"
-            self.done[trial_id] = outcome
+            return "diverged" if "Diverged" in reason else "failed"
+        return "stopped_early" if epochs_done < self.epochs else "finished"
+
+    def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
+        self.running.discard(trial_id)
+        outcome = self.done[trial_id] = self.outcome(epochs_done, reason)
+        if reason is not None:
             self.event(f"{trial_id} {outcome:<10} {reason[:REASON_CHARS]}")
-        elif epochs_done < self.epochs:
-            self.done[trial_id] = "stopped_early"
+        elif outcome == "stopped_early":
             self.event(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")
         else:
-            self.done[trial_id] = "finished"
             self.event(f"{trial_id} finished   after {epochs_done} epoch{'' if epochs_done == 1 else 's'}")
+
+    def ended_before(self, trial_id: str, epochs_done: int, reason: str | None, best) -> None:
+        """A trial that had ended before this --resume (the run that ran it printed its lines): it
+        counts as done, and its best value as a candidate for the best so far, without a line."""
+        if trial_id in self.done:
+            return
+        self.done[trial_id] = self.outcome(epochs_done, reason)
+        self.done_before += 1
+        self.consider(best, trial_id)
 
     def maybe_summary(self) -> None:
         since = self.now() - self.last_summary
@@ -154,9 +171,11 @@ class Progress:
         pending = max(0, self.num_trials - done - len(self.running))
         best = (f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})" if self.best
                 else f"no {self.metric} yet")
-        # Trials so far took elapsed / done each, in parallel slots: a rough but honest estimate.
-        left = f"~{clock(elapsed / done * (self.num_trials - done))} left" if 0 < done < \
-            self.num_trials else ("done" if done >= self.num_trials else "? left")
+        # Trials ended in this run took elapsed / ended each, in parallel slots: a rough but honest
+        # estimate (those that had ended before a --resume took none of this run's time).
+        ended = done - self.done_before
+        left = f"~{clock(elapsed / ended * (self.num_trials - done))} left" if 0 < ended and \
+            done < self.num_trials else ("done" if done >= self.num_trials else "? left")
         self.say(f"{done} done, {len(self.running)} running, {pending} pending; {best}; "
                  f"{clock(elapsed)} elapsed, {left}")
 

@@ -117,6 +117,24 @@ def test_console_lines_follow_the_trials():
     assert lines[-1] == "3 done, 0 running, 0 pending; best fcd 30 (t1); 06:20 elapsed, done"
 
 
+def test_console_counts_the_trials_that_ended_before_a_resume_without_a_line_for_them():
+    lines, clock_now = [], [0.0]
+    progress = Progress(num_trials=4, epochs=2, metric="fcd", mode="min", now=lambda: clock_now[0])
+    progress.say = lines.append
+    progress.ended_before("t1", 2, None, best=30.0)
+    progress.ended_before("t2", 1, "TrainingDiverged: training diverged at epoch 1", best=None)
+    progress.ended_before("t1", 2, None, best=30.0)  # seen once
+    progress.started("t3", {"lr": 0.1})
+    clock_now[0] = 60.0
+    progress.epoch("t3", 2, {"fcd": 40.0})
+    progress.ended("t3", 2)
+    progress.summary()
+    assert progress.done == {"t1": "finished", "t2": "diverged", "t3": "finished"}
+    # the best is the earlier trial's; the estimate counts only the trial that ended in this run
+    assert lines[-1] == "3 done, 0 running, 1 pending; best fcd 30 (t1); 01:00 elapsed, ~01:00 left"
+    assert not any(line.startswith(("t1", "t2")) for line in lines)
+
+
 def test_console_says_when_a_trial_is_retried():
     lines = []
     progress = Progress(num_trials=1, epochs=3, metric="elbo", mode="max", now=lambda: 0.0)
