@@ -148,7 +148,7 @@ def plan_repeats(results: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAU
                               if is_default_row(r, sweep.model)), None)
         configurations.append((DEFAULT_LABEL, default_trial, default_values(sweep.model)))
     default_was_trial = any(is_default_row(r, sweep.model) for _, r in ranked.iterrows())
-    from sweeps.runner import train_settings  # the sweep's own TrainConfig fields, checked
+    from sweeps.options import train_settings  # the sweep's own TrainConfig fields, checked
 
     settings = train_settings(argparse.Namespace(**options))
     first = int(options.get("seed", 0)) + 1

@@ -10,7 +10,7 @@
 # (part 3), now made in deterministic arithmetic.
 # If part 0 passes and members still beats streams: make it the CUDA default
 # (genmodels/fused/tasks.py::default_conv_layout, test_the_fused_gan_layout_follows_the_measurements,
-# README) and drop the GPU refusal in sweeps/runner.py::check_options; if part 0 passes only, drop
+# README) and drop the GPU refusal in sweeps/options.py::check_options; if part 0 passes only, drop
 # the refusal. From the repository root (build .gpu as bench/gpu_setup.sh says):
 #
 #     bash bench/gpu_members_fix.sh OUT             # on the GPU, carry .gpu

@@ -131,7 +131,7 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
 
 
 def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
-    from sweeps.runner import parse_options
+    from sweeps.options import parse_options
 
     for model in ("vae", "gan"):
         assert parse_options(model, ["--gpus-per-trial", "1"]).fuse == 16
@@ -140,7 +140,7 @@ def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
 
 
 def test_a_fused_layout_needs_fused_trials():
-    from sweeps.runner import SweepError, parse_options
+    from sweeps.options import SweepError, parse_options
 
     assert parse_options("gan", ["--fuse", "2", "--fused-layout", "members"]).fused_layout == "members"
     assert parse_options("gan", []).fused_layout == "auto"
@@ -149,7 +149,7 @@ def test_a_fused_layout_needs_fused_trials():
 
 
 def test_the_members_layout_is_held_back_on_gpus_until_its_race_fix_is_checked_there():
-    from sweeps.runner import SweepError, parse_options
+    from sweeps.options import SweepError, parse_options
 
     gpu = ["--gpus-per-trial", "0.5", "--fuse", "4"]
     with pytest.raises(SweepError, match="held back on GPUs.*--fused-layout at auto"):

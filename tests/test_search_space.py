@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from sweeps import search_space as spaces
-from sweeps.runner import SweepError, fixed_model_values, parse_options, run
+from sweeps.options import SweepError, fixed_model_values, parse_options
+from sweeps.runner import run
 from sweeps.tuner import to_tune, tune_distribution
 from trainables.trainable import model_config_from_tune
 
@@ -206,7 +207,8 @@ def test_the_budget_split_follows_tpes_start_up(kwargs, split):
 
 def test_the_setup_line_says_how_the_budget_is_searched(tmp_path):
     from sweeps.console import search_line
-    from sweeps.runner import given_options, prepare
+    from sweeps.options import given_options
+    from sweeps.runner import prepare
 
     def line(argv):
         argv = [*argv, "--storage-path", str(tmp_path)]
