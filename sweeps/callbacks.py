@@ -20,6 +20,7 @@ from genmodels.names import (
     FAILED,
     FAILURE_TAG,
     FINISHED,
+    MEMBER_RESULTS_KEY,
     MODEL_TAG,
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
@@ -67,7 +68,8 @@ class ConsoleCallback(tune.Callback):
                 reason = (reason_of(getattr(trial, "error_file", None))
                           if trial.status == trial.ERROR else None)
                 best = trial.metric_analysis.get(self.progress.metric, {}).get(self.progress.mode)
-                self.progress.ended_before(trial.trial_id, epochs, reason, best)
+                members = (trial.last_result or {}).get(MEMBER_RESULTS_KEY)
+                self.progress.ended_before(trial.trial_id, epochs, reason, best, members)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.progress.started(trial.trial_id, trial.config)

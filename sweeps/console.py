@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from genmodels.names import MEMBER_IDS_KEY, MEMBERS_KEY
+from genmodels.names import MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING
 from sweeps.search_space import (
     budget_split,
     default_point,
@@ -77,10 +77,16 @@ def short_config(config: dict) -> str:
 
 
 class Progress:
-    """The sweep's console lines, from trial events; `now` is injectable for tests."""
+    """The sweep's console lines, from trial events; `now` is injectable for tests.
 
-    def __init__(self, num_trials: int, epochs: int, metric: str, mode: str, now=time.monotonic):
+    In a fused sweep (`configurations` given) Tune's trials are groups: the lines also speak of
+    the configurations, each named as the analysis names it, `<group>-<member>`."""
+
+    def __init__(self, num_trials: int, epochs: int, metric: str, mode: str, now=time.monotonic,
+                 configurations: int | None = None):
         self.num_trials, self.epochs, self.metric, self.mode = num_trials, epochs, metric, mode
+        self.configurations = configurations
+        self.members: dict[str, str] = {}  # a fused sweep's <group>-<member> -> its status
         self.now = now
         self.started_at = now()
         self.last_summary = self.started_at
@@ -97,6 +103,8 @@ class Progress:
         self.__dict__.update(state)
         self.__dict__.setdefault("retried", set())  # a sweep saved by an older gensweep
         self.__dict__.setdefault("done_before", 0)
+        self.__dict__.setdefault("configurations", None)
+        self.__dict__.setdefault("members", {})
         self.started_at = self.last_summary = self.now()
 
     def say(self, text: str) -> None:
@@ -120,10 +128,33 @@ class Progress:
         self.event(f"{trial_id} retrying   after {reason[:REASON_CHARS]}")
 
     def epoch(self, trial_id: str, epoch: int, result: dict) -> None:
+        if result.get(MEMBER_RESULTS_KEY):
+            self.group_epoch(trial_id, epoch, result[MEMBER_RESULTS_KEY])
+            return
         value = result.get(self.metric)
         shown = f"{self.metric} {value:.4g}" if isinstance(value, (int, float)) else "no score"
         self.event(f"{trial_id} epoch {epoch}/{self.epochs}  {shown}")
         self.consider(value, trial_id)
+
+    def group_epoch(self, group: str, epoch: int, members: dict) -> None:
+        """A fused group's epoch: the best of the members that trained it, each member a candidate
+        for the best so far under its own trial id."""
+        values = {}
+        for member, result in members.items():
+            self.members[f"{group}-{member}"] = result.get("status", RUNNING)
+            value = result.get(self.metric)
+            if result.get("epoch") == epoch and isinstance(value, (int, float)) and math.isfinite(value):
+                values[f"{group}-{member}"] = value
+        for trial_id, value in values.items():
+            self.consider(value, trial_id)
+        if values:
+            pick = max if self.mode == "max" else min
+            best = pick(values, key=values.get)
+            shown = (f"{self.metric} {values[best]:.4g} ({best}, the best of "
+                     f"{len(values)} member{'' if len(values) == 1 else 's'})")
+        else:
+            shown = "no score"
+        self.event(f"{group} epoch {epoch}/{self.epochs}  {shown}")
 
     def consider(self, value, trial_id: str) -> None:
         """Keep `value` as the best so far if it is."""
@@ -142,21 +173,36 @@ class Progress:
     def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
         self.running.discard(trial_id)
         outcome = self.done[trial_id] = self.outcome(epochs_done, reason)
-        if reason is not None:
+        members = self.member_outcomes(trial_id)
+        if reason is None and members:  # a group: how its configurations ended
+            self.event(f"{trial_id} ended      after epoch {epochs_done}: {members}")
+        elif reason is not None:
             self.event(f"{trial_id} {outcome:<10} {reason[:REASON_CHARS]}")
         elif outcome == "stopped_early":
             self.event(f"{trial_id} stopped early after epoch {epochs_done} (ASHA)")
         else:
             self.event(f"{trial_id} finished   after {epochs_done} epoch{'' if epochs_done == 1 else 's'}")
 
-    def ended_before(self, trial_id: str, epochs_done: int, reason: str | None, best) -> None:
+    def member_outcomes(self, group: str) -> str:
+        """How a group's members stand, e.g. "1 finished, 2 stopped early"; "" for a plain trial."""
+        statuses = [s for name, s in self.members.items() if name.rsplit("-", 1)[0] == group]
+        counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
+        return ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
+
+    def ended_before(self, trial_id: str, epochs_done: int, reason: str | None, best,
+                     members: dict | None = None) -> None:
         """A trial that had ended before this --resume (the run that ran it printed its lines): it
-        counts as done, and its best value as a candidate for the best so far, without a line."""
+        counts as done, and its best value as a candidate for the best so far, without a line. A
+        group's `members` (its last report's) count too, each with its last value."""
         if trial_id in self.done:
             return
         self.done[trial_id] = self.outcome(epochs_done, reason)
         self.done_before += 1
-        self.consider(best, trial_id)
+        if not members:
+            self.consider(best, trial_id)
+        for member, result in (members or {}).items():
+            self.members[f"{trial_id}-{member}"] = result.get("status", RUNNING)
+            self.consider(result.get(self.metric), f"{trial_id}-{member}")
 
     def maybe_summary(self) -> None:
         since = self.now() - self.last_summary
@@ -176,8 +222,11 @@ class Progress:
         ended = done - self.done_before
         left = f"~{clock(elapsed / ended * (self.num_trials - done))} left" if 0 < ended and \
             done < self.num_trials else ("done" if done >= self.num_trials else "? left")
-        self.say(f"{done} done, {len(self.running)} running, {pending} pending; {best}; "
-                 f"{clock(elapsed)} elapsed, {left}")
+        counts = f"{done} done, {len(self.running)} running, {pending} pending"
+        if self.configurations:  # a fused sweep: Tune's trials are groups
+            ended = sum(status != RUNNING for status in self.members.values())
+            counts = f"groups {counts}; {ended} of {self.configurations} configurations ended"
+        self.say(f"{counts}; {best}; {clock(elapsed)} elapsed, {left}")
 
 
 def reason_of(error_file: str | None) -> str:

@@ -99,7 +99,10 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                  if args.scheduler == "asha" else frozenset())
         function = tune.with_parameters(train_trial, rungs=rungs, **inputs)
     trainable = tune.with_resources(function, resources)
-    callbacks = [ConsoleCallback(Progress(tune_trials(args), args.epochs, args.metric, plan.mode)),
+    configurations = args.num_samples if args.fuse > 1 else None
+    progress = Progress(tune_trials(args), args.epochs, args.metric, plan.mode,
+                        configurations=configurations)
+    callbacks = [ConsoleCallback(progress),
                  TrialStatusCallback(tracking, args.epochs, stop)]
     failure = tune.FailureConfig(max_failures=args.max_failures)
     if args.resume:

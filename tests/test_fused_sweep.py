@@ -121,8 +121,11 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
          "--storage-path", str(tmp_path), "--name", "fused", "--resume"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    # Its console counts the two groups as done (it said "0 done, 0 running, 2 pending")
-    assert "] 2 done, 0 running, 0 pending; best val_elbo" in again.stdout
+    # Its console counts the two groups and the three configurations as ended (it said "0 done,
+    # 0 running, 2 pending"), and names the best as the analysis does
+    best = rank_trials(from_ray).iloc[0]
+    assert (f"] groups 2 done, 0 running, 0 pending; 3 of 3 configurations ended; best val_elbo "
+            f"{best['val_elbo']:.4g} ({best['trial_id']})") in again.stdout
     assert {f: f.stat().st_mtime_ns for f in tested} == tested
     for run_id in members["run_id"]:
         assert [m.step for m in client.get_metric_history(run_id, "test_elbo")] in ([], [2])

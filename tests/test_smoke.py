@@ -135,6 +135,33 @@ def test_console_counts_the_trials_that_ended_before_a_resume_without_a_line_for
     assert not any(line.startswith(("t1", "t2")) for line in lines)
 
 
+def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
+    lines = []
+    progress = Progress(num_trials=2, epochs=3, metric="fcd", mode="min", now=lambda: 0.0,
+                        configurations=3)
+    progress.say = lines.append
+    progress.started("g1", {"member_ids": ["m000", "m001"], "members": [{"lr": 0.1}, {"lr": 0.2}]})
+    progress.epoch("g1", 1, {"fcd": 40.0, "member_results": {
+        "m000": {"epoch": 1, "fcd": 50.0, "status": "running"},
+        "m001": {"epoch": 1, "fcd": 40.0, "status": "stopped_early"}}})
+    # epoch 2: m001, stopped after epoch 1, is in the report with its old value; not this epoch's
+    progress.epoch("g1", 2, {"fcd": 40.0, "member_results": {
+        "m000": {"epoch": 2, "fcd": 45.0, "status": "stopped_early"},
+        "m001": {"epoch": 1, "fcd": 40.0, "status": "stopped_early"}}})
+    progress.ended("g1", 2)
+    progress.ended_before("g0", 3, None, best=30.0, members={
+        "m002": {"epoch": 3, "fcd": 35.0, "status": "finished"}})
+    progress.summary()
+    assert lines == [
+        "g1 started    group m000: lr=0.1; m001: lr=0.2",
+        "g1 epoch 1/3  fcd 40 (g1-m001, the best of 2 members)",
+        "g1 epoch 2/3  fcd 45 (g1-m000, the best of 1 member)",
+        "g1 ended      after epoch 2: 2 stopped early",
+        "groups 2 done, 0 running, 0 pending; 3 of 3 configurations ended; best fcd 35 (g0-m002); "
+        "00:00 elapsed, done",
+    ]
+
+
 def test_console_says_when_a_trial_is_retried():
     lines = []
     progress = Progress(num_trials=1, epochs=3, metric="elbo", mode="max", now=lambda: 0.0)
