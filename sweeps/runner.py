@@ -191,9 +191,11 @@ def member_table(results, metric: str, mode: str, space: dict) -> str:
     rows = []
     for result in results:
         config, members = result.config or {}, (result.metrics or {}).get(RESULTS_KEY) or {}
+        group = (result.metrics or {}).get("trial_id")
         for member, values in zip(config.get(IDS_KEY, []), config.get(MEMBERS_KEY, [])):
             final = members.get(member, {})
-            rows.append({"member": member, **{k: values.get(k) for k in space},
+            rows.append({"trial_id": f"{group}-{member}",  # as the analysis and MLflow name it
+                         **{k: values.get(k) for k in space},
                          metric: final.get(metric), "epochs": final.get("epoch"),
                          "status": final.get("status", "failed")})
     if not rows:

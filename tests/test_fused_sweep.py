@@ -93,6 +93,9 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     assert len(from_ray) == len(from_mlflow) == 3
     assert set(from_ray["trial_id"]) == set(from_mlflow["trial_id"])
     assert set(from_ray["status"]) == {"finished"}
+    # ... and the sweep's final table names them as they do, <group>-<member>
+    final_table = run.stdout.split("best trials by val_elbo")[1]
+    assert all(trial_id in final_table for trial_id in from_ray["trial_id"])
     # Each member's folder, <group>/<member>, whichever source the table came from
     folders_seen = from_ray.set_index("trial_id")["figures_dir"]
     pd.testing.assert_series_equal(folders_seen, from_mlflow.set_index("trial_id")["figures_dir"][
