@@ -52,7 +52,7 @@ class ConsoleCallback(tune.Callback):
 
     def __init__(self, progress: Progress):
         self.progress = progress
-        self.looked_back = False  # pickled with the Tuner as False: a --resume looks back once
+        self.looked_back = False  # (a --resume gets fresh callbacks: sweeps/tuner.py, resume_settings)
 
     def on_step_begin(self, iteration, trials, **info):
         self.look_back(trials)

@@ -102,9 +102,6 @@ class Progress:
         process, whose clock starts now."""
         self.__dict__.update(state)
         self.__dict__.setdefault("retried", set())  # a sweep saved by an older gensweep
-        self.__dict__.setdefault("done_before", 0)
-        self.__dict__.setdefault("configurations", None)
-        self.__dict__.setdefault("members", {})
         self.started_at = self.last_summary = self.now()
 
     def say(self, text: str) -> None:
