@@ -69,9 +69,6 @@ def clock(seconds: float) -> str:
 
 
 def short_config(config: dict) -> str:
-    if MEMBER_IDS_KEY in config:  # a fused group: its members, each as its own short config
-        return "group " + "; ".join(f"{i}: {short_config(c)}" for i, c in
-                                   zip(config[MEMBER_IDS_KEY], config[MEMBERS_KEY]))
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in config.items())
 
@@ -115,6 +112,9 @@ class Progress:
         self.running.add(trial_id)
         if trial_id in self.retried:
             self.event(f"{trial_id} restarted  from its last checkpoint")
+        elif MEMBER_IDS_KEY in config:  # a fused group: a line per configuration, named as a trial
+            for member, values in zip(config[MEMBER_IDS_KEY], config[MEMBERS_KEY]):
+                self.event(f"{trial_id}-{member} started    {short_config(values)}")
         else:
             self.event(f"{trial_id} started    {short_config(config)}")
 

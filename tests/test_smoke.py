@@ -153,7 +153,8 @@ def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
         "m002": {"epoch": 3, "fcd": 35.0, "status": "finished"}})
     progress.summary()
     assert lines == [
-        "g1 started    group m000: lr=0.1; m001: lr=0.2",
+        "g1-m000 started    lr=0.1",
+        "g1-m001 started    lr=0.2",
         "g1 epoch 1/3  fcd 40 (g1-m001, the best of 2 members)",
         "g1 epoch 2/3  fcd 45 (g1-m000, the best of 1 member)",
         "g1 ended      after epoch 2: 2 stopped early",
