@@ -170,6 +170,9 @@ class Progress:
     def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
         self.running.discard(trial_id)
         outcome = self.done[trial_id] = self.outcome(epochs_done, reason)
+        for name, status in self.members.items():  # a group that failed: its members with it
+            if status == RUNNING and name.rsplit("-", 1)[0] == trial_id:
+                self.members[name] = outcome
         members = self.member_outcomes(trial_id)
         if reason is None and members:  # a group: how its configurations ended
             self.event(f"{trial_id} ended      after epoch {epochs_done}: {members}")

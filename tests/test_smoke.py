@@ -137,8 +137,8 @@ def test_console_counts_the_trials_that_ended_before_a_resume_without_a_line_for
 
 def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
     lines = []
-    progress = Progress(num_trials=2, epochs=3, metric="fcd", mode="min", now=lambda: 0.0,
-                        configurations=3)
+    progress = Progress(num_trials=3, epochs=3, metric="fcd", mode="min", now=lambda: 0.0,
+                        configurations=4)
     progress.say = lines.append
     progress.started("g1", {"member_ids": ["m000", "m001"], "members": [{"lr": 0.1}, {"lr": 0.2}]})
     progress.epoch("g1", 1, {"fcd": 40.0, "member_results": {
@@ -149,6 +149,10 @@ def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
         "m000": {"epoch": 2, "fcd": 45.0, "status": "stopped_early"},
         "m001": {"epoch": 1, "fcd": 40.0, "status": "stopped_early"}}})
     progress.ended("g1", 2)
+    progress.started("g2", {"member_ids": ["m003"], "members": [{"lr": 0.3}]})
+    progress.epoch("g2", 1, {"fcd": 60.0, "member_results": {
+        "m003": {"epoch": 1, "fcd": 60.0, "status": "running"}}})
+    progress.ended("g2", 1, "RayTaskError: its worker died")  # and its retries were used up
     progress.ended_before("g0", 3, None, best=30.0, members={
         "m002": {"epoch": 3, "fcd": 35.0, "status": "finished"}})
     progress.summary()
@@ -158,7 +162,10 @@ def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
         "g1 epoch 1/3  fcd 40 (g1-m001, the best of 2 members)",
         "g1 epoch 2/3  fcd 45 (g1-m000, the best of 1 member)",
         "g1 ended      after epoch 2: 2 stopped early",
-        "groups 2 done, 0 running, 0 pending; 3 of 3 configurations ended; best fcd 35 (g0-m002); "
+        "g2-m003 started    lr=0.3",
+        "g2 epoch 1/3  fcd 60 (g2-m003, the best of 1 member)",
+        "g2 failed     RayTaskError: its worker died",
+        "groups 3 done, 0 running, 0 pending; 4 of 4 configurations ended; best fcd 35 (g0-m002); "
         "00:00 elapsed, done",
     ]
 
