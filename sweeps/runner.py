@@ -170,7 +170,7 @@ def best_table(results, metric: str, mode: str, space: dict) -> str:
     errored |= {t.trial_id for t in trials if t.status != "TERMINATED"}
     frame = frame.assign(ended=["error" if t in errored else "ok" for t in frame.get("trial_id", [])]
                          if "trial_id" in frame else "ok")
-    columns = [f"config/{k}" for k in space] + [metric, "training_iteration", "ended"]
+    columns = ["trial_id", *[f"config/{k}" for k in space], metric, "training_iteration", "ended"]
     frame = frame[[c for c in columns if c in frame]].rename(
         columns=lambda c: c.removeprefix("config/")).rename(columns={"training_iteration": "epochs"})
     frame = frame[(frame["ended"] == "ok") & frame[metric].notna()]  # the failed are never best

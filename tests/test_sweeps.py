@@ -73,12 +73,14 @@ def test_vae_sweep_end_to_end(data_dir, tmp_path):
          "--batch-size", "64", "--scheduler", "fifo"], tmp_path, tmp_path / "vae")
     assert run_.returncode == 0, run_.stderr[-3000:]
     assert "best trials by val_elbo" in run_.stdout
+    final_table = run_.stdout.split("best trials by val_elbo")[1]  # names the trials as Tune does
     # Nothing a local sweep starts can be reached from the network: every listening socket of its
     # process tree (the driver, Ray's servers and the trial's worker) is on 127.0.0.1.
     assert len(tree) > 3 and addresses
     assert addresses == {"127.0.0.1"}, addresses
     trials = trial_dirs(tmp_path / "vae")
     assert len(trials) == 3
+    assert all(t.name.split("_")[2] in final_table for t in trials)  # train_trial_<id>_<n>_...
     assert not (tmp_path / "vae" / "orphaned").exists()  # every trial folder is one Tune knows
     for trial in trials:
         history = results(trial)
