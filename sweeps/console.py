@@ -170,8 +170,8 @@ class Progress:
     def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
         self.running.discard(trial_id)
         outcome = self.done[trial_id] = self.outcome(epochs_done, reason)
-        for name, status in self.members.items():  # a group that failed: its members with it
-            if status == RUNNING and name.rsplit("-", 1)[0] == trial_id:
+        for name in self.members_of(trial_id):  # a group that failed: its members with it
+            if self.members[name] == RUNNING:
                 self.members[name] = outcome
         members = self.member_outcomes(trial_id)
         if reason is None and members:  # a group: how its configurations ended
@@ -183,9 +183,13 @@ class Progress:
         else:
             self.event(f"{trial_id} finished   after {epochs_done} epoch{'' if epochs_done == 1 else 's'}")
 
+    def members_of(self, group: str) -> list[str]:
+        """A group's members, as `<group>-<member>`; none for a plain trial."""
+        return [name for name in self.members if name.rsplit("-", 1)[0] == group]
+
     def member_outcomes(self, group: str) -> str:
         """How a group's members stand, e.g. "1 finished, 2 stopped early"; "" for a plain trial."""
-        statuses = [s for name, s in self.members.items() if name.rsplit("-", 1)[0] == group]
+        statuses = [self.members[name] for name in self.members_of(group)]
         counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
         return ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
 
