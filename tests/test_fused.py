@@ -28,7 +28,7 @@ from genmodels.fused.optim import StackedAdam
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
 from genmodels.gan import GANConfig, Generator, discriminator_loss
 from genmodels.tasks import GANTask, VAETask
-from genmodels.training import TrainConfig, Trainer, TrainingDiverged
+from genmodels.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_configs
 from genmodels.vae import VAEConfig
 
 STEPS = 20
@@ -557,6 +557,28 @@ def test_a_fused_group_resumes_bit_exactly(mnist, tmp_path):
     for name, value in straight.task.model.state_dict().items():
         assert torch.equal(value, resumed.task.model.state_dict()[name]), name
     assert [m["val_elbo"] for m in straight.history] == [m["val_elbo"] for m in resumed.history]
+
+
+def test_a_group_that_shrank_resumes_bit_exactly(mnist, tmp_path):
+    """A group keeps its padded latent size when its largest member leaves (a member stopped
+    early), so a checkpoint taken after that rebuilds from the members left (as a sweep's group
+    does after an interruption or a worker's death) and continues as the group would have."""
+    straight = fused_trainer(mnist, VAE_MEMBERS)
+    straight.run_epoch()
+    straight.task.keep_members([0, 2])  # member 1, latent size 9 (the largest), stopped early
+    assert straight.model_cfg.latent_width == 9
+    straight.save_checkpoint(tmp_path / "checkpoint.pt")
+    straight.fit()
+    _, saved, _ = load_checkpoint_configs(tmp_path / "checkpoint.pt")
+    resumed = Trainer.create("fused-vae", FusedConfig(**saved), straight.train_cfg, mnist)
+    assert resumed.task.model.latent_dim == 9
+    resumed.resume(tmp_path / "checkpoint.pt")
+    resumed.fit()
+    for name, value in straight.task.model.state_dict().items():
+        assert torch.equal(value, resumed.task.model.state_dict()[name]), name
+    assert [m["val_elbo"] for m in straight.history] == [m["val_elbo"] for m in resumed.history]
+    with pytest.raises(ValueError, match="latent_width 5 is smaller than the members' largest"):
+        FusedConfig(VAE_MEMBERS, latent_width=5)
 
 
 def test_members_must_share_the_network_shape():

@@ -143,7 +143,9 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     checkpoint = tune.get_checkpoint()
     folder_cm = checkpoint.as_directory() if checkpoint is not None else None
     def fused_trainer(members: list[str]) -> Trainer:
-        fused = FusedConfig([cfgs[i] for i in members], conv_layout=layout)
+        # A restored group that shrank keeps the padded latent size of all its members
+        width = max(cfgs[i].latent_dim for i in ids)
+        fused = FusedConfig([cfgs[i] for i in members], conv_layout=layout, latent_width=width)
         return Trainer.create(f"fused-{model}", fused, train_cfg, data, scorer=scorer)
 
     if folder_cm is not None:

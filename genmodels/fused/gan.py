@@ -56,13 +56,14 @@ def check_gan_layout(layout: str) -> str:
 class FusedGenerator(nn.Module):
     """Table 4 for K members: h [K, N, L] -> images [K, N, 1, 28, 28] in [-1, 1]."""
 
-    def __init__(self, members: list[Generator], layout: str = "grouped"):
+    def __init__(self, members: list[Generator], layout: str = "grouped",
+                 latent_width: int | None = None):
         super().__init__()
         self.layout, layout = layout, check_gan_layout(layout)
         self.side_streams: SideStreams | None = None  # "members": made on the first call
         self.num_members = len(members)
         self.latent_dims = [g.latent_dim for g in members]
-        self.latent_dim = max(self.latent_dims)
+        self.latent_dim = latent_width or max(self.latent_dims)  # L, the padded size
         mask = torch.arange(self.latent_dim) < torch.tensor(self.latent_dims).unsqueeze(1)
         self.register_buffer("latent_mask", mask)  # [K, L]
         self.project = MemberLinear.from_linears([g.project[0] for g in members],

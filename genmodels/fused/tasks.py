@@ -60,6 +60,9 @@ class FusedConfig:
 
     members: list
     conv_layout: str = "auto"
+    # The padded latent size L (default: the members' largest). A group keeps its L when its
+    # largest member leaves (`keep_members` records it here), so its checkpoints rebuild.
+    latent_width: int | None = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -78,6 +81,10 @@ class FusedConfig:
             if len(values) > 1:
                 raise ValueError(f"members of a fused group must share {name!r} (it fixes the "
                                  f"network or the data), got {sorted(values)}")
+        largest = max(m.latent_dim for m in self.members)
+        if self.latent_width is not None and self.latent_width < largest:
+            raise ValueError(f"latent_width {self.latent_width} is smaller than the members' "
+                             f"largest latent_dim {largest}")
 
     @property
     def model(self) -> str:
@@ -167,6 +174,8 @@ class _KeepMembers:
         and dropout masks for fewer members, so their random streams differ from an unshrunk
         group's (a valid run, not the same run)."""
         index = torch.tensor(keep, device=self.device)
+        # The padding stays as wide as it was (the members' noise keeps its shape)
+        self.cfg.latent_width = self.cfg.latent_width or max(m.latent_dim for m in self.cfg.members)
         for module in self.modules.values():
             keep_module_members(module, index)
         for optimizer_name, module in self.optimized():
@@ -190,7 +199,7 @@ class FusedVAETask(_KeepMembers, VAEFigures):
         self.status = MemberStatus(self.num_members).to(device)
         self.binarize = cfg.members[0].binarize
         standalone = build_members(VAE.from_config, cfg.members, train_cfg.seed)
-        self.model = FusedVAE(standalone, [m.dropout for m in cfg.members]).to(device)
+        self.model = FusedVAE(standalone, [m.dropout for m in cfg.members], cfg.latent_width).to(device)
         self.optimizer = StackedAdam(self.model.parameters(), lr=[m.lr for m in cfg.members],
                                      betas=([0.9] * len(cfg), [0.999] * len(cfg)))
         self.modules = {"model": self.model, "members": self.status}
@@ -271,7 +280,7 @@ class FusedGANTask(_KeepMembers):
         if layout == "auto":
             layout = default_conv_layout(device)
         self.conv_layout = layout  # what "auto" became on this device (a trial's placement.json says)
-        self.generator = FusedGenerator([g for g, _ in pairs], layout).to(device)
+        self.generator = FusedGenerator([g for g, _ in pairs], layout, cfg.latent_width).to(device)
         self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
                                                 layout).to(device)
         betas = ([m.beta1 for m in members], [m.beta2 for m in members])
