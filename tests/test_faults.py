@@ -445,6 +445,51 @@ def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(data_
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
 
 
+def member_statuses(group: Path) -> dict[str, str]:
+    """A fused group's members and their status in its last report."""
+    path = group / "result.json"
+    lines = path.read_text().splitlines() if path.exists() else []
+    last = json.loads(lines[-1]).get("member_results") or {} if lines else {}
+    return {member: values.get("status") for member, values in last.items()}
+
+
+@pytest.mark.slow
+def test_a_fused_group_that_shrank_resumes_after_a_stop(data_dir, tmp_path):
+    """ASHA stops the group's member of the larger latent size (seed 0: m001, latent_dim 28
+    against the default's 20) at epoch 2 and the group trains on without it; SIGTERM; --resume
+    rebuilds the group from its checkpoint, as wide as it was, and finishes it. (It failed:
+    'size mismatch for dec1.weight', every retry, and the members still training were lost.)"""
+    epochs = 20  # seconds of training left after the stop, for the signal to land in
+    log = tmp_path / "sweep.log"
+    command = sweep_command(data_dir, tmp_path, "shrunk", "--fuse", "2", "--num-samples", "2",
+                            "--epochs", str(epochs), "--train-subset", "1024", "--test-top", "0",
+                            "--scheduler", "asha", "--grace-period", "1")
+    process = start(command, tmp_path, log)
+    experiment = tmp_path / "ray" / "shrunk"
+
+    def stopped_member() -> bool:
+        groups = list(experiment.glob("train_group*")) if experiment.exists() else []
+        return bool(groups) and member_statuses(groups[0]).get("m001") == "stopped_early"
+
+    wait_for(stopped_member, "m001 stopped early", process, log)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
+    (group,) = experiment.glob("train_group*")
+    assert member_statuses(group) == {"m000": "running", "m001": "stopped_early"}  # cut short
+
+    log2 = tmp_path / "resume.log"
+    resumed = start(sweep_command(data_dir, tmp_path, "shrunk", "--resume", "--scheduler", "asha"),
+                    tmp_path, log2)
+    assert resumed.wait(timeout=2 * WAIT_SECONDS) == EXIT_OK, log2.read_text()[-3000:]
+    assert member_statuses(group) == {"m000": "finished", "m001": "stopped_early"}
+    reported = member_epochs(group)["m000"]
+    assert reported == list(range(1, len(reported) + 1))  # no epoch twice
+    runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "shrunk")
+    m000 = runs[runs["tags.mlflow.runName"].str.endswith("-m000")].run_id.item()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert metric_steps(client, m000, "val_elbo") == list(range(1, epochs + 1))
+
+
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under `folder`: relative path -> (size, modification time in ns)."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
