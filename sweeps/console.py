@@ -83,7 +83,7 @@ class Progress:
                  configurations: int | None = None):
         self.num_trials, self.epochs, self.metric, self.mode = num_trials, epochs, metric, mode
         self.configurations = configurations
-        self.members: dict[str, str] = {}  # a fused sweep's <group>-<member> -> its status
+        self.members: dict[str, dict[str, str]] = {}  # a fused sweep's group -> member -> status
         self.now = now
         self.started_at = now()
         self.last_summary = self.started_at
@@ -138,7 +138,7 @@ class Progress:
         for the best so far under its own trial id."""
         values = {}
         for member, result in members.items():
-            self.members[f"{group}-{member}"] = result.get("status", RUNNING)
+            self.members.setdefault(group, {})[member] = result.get("status", RUNNING)
             value = result.get(self.metric)
             if result.get("epoch") == epoch and isinstance(value, (int, float)) and math.isfinite(value):
                 values[f"{group}-{member}"] = value
@@ -170,12 +170,13 @@ class Progress:
     def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
         self.running.discard(trial_id)
         outcome = self.done[trial_id] = self.outcome(epochs_done, reason)
-        for name in self.members_of(trial_id):  # a group that failed: its members with it
-            if self.members[name] == RUNNING:
-                self.members[name] = outcome
-        members = self.member_outcomes(trial_id)
-        if reason is None and members:  # a group: how its configurations ended
-            self.event(f"{trial_id} ended      after epoch {epochs_done}: {members}")
+        members = self.members.get(trial_id, {})
+        for member, status in members.items():  # a group that failed: its members with it
+            if status == RUNNING:
+                members[member] = outcome
+        how_members_ended = self.member_outcomes(trial_id)
+        if reason is None and how_members_ended:  # a group
+            self.event(f"{trial_id} ended      after epoch {epochs_done}: {how_members_ended}")
         elif reason is not None:
             self.event(f"{trial_id} {outcome:<10} {reason[:REASON_CHARS]}")
         elif outcome == "stopped_early":
@@ -183,13 +184,9 @@ class Progress:
         else:
             self.event(f"{trial_id} finished   after {epochs_done} epoch{'' if epochs_done == 1 else 's'}")
 
-    def members_of(self, group: str) -> list[str]:
-        """A group's members, as `<group>-<member>`; none for a plain trial."""
-        return [name for name in self.members if name.rsplit("-", 1)[0] == group]
-
     def member_outcomes(self, group: str) -> str:
         """How a group's members stand, e.g. "1 finished, 2 stopped early"; "" for a plain trial."""
-        statuses = [self.members[name] for name in self.members_of(group)]
+        statuses = list(self.members.get(group, {}).values())
         counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
         return ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
 
@@ -205,7 +202,7 @@ class Progress:
         if not members:
             self.consider(best, trial_id)
         for member, result in (members or {}).items():
-            self.members[f"{trial_id}-{member}"] = result.get("status", RUNNING)
+            self.members.setdefault(trial_id, {})[member] = result.get("status", RUNNING)
             self.consider(result.get(self.metric), f"{trial_id}-{member}")
 
     def maybe_summary(self) -> None:
@@ -228,8 +225,10 @@ class Progress:
             done < self.num_trials else ("done" if done >= self.num_trials else "? left")
         counts = f"{done} done, {len(self.running)} running, {pending} pending"
         if self.configurations:  # a fused sweep: Tune's trials are groups
-            ended = sum(status != RUNNING for status in self.members.values())
-            counts = f"groups {counts}; {ended} of {self.configurations} configurations ended"
+            configurations_ended = sum(status != RUNNING for members in self.members.values()
+                                       for status in members.values())
+            counts = (f"groups {counts}; {configurations_ended} of {self.configurations} "
+                      "configurations ended")
         self.say(f"{counts}; {best}; {clock(elapsed)} elapsed, {left}")
 
 
