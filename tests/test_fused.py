@@ -6,7 +6,8 @@ initial weights on the same batches with the same noise and the same dropout mas
 the fused run and replayed in the standalone one): losses agree within 1e-4 relative at every
 step, and after 20 steps each weight tensor within 1e-4 relative (in norm), in train and in eval
 mode. A member driven to divergence is frozen without touching
-the others.
+the others, and a member added to a training group (a refill) trains as its standalone model from
+its arrival on, the others as if nobody had come.
 
     pytest tests/test_fused.py -q
 """
@@ -50,8 +51,8 @@ def mnist(data_dir):
     return load_dataset("mnist", data_dir)
 
 
-def train_cfg(**kw):
-    return TrainConfig(batch_size=BATCH, seed=SEED, device="cpu", iwae_samples=0, **kw)
+def train_cfg(seed=SEED, **kw):
+    return TrainConfig(batch_size=BATCH, seed=seed, device="cpu", iwae_samples=0, **kw)
 
 
 def batches(mnist, steps=STEPS):
@@ -85,12 +86,12 @@ def replace_dropouts(module: nn.Module, fused_layers, k: int, masks_per_layer) -
         setattr(parent, name, ReplayDropout(masks))
 
 
-def standalone(task_class, cfg, mnist):
-    torch.manual_seed(SEED)  # as Trainer.create seeds before building the task
-    return task_class(cfg, mnist, torch.device("cpu"), train_cfg(), contextlib.nullcontext)
+def standalone(task_class, cfg, mnist, seed=SEED):
+    torch.manual_seed(seed)  # as Trainer.create seeds before building the task
+    return task_class(cfg, mnist, torch.device("cpu"), train_cfg(seed), contextlib.nullcontext)
 
 
-def assert_close_states(actual: dict, expected: dict) -> None:
+def assert_close_states(actual: dict, expected: dict, rtol: float = RTOL) -> None:
     """Every tensor within RTOL of the standalone one, relative to its norm: fp32 sums taken in
     another order (a batched product against a plain one) differ in the last bits, and Adam
     turns such a difference on a near-zero gradient into a weight difference of ~1e-6 absolute,
@@ -99,12 +100,18 @@ def assert_close_states(actual: dict, expected: dict) -> None:
     for name in expected:
         if expected[name].is_floating_point():
             error = (actual[name] - expected[name]).norm() / expected[name].norm().clamp_min(1e-12)
-            assert error <= RTOL, f"{name}: relative error {error:.2e}"
+            assert error <= rtol, f"{name}: relative error {error:.2e}"
 
 
 def record(dropouts) -> None:
     for layer in dropouts:
         layer.recorded = []
+
+
+def replay(dropout: fused_layers.MemberDropout, masks: list[torch.Tensor]) -> None:
+    """The layer multiplies by `masks`, in order, instead of drawing its own."""
+    queue = list(masks)
+    dropout.scaled_mask = lambda shape, dtype: queue.pop(0)
 
 
 # ---- VAE -------------------------------------------------------------------------------------
@@ -121,9 +128,9 @@ def run_fused_vae(mnist, members, data):
     return fused, noise, torch.stack(losses)
 
 
-def replay_vae_member(mnist, fused, k, data, noise):
+def replay_vae_member(mnist, fused, k, data, noise, seed=SEED):
     cfg = fused.cfg.members[k]
-    task = standalone(VAETask, cfg, mnist)
+    task = standalone(VAETask, cfg, mnist, seed)
     masks = [[m[k] for m in layer.recorded] for layer in fused.model.drop]
     replace_dropouts(task.model, fused.model.drop, k, masks)
     losses = [task.update(x, eps[k, :, :cfg.latent_dim])["train_loss"] for x, eps in zip(data, noise)]
@@ -188,8 +195,80 @@ def test_a_diverging_vae_member_is_frozen_and_the_others_are_untouched(mnist):
     assert_same_members(sick, well, [0, 2])
 
 
+# ---- a member joins a training group ---------------------------------------------------------
+ARRIVAL = 8  # steps the group trains before a new member joins
+# Old members of a grown group against a group that never grew: bitwise on the CPU these tests
+# were written on, but a fused product over K + 1 members may round differently from one over K
+# on another.
+EXACT = 1e-6
+NEW_SEED = 7  # the newcomer's seed, not the group's: its start must follow the seed it is given
+
+
+def vae_group(mnist, members, **cfg):
+    return FusedVAETask(FusedConfig(list(members), **cfg), mnist, torch.device("cpu"), train_cfg(),
+                        contextlib.nullcontext)
+
+
+def train_vae_group(fused, data, noise):
+    return torch.stack([fused.update(x, eps)["train_loss"] for x, eps in zip(data, noise)])
+
+
+def split_noise(sizes, steps, width, seed):
+    """Noise for `steps[i]` steps of a group of `sizes[i]` members, one phase after the other."""
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(k, *width, generator=generator) for _ in range(n)] for k, n in zip(sizes, steps)]
+
+
+def assert_same_as_alone(grown, alone) -> None:
+    """The old members' slices of every stacked weight, buffer and Adam moment in the grown group
+    are those of the group that never grew (within EXACT)."""
+    old = alone.num_members
+    for grown_module, module in zip(grown.modules.values(), alone.modules.values()):
+        state = {name: value for name, value in module.state_dict().items() if value.dim() > 0}
+        assert_close_states({name: grown_module.state_dict()[name][:old] for name in state}, state, EXACT)
+    for name, optimizer in alone.optimizers.items():
+        grown_optimizer = grown.optimizers[name]
+        assert torch.equal(grown_optimizer.steps[:old], optimizer.steps)
+        for grown_moment, moment in zip(grown_optimizer.exp_avg + grown_optimizer.exp_avg_sq,
+                                        optimizer.exp_avg + optimizer.exp_avg_sq):
+            assert_close_states({"moment": grown_moment[:old]}, {"moment": moment}, EXACT)
+
+
+def test_a_vae_member_added_to_a_training_group_trains_as_its_standalone_model(mnist):
+    """Two members train ARRIVAL steps, then a third joins (`add_members`, from NEW_SEED): from
+    then on the newcomer computes what its standalone VAE from NEW_SEED computes on the same
+    batches (same noise, same dropout masks), and the two old members what they would have
+    computed had nobody joined (a group that never grew, fed their share of the same noise and
+    masks)."""
+    data = batches(mnist)
+    old, newcomer = VAE_MEMBERS[:2], VAE_MEMBERS[2]  # latent sizes 4, 9; the newcomer's 6 fits
+    before, after = split_noise([2, 3], [ARRIVAL, STEPS - ARRIVAL], (BATCH, 9), seed=2)
+    grown = vae_group(mnist, old)
+    train_vae_group(grown, data[:ARRIVAL], before)
+    grown.add_members([newcomer], NEW_SEED)
+    assert grown.num_members == 3 and grown.model.latent_dims == [4, 9, 6]
+    record(grown.model.drop)
+    grown_losses = train_vae_group(grown, data[ARRIVAL:], after)
+    assert grown.optimizer.steps.tolist() == [STEPS, STEPS, STEPS - ARRIVAL]
+
+    task, losses = replay_vae_member(mnist, grown, 2, data[ARRIVAL:], after, seed=NEW_SEED)
+    torch.testing.assert_close(grown_losses[:, 2], losses, rtol=RTOL, atol=0)
+    assert_close_states(grown.model.member(2).state_dict(), task.model.state_dict())
+    assert torch.equal(grown.fixed_z[2, :, :newcomer.latent_dim], task.fixed_z)
+    assert not grown.fixed_z[2, :, newcomer.latent_dim:].any()  # padded as the others'
+
+    alone = vae_group(mnist, old)
+    train_vae_group(alone, data[:ARRIVAL], before)
+    for layer, grown_layer in zip(alone.model.drop, grown.model.drop):
+        replay(layer, [mask[:2] for mask in grown_layer.recorded])
+    alone_losses = train_vae_group(alone, data[ARRIVAL:], [eps[:2] for eps in after])
+    torch.testing.assert_close(grown_losses[:, :2], alone_losses, rtol=EXACT, atol=0)
+    assert_same_as_alone(grown, alone)
+
+
 # ---- GAN -------------------------------------------------------------------------------------
 GAN_BATCH = 4  # fp64 convolutions on the CPU are slow; BatchNorm still sees 4 x H x W values
+GAN_STEPS = 8  # the refill test's: half before the newcomer, half after
 EVAL_IMAGES = 16  # images generated and judged in eval mode
 
 
@@ -221,9 +300,9 @@ def run_fused_gan(mnist, members, data, layout="auto"):
     return fused, noise, torch.stack(losses)  # [steps, 2, K]
 
 
-def replay_gan_member(mnist, fused, k, data, noise):
+def replay_gan_member(mnist, fused, k, data, noise, seed=SEED):
     cfg = fused.cfg.members[k]
-    task = standalone(GANTask, cfg, mnist)
+    task = standalone(GANTask, cfg, mnist, seed)
     channels = [layer.channels for layer in fused.discriminator.drops]
     masks = [[m.unflatten(1, (fused.num_members, c))[:, k] for m in layer.recorded]
              for layer, c in zip(fused.discriminator.drops, channels)]
@@ -270,6 +349,47 @@ def test_a_diverging_gan_member_is_frozen_and_the_others_are_untouched(mnist):
     assert_same_members(sick, well, [0, 2])
     for name, value in sick.generator.member(1).state_dict().items():
         assert torch.isfinite(value.float()).all(), name
+
+
+def gan_group(mnist, members):
+    return FusedGANTask(FusedConfig(list(members)), mnist, torch.device("cpu"), train_cfg(),
+                        contextlib.nullcontext)
+
+
+def train_gan_group(fused, data, noise):
+    steps = [fused.update(x, h) for x, h in zip(data, noise)]
+    return torch.stack([torch.stack([out["loss_d"], out["loss_g"]]) for out in steps])  # [steps, 2, K]
+
+
+@pytest.mark.slow
+def test_a_gan_member_added_to_a_training_group_trains_as_its_standalone_model(mnist, fp64):
+    """The VAE's refill test above for the GAN (fp64, as its 20-step test): the newcomer trains as
+    its standalone GAN from NEW_SEED (BatchNorm statistics included), the old members as if
+    nobody had joined."""
+    data = gan_batches(mnist)[:GAN_STEPS]
+    arrival = GAN_STEPS // 2
+    old, newcomer = GAN_MEMBERS[:2], GAN_MEMBERS[2]  # latent sizes 8, 16; the newcomer's 12 fits
+    before, after = split_noise([2, 3], [arrival, GAN_STEPS - arrival], (GAN_BATCH, 16), seed=3)
+    grown = gan_group(mnist, old)
+    train_gan_group(grown, data[:arrival], before)
+    grown.add_members([newcomer], NEW_SEED)
+    record(grown.discriminator.drops)
+    grown_losses = train_gan_group(grown, data[arrival:], after)
+
+    task, losses = replay_gan_member(mnist, grown, 2, data[arrival:], after, seed=NEW_SEED)
+    torch.testing.assert_close(grown_losses[:, :, 2], losses.to(grown_losses.dtype), rtol=RTOL, atol=1e-6)
+    assert_close_states(grown.generator.member(2).state_dict(), task.generator.state_dict())
+    assert_close_states(grown.discriminator.member(2).state_dict(), task.discriminator.state_dict())
+    assert torch.equal(grown.fixed_h[2, :, :newcomer.latent_dim], task.fixed_h)
+
+    alone = gan_group(mnist, old)
+    train_gan_group(alone, data[:arrival], before)
+    for layer, grown_layer in zip(alone.discriminator.drops, grown.discriminator.drops):
+        replay(layer, [mask.unflatten(1, (3, layer.channels))[:, :2].flatten(1, 2)
+                       for mask in grown_layer.recorded])
+    alone_losses = train_gan_group(alone, data[arrival:], [h[:2] for h in after])
+    torch.testing.assert_close(grown_losses[:, :, :2], alone_losses, rtol=EXACT, atol=0)
+    assert_same_as_alone(grown, alone)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -581,6 +701,51 @@ def test_a_group_that_shrank_resumes_bit_exactly(mnist, tmp_path):
         FusedConfig(VAE_MEMBERS, latent_width=5)
 
 
+def test_a_group_that_grew_resumes_bit_exactly(mnist, tmp_path):
+    """A group refilled with a new member (its config in cfg.members, the width kept) saved after
+    one more epoch, when its members' Adam step counts differ, rebuilds from its checkpoint's
+    configs and continues as the group would have."""
+    straight = fused_trainer(mnist, VAE_MEMBERS[:2])
+    straight.train_cfg.epochs = 3
+    straight.run_epoch()
+    straight.task.add_members([VAE_MEMBERS[2]], straight.train_cfg.seed)
+    assert straight.model_cfg.latent_width == 9 and len(straight.model_cfg.members) == 3
+    straight.run_epoch()
+    steps = straight.task.optimizer.steps.clone()
+    assert steps[0] == steps[1] == 2 * steps[2] > 0  # the newcomer joined an epoch later
+    straight.save_checkpoint(tmp_path / "checkpoint.pt")
+    straight.fit()
+    _, saved, _ = load_checkpoint_configs(tmp_path / "checkpoint.pt")
+    resumed = Trainer.create("fused-vae", FusedConfig(**saved), straight.train_cfg, mnist)
+    resumed.resume(tmp_path / "checkpoint.pt")
+    assert torch.equal(resumed.task.optimizer.steps, steps)
+    resumed.fit()
+    for name, value in straight.task.model.state_dict().items():
+        assert torch.equal(value, resumed.task.model.state_dict()[name]), name
+    for mine, theirs in zip(straight.task.optimizer.exp_avg_sq, resumed.task.optimizer.exp_avg_sq):
+        assert torch.equal(mine, theirs)
+    assert [m["val_elbo"] for m in straight.history] == [m["val_elbo"] for m in resumed.history]
+
+
+def test_a_new_member_must_fit_the_groups_width_and_share_its_fields(mnist):
+    """A group never changes its padded latent width (its checkpoints rebuild with it), and its
+    members share what fixes the network or the data: a newcomer that breaks either is refused,
+    and the group is left as it was."""
+    task = vae_group(mnist, VAE_MEMBERS[:2])  # latent sizes 4 and 9: width 9
+    with pytest.raises(ValueError, match=r"latent_dim 12 is larger than the group's padded latent "
+                                         r"width 9.*FusedConfig\(latent_width=9\)"):
+        task.add_members([VAE_MEMBERS[2], VAEConfig(latent_dim=12, hidden_dim=HIDDEN)], SEED)
+    with pytest.raises(ValueError, match="must share 'binarize'"):
+        task.add_members([VAEConfig(latent_dim=4, hidden_dim=HIDDEN, binarize=True)], SEED)
+    with pytest.raises(ValueError, match="same model"):
+        task.add_members([GANConfig(latent_dim=4)], SEED)
+    assert task.num_members == 2 and len(task.cfg.members) == 2 and task.cfg.latent_width is None
+    assert task.model.enc1.weight.shape[0] == 2 and task.optimizer.steps.shape == (2,)
+    wide = vae_group(mnist, VAE_MEMBERS[:2], latent_width=12)  # built wider: a 12 fits
+    wide.add_members([VAEConfig(latent_dim=12, hidden_dim=HIDDEN)], SEED)
+    assert wide.model.latent_dims == [4, 9, 12] and wide.cfg.latent_width == 12
+
+
 def test_members_must_share_the_network_shape():
     with pytest.raises(ValueError, match="hidden_dim"):
         FusedConfig([VAEConfig(hidden_dim=64), VAEConfig(hidden_dim=128)])
@@ -610,23 +775,48 @@ def test_a_shrunk_group_keeps_its_members_weights_and_optimizer_state(mnist):
     assert task.sample_images().shape[0] == 2
 
 
-def test_stacked_adam_steps_each_member_as_torch_adam_and_skips_frozen_ones():
-    """Each member's own lr and betas, Adam's arithmetic (torch's fused kernel, against the default
-    torch.optim.Adam); a frozen member keeps its weights and moments even under a NaN gradient."""
-    torch.manual_seed(0)
-    lrs, beta1s, beta2s = [1e-3, 3e-2, 5e-4], [0.9, 0.5, 0.8], [0.999, 0.99, 0.9]
-    weight, bias = nn.Parameter(torch.randn(3, 5, 4)), nn.Parameter(torch.randn(3, 5))
-    optimizer = StackedAdam([weight, bias], lrs, (beta1s, beta2s))
-    standalone = [[nn.Parameter(weight[k].detach().clone()), nn.Parameter(bias[k].detach().clone())]
-                  for k in range(3)]
-    adams = [torch.optim.Adam(params, lr=lrs[k], betas=(beta1s[k], beta2s[k]))
-             for k, params in enumerate(standalone)]
-    all_active = torch.ones(3, dtype=torch.bool)
-    for _ in range(10):
-        grads = torch.randn(3, 5, 4), torch.randn(3, 5)
+def test_a_shrunk_group_refills_its_freed_slot_and_keeps_its_members_as_they_were(mnist):
+    """Shrink, then refill (what a sweep does when a member ends): the kept members' weights,
+    moments and step counts are untouched; the newcomer starts as its standalone VAE from its
+    seed, with fresh Adam state, active; the group's random stream is left where it was."""
+    task = vae_group(mnist, VAE_MEMBERS)
+    for x in batches(mnist, 3):
+        task.update(x)
+    task.keep_members([0, 2])  # member 1 (latent size 9, the widest) ended; the width stays 9
+    kept = [task.model.member(k).state_dict() for k in range(2)]
+    moments = [t.clone() for t in task.optimizer.exp_avg + task.optimizer.exp_avg_sq]
+    newcomer = VAEConfig(latent_dim=9, dropout=0.1, lr=5e-4, hidden_dim=HIDDEN)
+    rng = torch.get_rng_state()
+    task.add_members([newcomer], NEW_SEED)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert task.num_members == 3 and task.model.latent_dims == [4, 6, 9]
+    assert task.cfg.members == [VAE_MEMBERS[0], VAE_MEMBERS[2], newcomer] and task.cfg.latent_width == 9
+    for k, state in enumerate(kept):
+        for name, value in task.model.member(k).state_dict().items():
+            assert torch.equal(value, state[name]), name
+    for grown, moment in zip(task.optimizer.exp_avg + task.optimizer.exp_avg_sq, moments):
+        assert torch.equal(grown[:2], moment) and not grown[2].any()
+    assert task.optimizer.steps.tolist() == [3, 3, 0]
+    assert task.optimizer.lr == [VAE_MEMBERS[0].lr, VAE_MEMBERS[2].lr, newcomer.lr]
+    expected = standalone(VAETask, newcomer, mnist, NEW_SEED).model.state_dict()
+    for name, value in task.model.member(2).state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert task.status.as_list()[2] == {"active": True, "diverged_step": -1}
+    losses = torch.stack([task.update(x)["train_loss"] for x in batches(mnist, 2)])
+    assert losses.shape == (2, 3) and torch.isfinite(losses).all()
+    assert task.optimizer.steps.tolist() == [5, 5, 2]
+    assert task.sample_images().shape[0] == 3
+
+
+def step_stacked_and_torch_adams(optimizer, weight, bias, standalone, adams, steps) -> None:
+    """`steps` steps of the stacked optimizer and of each member's torch.optim.Adam on the same
+    random gradients, then each member's weights compared."""
+    members = len(standalone)
+    for _ in range(steps):
+        grads = torch.randn(members, 5, 4), torch.randn(members, 5)
         optimizer.zero_grad()
         weight.grad, bias.grad = grads[0].clone(), grads[1].clone()
-        optimizer.step(all_active)
+        optimizer.step(torch.ones(members, dtype=torch.bool))
         for k, (params, adam) in enumerate(zip(standalone, adams)):
             adam.zero_grad()
             params[0].grad, params[1].grad = grads[0][k].clone(), grads[1][k].clone()
@@ -635,12 +825,53 @@ def test_stacked_adam_steps_each_member_as_torch_adam_and_skips_frozen_ones():
         torch.testing.assert_close(weight[k], params[0], rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(bias[k], params[1], rtol=1e-6, atol=1e-7)
 
+
+def test_stacked_adam_steps_each_member_as_torch_adam_and_skips_frozen_ones():
+    """Each member's own lr and betas, Adam's arithmetic (torch's fused kernel, against the default
+    torch.optim.Adam), each member's own step count: a member added after 10 steps steps as a
+    fresh torch.optim.Adam from its start. A frozen member keeps its weights and moments even
+    under a NaN gradient."""
+    torch.manual_seed(0)
+    lrs, beta1s, beta2s = [1e-3, 3e-2, 5e-4], [0.9, 0.5, 0.8], [0.999, 0.99, 0.9]
+    weight, bias = nn.Parameter(torch.randn(3, 5, 4)), nn.Parameter(torch.randn(3, 5))
+    optimizer = StackedAdam([weight, bias], lrs, (beta1s, beta2s))
+    standalone = [[nn.Parameter(weight[k].detach().clone()), nn.Parameter(bias[k].detach().clone())]
+                  for k in range(3)]
+    adams = [torch.optim.Adam(params, lr=lrs[k], betas=(beta1s[k], beta2s[k]))
+             for k, params in enumerate(standalone)]
+    step_stacked_and_torch_adams(optimizer, weight, bias, standalone, adams, 10)
+
+    new_weight, new_bias = torch.randn(5, 4), torch.randn(5)
+    weight = nn.Parameter(torch.cat([weight.detach(), new_weight[None]]))
+    bias = nn.Parameter(torch.cat([bias.detach(), new_bias[None]]))
+    optimizer = optimizer.add_members([weight, bias], [2e-3], ([0.7], [0.95]))
+    standalone.append([nn.Parameter(new_weight.clone()), nn.Parameter(new_bias.clone())])
+    adams.append(torch.optim.Adam(standalone[3], lr=2e-3, betas=(0.7, 0.95)))
+    step_stacked_and_torch_adams(optimizer, weight, bias, standalone, adams, 5)
+    assert optimizer.steps.tolist() == [15, 15, 15, 5]
+
     before = [t.detach().clone() for t in (weight, bias, *optimizer.exp_avg, *optimizer.exp_avg_sq)]
-    weight.grad = torch.randn(3, 5, 4)
+    weight.grad = torch.randn(4, 5, 4)
     weight.grad[1] = float("nan")
-    bias.grad = torch.randn(3, 5)
-    optimizer.step(torch.tensor([True, False, True]))
+    bias.grad = torch.randn(4, 5)
+    optimizer.step(torch.tensor([True, False, True, True]))
     after = [weight, bias, *optimizer.exp_avg, *optimizer.exp_avg_sq]
     for old, new in zip(before, after):
         assert torch.equal(old[1], new[1])  # member 1 untouched
         assert not torch.equal(old[0], new[0]) and torch.isfinite(new).all()
+
+
+def test_stacked_adam_saves_each_members_step_count_and_loads_the_old_single_one():
+    """A checkpoint carries every member's step count (a refilled member counts from its arrival);
+    a checkpoint of the older format, one count for all, still loads."""
+    weight = nn.Parameter(torch.randn(3, 2))
+    optimizer = StackedAdam([weight], [1e-3] * 3, ([0.9] * 3, [0.999] * 3))
+    optimizer.steps.copy_(torch.tensor([7.0, 7.0, 2.0]))
+    state = optimizer.state_dict()
+    loaded = StackedAdam([weight], [1e-3] * 3, ([0.9] * 3, [0.999] * 3))
+    loaded.load_state_dict(state)
+    assert loaded.steps.tolist() == [7, 7, 2]
+    loaded.load_state_dict({**state, "steps": 4})
+    assert loaded.steps.tolist() == [4, 4, 4]
+    with pytest.raises(ValueError, match="for 2 members, not 3"):
+        loaded.load_state_dict({**state, "steps": torch.tensor([1.0, 2.0])})

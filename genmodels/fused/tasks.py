@@ -13,10 +13,14 @@ is marked inactive in the `active` buffer on the spot; from then on its updates 
 the optimizer step, its loss out of the sum, and its training metrics read 0. The other members'
 computations never read its values, so their trajectories are exactly what they would have been.
 When every member has diverged the metrics turn NaN and the loop stops with `TrainingDiverged`.
+
+A group changes its members between steps: `keep_members` drops those that ended, `add_members`
+appends fresh ones (a sweep refills the freed slots) while the others train on untouched.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 
 import torch
@@ -30,7 +34,7 @@ from genmodels.fused.gan import (
     fused_discriminator_loss,
     fused_generator_loss,
 )
-from genmodels.fused.layers import MemberDropout
+from genmodels.fused.layers import MemberDropout, stacked
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
 from genmodels.gan import Discriminator, GANConfig, Generator, to_unit_range
@@ -38,6 +42,7 @@ from genmodels.tasks import (
     EVAL_BATCH,
     IWAE_BATCH_SAMPLES,
     NUM_COMPARISON,
+    NUM_FIXED_SAMPLES,
     VAEFigures,
     fixed_noise,
     generated_images,
@@ -117,6 +122,15 @@ def build_members(build, cfgs: list, seed: int) -> list:
     return members
 
 
+def preserved_rng(device: torch.device) -> AbstractContextManager:
+    """The global random state (the CPU's, and the device's on CUDA) restored on exit: members
+    built for a running group (`build_members` seeds) leave the group's own draws, its noise and
+    dropout masks, where they were instead of rewinding them to the seed's start."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 class MemberStatus(nn.Module):
     """Which members still train, as buffers, so checkpoints carry them with the weights."""
 
@@ -165,8 +179,60 @@ def keep_module_members(module: nn.Module, index: torch.Tensor) -> None:
             sub.any_dropout = bool((sub.p > 0).any())
 
 
-class _KeepMembers:
-    """Shrinking a group: members that ended (stopped early, diverged) stop costing compute."""
+def add_module_members(module: nn.Module, new: nn.Module) -> None:
+    """Append the members of `new` (a module of the same class and shapes, built for the new
+    members alone) to every stacked parameter and buffer in `module`, after its own (0-dim
+    buffers such as step counters are the group's and stay)."""
+    for sub, new_sub in zip(module.modules(), new.modules(), strict=True):
+        if type(sub) is not type(new_sub):
+            raise ValueError(f"cannot add the members of a {type(new_sub).__name__} to a "
+                             f"{type(sub).__name__}")
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                grown = torch.cat([param.detach(), new_sub._parameters[name].detach().to(param)])
+                sub._parameters[name] = nn.Parameter(grown, param.requires_grad)
+        for name, buffer in list(sub._buffers.items()):
+            if buffer is not None and buffer.dim() > 0:
+                sub._buffers[name] = torch.cat([buffer, new_sub._buffers[name].to(buffer)])
+        if hasattr(sub, "num_members"):
+            sub.num_members += new_sub.num_members
+        if hasattr(sub, "latent_dims"):
+            sub.latent_dims = [*sub.latent_dims, *new_sub.latent_dims]
+        if isinstance(sub, MemberDropout):
+            sub.any_dropout = bool((sub.p > 0).any())
+
+
+class _GroupMembers:
+    """Changing a group's members between steps: members that ended (stopped early, diverged)
+    leave and stop costing compute; fresh ones take their slots.
+
+    A task provides `build_modules` (its modules for some members alone, keyed as `modules`),
+    `adam_settings` (their optimizers' coefficients, keyed as `optimizers`), `optimized` and
+    FIXED_NOISE (the attribute holding every member's fixed noise [K, NUM_FIXED_SAMPLES, L])."""
+
+    FIXED_NOISE: str
+
+    @property
+    def latent_width(self) -> int:
+        """L, the padded latent size: the members' largest, or the width the group kept."""
+        return self.cfg.latent_width or max(m.latent_dim for m in self.cfg.members)
+
+    def build_optimizers(self, members: list) -> None:
+        """One StackedAdam per optimized module, as `optimizers` and as its own attribute."""
+        settings = self.adam_settings(members)
+        self.optimizers = {}
+        for optimizer_name, module in self.optimized():
+            self.set_optimizer(optimizer_name, StackedAdam(module.parameters(), *settings[optimizer_name]))
+
+    def set_optimizer(self, optimizer_name: str, optimizer: StackedAdam) -> None:
+        # A new object, never one changed in place: a GraphedStep re-captures when they change.
+        self.optimizers[optimizer_name] = optimizer
+        setattr(self, optimizer_name, optimizer)
+
+    def padded_fixed_noise(self, members: list, seed: int) -> torch.Tensor:
+        """The members' fixed noise (each its standalone run's from `seed`), padded to [K', N, L]."""
+        codes = [fixed_noise(seed, m.latent_dim, self.device) for m in members]
+        return stacked(codes, (NUM_FIXED_SAMPLES, self.latent_width))
 
     def keep_members(self, keep: list[int]) -> None:
         """Keep only the members `keep` (indices into the current members), in that order. The
@@ -175,40 +241,100 @@ class _KeepMembers:
         group's (a valid run, not the same run)."""
         index = torch.tensor(keep, device=self.device)
         # The padding stays as wide as it was (the members' noise keeps its shape)
-        self.cfg.latent_width = self.cfg.latent_width or max(m.latent_dim for m in self.cfg.members)
+        self.cfg.latent_width = self.latent_width
         for module in self.modules.values():
             keep_module_members(module, index)
         for optimizer_name, module in self.optimized():
             kept = self.optimizers[optimizer_name].keep_members(index, module.parameters())
-            self.optimizers[optimizer_name] = kept
-            setattr(self, optimizer_name, kept)
+            self.set_optimizer(optimizer_name, kept)
         self.cfg.members[:] = [self.cfg.members[k] for k in keep]
         self.num_members = len(keep)
-        for name in ("fixed_z", "fixed_h"):
-            if hasattr(self, name):
-                setattr(self, name, getattr(self, name)[index])
+        setattr(self, self.FIXED_NOISE, getattr(self, self.FIXED_NOISE)[index])
+
+    def add_members(self, cfgs: list[VAEConfig | GANConfig], seed: int) -> None:
+        """Append fresh members, one per config of `cfgs`, in order: indices num_members to
+        num_members + len(cfgs) - 1. The members already there train on untouched (weights,
+        BatchNorm statistics, Adam moments and step counts).
+
+        Each new member starts exactly as its standalone model trained from `seed` would: its
+        weights drawn as `build_members(build, [cfg], seed)` draws them (the constructor's
+        build), fresh BatchNorm statistics, its own dropout p, lr and betas, zero Adam moments and
+        its own Adam step count from 0, active (diverged_step -1; should it diverge, the step
+        recorded is the group's count, as for everyone), and its standalone fixed noise
+        `fixed_noise(seed, latent_dim)`, padded.
+        The global random state is left as it was (`preserved_rng`); as after `keep_members`, the
+        group then draws its noise and dropout masks for more members, so the old members' random
+        streams differ from an ungrown group's.
+
+        The new members must share the group's shared fields (those outside MEMBER_FIELDS), and
+        each latent_dim must be at most the group's padded latent width (a group never changes
+        it): ValueError otherwise, before anything changed. The width is recorded in
+        cfg.latent_width and `cfg.members` extended, so a checkpoint rebuilds the grown group
+        from `FusedConfig(members, latent_width=...)` (a task built from its train seed: the
+        fixed noise is not in the checkpoint, so pass that seed here to keep a resume's sample
+        grids the same)."""
+        if not cfgs:
+            return
+        new = self.checked_new_members(cfgs)
+        with preserved_rng(self.device):
+            modules = self.build_modules(new, seed, self.latent_width)
+        for name, module in self.modules.items():
+            add_module_members(module, modules[name])
+        settings = self.adam_settings(new)
+        for optimizer_name, module in self.optimized():
+            lr, betas = settings[optimizer_name]
+            grown = self.optimizers[optimizer_name].add_members(module.parameters(), lr, betas)
+            self.set_optimizer(optimizer_name, grown)
+        fixed = torch.cat([getattr(self, self.FIXED_NOISE), self.padded_fixed_noise(new, seed)])
+        setattr(self, self.FIXED_NOISE, fixed)
+        self.cfg.latent_width = self.latent_width
+        self.cfg.members.extend(new)
+        self.num_members = len(self.cfg.members)
+
+    def checked_new_members(self, cfgs: list) -> list:
+        """`cfgs` as configs (dicts converted), once they fit the group: FusedConfig's checks of
+        the whole member list (same model, shared fields), and the latent width."""
+        width = self.latent_width
+        new = FusedConfig([*self.cfg.members, *cfgs], self.cfg.conv_layout).members[self.num_members:]
+        too_wide = max(m.latent_dim for m in new)
+        if too_wide > width:
+            raise ValueError(
+                f"a new member's latent_dim {too_wide} is larger than the group's padded latent width "
+                f"{width}: a group keeps its width (its checkpoints rebuild with "
+                f"FusedConfig(latent_width={width})); add the member to a group of width >= "
+                f"{too_wide}, or build the groups with latent_width set to the largest latent_dim "
+                f"searched")
+        return new
 
 
-class FusedVAETask(_KeepMembers, VAEFigures):
+class FusedVAETask(_GroupMembers, VAEFigures):
     name = "fused-vae"
+    FIXED_NOISE = "fixed_z"
 
     def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast, scorer=None):
         self.cfg, self.num_members = cfg, len(cfg)
         self.data, self.device, self.autocast = data, device, autocast
-        self.status = MemberStatus(self.num_members).to(device)
         self.binarize = cfg.members[0].binarize
-        standalone = build_members(VAE.from_config, cfg.members, train_cfg.seed)
-        self.model = FusedVAE(standalone, [m.dropout for m in cfg.members], cfg.latent_width).to(device)
-        self.optimizer = StackedAdam(self.model.parameters(), lr=[m.lr for m in cfg.members],
-                                     betas=([0.9] * len(cfg), [0.999] * len(cfg)))
-        self.modules = {"model": self.model, "members": self.status}
-        self.optimizers = {"optimizer": self.optimizer}
-        self.fixed_z = self.model.pad_latent(
-            [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in cfg.members])
+        self.modules = self.build_modules(cfg.members, train_cfg.seed, cfg.latent_width)
+        self.model, self.status = self.modules["model"], self.modules["members"]
+        self.build_optimizers(cfg.members)
+        self.fixed_z = self.padded_fixed_noise(cfg.members, train_cfg.seed)
         # As the standalone task's: the same images, the same fixed binarization.
         self.test_targets = vae_test_targets(data, self.binarize, device)
         self.val_targets = vae_targets(data.val_images, self.binarize, device)
+
+    def build_modules(self, members: list[VAEConfig], seed: int,
+                      latent_width: int | None) -> dict[str, nn.Module]:
+        """The modules of a group of `members` alone, each as its standalone VAE starts from `seed`."""
+        standalone = build_members(VAE.from_config, members, seed)
+        model = FusedVAE(standalone, [m.dropout for m in members], latent_width).to(self.device)
+        return {"model": model, "members": MemberStatus(len(members)).to(self.device)}
+
+    @staticmethod
+    def adam_settings(members: list[VAEConfig]) -> dict[str, tuple]:
+        """Each optimizer's (lr, betas) for `members`: torch.optim.Adam's default betas, as VAETask."""
+        return {"optimizer": ([m.lr for m in members], ([0.9] * len(members), [0.999] * len(members)))}
 
     def optimized(self):
         return [("optimizer", self.model)]
@@ -260,37 +386,44 @@ class FusedVAETask(_KeepMembers, VAEFigures):
         return (total / len(targets)).tolist()
 
 
-class FusedGANTask(_KeepMembers):
+class FusedGANTask(_GroupMembers):
     name = "fused-gan"
+    FIXED_NOISE = "fixed_h"
 
     def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast, scorer=None):
         self.cfg, self.num_members = cfg, len(cfg)
         self.data, self.device, self.autocast = data, device, autocast
-        self.status = MemberStatus(self.num_members).to(device)
         # Scored against the validation split every evaluation (as the standalone task).
         self.val_scorer = scorer.with_reference(to_unit_interval(data.val_images)) if (
             scorer is not None and len(data.val_images)) else None
         self.eval_samples = train_cfg.eval_samples
-        members = cfg.members
-        # A standalone GANTask builds G then D right after seeding: the same order here.
-        pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)),
-                              members, train_cfg.seed)
         layout = cfg.conv_layout
         if layout == "auto":
             layout = default_conv_layout(device)
         self.conv_layout = layout  # what "auto" became on this device (a trial's placement.json says)
-        self.generator = FusedGenerator([g for g, _ in pairs], layout, cfg.latent_width).to(device)
-        self.discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
-                                                layout).to(device)
+        self.modules = self.build_modules(cfg.members, train_cfg.seed, cfg.latent_width)
+        self.generator, self.discriminator = self.modules["generator"], self.modules["discriminator"]
+        self.status = self.modules["members"]
+        self.build_optimizers(cfg.members)
+        self.fixed_h = self.padded_fixed_noise(cfg.members, train_cfg.seed)
+
+    def build_modules(self, members: list[GANConfig], seed: int,
+                      latent_width: int | None) -> dict[str, nn.Module]:
+        """The modules of a group of `members` alone, each as its standalone GAN starts from `seed`."""
+        # A standalone GANTask builds G then D right after seeding: the same order here.
+        pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)), members, seed)
+        generator = FusedGenerator([g for g, _ in pairs], self.conv_layout, latent_width)
+        discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
+                                           self.conv_layout)
+        return {"generator": generator.to(self.device), "discriminator": discriminator.to(self.device),
+                "members": MemberStatus(len(members)).to(self.device)}
+
+    @staticmethod
+    def adam_settings(members: list[GANConfig]) -> dict[str, tuple]:
+        """Each optimizer's (lr, betas) for `members`: G's and D's own lr, the same betas."""
         betas = ([m.beta1 for m in members], [m.beta2 for m in members])
-        self.opt_g = StackedAdam(self.generator.parameters(), [m.lr_g for m in members], betas)
-        self.opt_d = StackedAdam(self.discriminator.parameters(), [m.lr_d for m in members], betas)
-        self.modules = {"generator": self.generator, "discriminator": self.discriminator,
-                        "members": self.status}
-        self.optimizers = {"opt_g": self.opt_g, "opt_d": self.opt_d}
-        self.fixed_h = self.generator.pad_latent(
-            [fixed_noise(train_cfg.seed, m.latent_dim, device) for m in members])
+        return {"opt_g": ([m.lr_g for m in members], betas), "opt_d": ([m.lr_d for m in members], betas)}
 
     def optimized(self):
         return [("opt_g", self.generator), ("opt_d", self.discriminator)]
