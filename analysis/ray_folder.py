@@ -18,11 +18,11 @@ from genmodels.names import (
     FINISHED,
     MEMBER_IDS_KEY,
     MEMBER_RESULTS_KEY,
-    MEMBERS_KEY,
     OPTIONS_FILE,
     STOPPED_EARLY,
     TEST_METRICS_FILE,
     UNFINISHED,
+    group_members,
 )
 
 # Fields Ray Tune adds to every reported result: not metrics of the model.
@@ -120,7 +120,8 @@ def read_fused_group(folder: Path, config: dict, rows: list[dict],
     report holds every member's latest values under `member_results` (sweeps/fused_search.py)."""
     group_id = rows[-1]["trial_id"] if rows and "trial_id" in rows[-1] else folder.name.split("_")[-1]
     records = []
-    for member, values in zip(config[MEMBER_IDS_KEY], config[MEMBERS_KEY]):
+    # the members it started with, and those that refilled the slots of members that ended
+    for member, values in group_members(config, rows[-1] if rows else None):
         history = {}
         for row in rows:
             reported = (row.get(MEMBER_RESULTS_KEY) or {}).get(member)

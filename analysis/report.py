@@ -336,9 +336,12 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
         at_once = options.get("at_once") or options.get("max_concurrent")
         if at_once:
             at_once = units_at_once(at_once, num, fuse)
-        split = budget_split(num, not defaults.empty, startup, at_once or 1, fuse)
+        refill = fuse > 1 and bool(options.get("refill"))  # since 2026-11-28
+        split = budget_split(num, not defaults.empty, startup, at_once or 1, fuse, refill)
         unit = ("configurations" if fuse == 1 else "configurations in one group" if num <= fuse
-                else f"configurations in groups of {fuse}")
+                else f"configurations in groups of {fuse}"
+                + (", each slot refilled as its member ended" if refill and num > fuse * (at_once or 1)
+                   else ""))
         units = ("trial" if fuse == 1 else "group") + ("" if at_once == 1 else "s")
         ran = (f"{at_once} {units} ran at once" if at_once else
                f"as many ran at once as fit, so more than {split.random} may have started at random")

@@ -94,6 +94,16 @@ MEMBERS_KEY = "members"  # the trial config's list of member configs
 MEMBER_IDS_KEY = "member_ids"  # ... and their names (m000, m001, ...: one per configuration)
 MEMBER_RESULTS_KEY = "member_results"  # in each report: member id -> its latest metrics, status
 RUNNING = "running"  # a member still training, in MEMBER_RESULTS_KEY (its ends are STATUSES)
+# in each report: member id -> config of the members that refilled a freed slot in the group
+ADDED_MEMBERS_KEY = "added_members"
+
+
+def group_members(config: dict, last_report: dict | None) -> list[tuple[str, dict]]:
+    """Every configuration a fused group trained, as (member id, its sampled values): those it
+    started with (its Tune config) and those that later took the slots of members that ended (its
+    reports)."""
+    added = (last_report or {}).get(ADDED_MEMBERS_KEY) or {}
+    return [*zip(config.get(MEMBER_IDS_KEY, []), config.get(MEMBERS_KEY, [])), *added.items()]
 
 # ---- environment -------------------------------------------------------------------------------
 DATA_DIR_ENV = "GENSWEEP_DATA_DIR"  # default --data-dir

@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from genmodels.names import MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING
+from genmodels.names import ADDED_MEMBERS_KEY, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING
 from sweeps.search_space import (
     budget_split,
     default_point,
@@ -84,6 +84,7 @@ class Progress:
         self.num_trials, self.epochs, self.metric, self.mode = num_trials, epochs, metric, mode
         self.configurations = configurations
         self.members: dict[str, dict[str, str]] = {}  # a fused sweep's group -> member -> status
+        self.member_epochs: dict[str, int] = {}  # '<group>-<member>' -> its last reported epoch
         self.now = now
         self.started_at = now()
         self.last_summary = self.started_at
@@ -93,6 +94,7 @@ class Progress:
         self.best: tuple[float, str] | None = None  # (value, trial id)
         self.events_since_summary = 0
         self.done_before = 0  # trials that had ended before this --resume: not in the time estimate
+        self.configurations_before = 0  # ... and a fused sweep's configurations
 
     def __setstate__(self, state: dict) -> None:
         """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
@@ -125,8 +127,9 @@ class Progress:
         self.event(f"{trial_id} retrying   after {reason[:REASON_CHARS]}")
 
     def epoch(self, trial_id: str, epoch: int, result: dict) -> None:
-        if result.get(MEMBER_RESULTS_KEY):
+        if MEMBER_RESULTS_KEY in result:
             self.group_epoch(trial_id, epoch, result[MEMBER_RESULTS_KEY])
+            self.refills(trial_id, result.get(ADDED_MEMBERS_KEY) or {})
             return
         value = result.get(self.metric)
         shown = f"{self.metric} {value:.4g}" if isinstance(value, (int, float)) else "no score"
@@ -134,14 +137,17 @@ class Progress:
         self.consider(value, trial_id)
 
     def group_epoch(self, group: str, epoch: int, members: dict) -> None:
-        """A fused group's epoch: the best of the members that trained it, each member a candidate
-        for the best so far under its own trial id."""
+        """A fused group's epoch: the best of the members that trained it (each at its own epoch:
+        members that refilled a slot joined later), each member a candidate for the best so far
+        under its own trial id. The group's epochs run on as long as refills join it."""
         values = {}
         for member, result in members.items():
             self.members.setdefault(group, {})[member] = result.get("status", RUNNING)
-            value = result.get(self.metric)
-            if result.get("epoch") == epoch and isinstance(value, (int, float)) and math.isfinite(value):
-                values[f"{group}-{member}"] = value
+            trial_id, value, own_epoch = f"{group}-{member}", result.get(self.metric), result.get("epoch")
+            trained = own_epoch is not None and own_epoch != self.member_epochs.get(trial_id)
+            self.member_epochs[trial_id] = own_epoch
+            if trained and isinstance(value, (int, float)) and math.isfinite(value):
+                values[trial_id] = value
         for trial_id, value in values.items():
             self.consider(value, trial_id)
         if values:
@@ -151,7 +157,14 @@ class Progress:
                      f"{len(values)} member{'' if len(values) == 1 else 's'})")
         else:
             shown = "no score"
-        self.event(f"{group} epoch {epoch}/{self.epochs}  {shown}")
+        self.event(f"{group} epoch {epoch}  {shown}")
+
+    def refills(self, group: str, added: dict[str, dict]) -> None:
+        """A line per configuration that took the slot of a member that ended."""
+        for member, values in added.items():
+            if member not in self.members.setdefault(group, {}):
+                self.members[group][member] = RUNNING
+                self.event(f"{group}-{member} started    {short_config(values)} (refills a slot)")
 
     def consider(self, value, trial_id: str) -> None:
         """Keep `value` as the best so far if it is."""
@@ -203,6 +216,7 @@ class Progress:
             self.consider(best, trial_id)
         for member, result in (members or {}).items():
             self.members.setdefault(trial_id, {})[member] = result.get("status", RUNNING)
+            self.configurations_before += result.get("status", RUNNING) != RUNNING
             self.consider(result.get(self.metric), f"{trial_id}-{member}")
 
     def maybe_summary(self) -> None:
@@ -214,21 +228,24 @@ class Progress:
     def summary(self) -> None:
         self.last_summary, self.events_since_summary = self.now(), 0
         elapsed = self.now() - self.started_at
-        done = len(self.done)
-        pending = max(0, self.num_trials - done - len(self.running))
         best = (f"best {self.metric} {self.best[0]:.4g} ({self.best[1]})" if self.best
                 else f"no {self.metric} yet")
-        # Trials ended in this run took elapsed / ended each, in parallel slots: a rough but honest
-        # estimate (those that had ended before a --resume took none of this run's time).
-        ended = done - self.done_before
-        left = f"~{clock(elapsed / ended * (self.num_trials - done))} left" if 0 < ended and \
-            done < self.num_trials else ("done" if done >= self.num_trials else "? left")
-        counts = f"{done} done, {len(self.running)} running, {pending} pending"
-        if self.configurations:  # a fused sweep: Tune's trials are groups
-            configurations_ended = sum(status != RUNNING for members in self.members.values()
-                                       for status in members.values())
-            counts = (f"groups {counts}; {configurations_ended} of {self.configurations} "
+        if self.configurations:  # a fused sweep: Tune's trials are groups, and refills make them
+            # fewer than --num-samples / --fuse, so the sweep counts its configurations
+            total, before = self.configurations, self.configurations_before
+            done = sum(status != RUNNING for members in self.members.values()
+                       for status in members.values())
+            counts = (f"groups {len(self.done)} done, {len(self.running)} running; {done} of {total} "
                       "configurations ended")
+        else:
+            total, before, done = self.num_trials, self.done_before, len(self.done)
+            pending = max(0, total - done - len(self.running))
+            counts = f"{done} done, {len(self.running)} running, {pending} pending"
+        # Those ended in this run took elapsed / ended each, in parallel slots: a rough but honest
+        # estimate (those that had ended before a --resume took none of this run's time).
+        ended = done - before
+        left = f"~{clock(elapsed / ended * (total - done))} left" if 0 < ended and \
+            done < total else ("done" if done >= total else "? left")
         self.say(f"{counts}; {best}; {clock(elapsed)} elapsed, {left}")
 
 
@@ -290,9 +307,12 @@ def search_line(plan) -> str:
     at_once = trials_at_once(a)
     if at_once:
         at_once = units_at_once(at_once, a.num_samples, a.fuse)
-    split = budget_split(a.num_samples, default_first, startup, at_once or 1, a.fuse)
+    refill = a.fuse > 1 and getattr(a, "refill", False)
+    split = budget_split(a.num_samples, default_first, startup, at_once or 1, a.fuse, refill)
     unit = "trial" if a.fuse == 1 else "group"
     unit = (f"{unit}s" if at_once != 1 else unit) + ("" if a.fuse == 1 else f" of {size}")
     ran = f"{at_once} {unit} at once" if at_once else f"more when {unit} run at once"
+    if refill and a.num_samples > size * (at_once or 1):
+        ran += ", each slot refilled as its member ends"
     return (f"Optuna TPE (seed {a.seed}): {split.describe()} (random until {startup} "
             f"configurations have ended; {ran}).{skipped}")

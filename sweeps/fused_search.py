@@ -1,16 +1,23 @@
 """Optuna for fused sweeps: K configurations per Tune trial, each its own Optuna trial.
 
-With `--fuse K` one Tune trial trains a fused group (`trainables/fused_trainable.py`). This searcher
-asks Optuna for K configurations at once (TPE with `constant_liar=True`, so configurations asked
-before any result is in are kept apart instead of clustering), hands them to Tune as one trial's
-config, and tells Optuna each member's own result when its group reports and ends:
+With `--fuse K` one Tune trial trains a fused group (`trainables/fused_trainable.py`). The sweep's
+Optuna study (`MemberStudy`) lives in a small Ray actor, because two parties ask it for
+configurations:
+
+- the searcher (`FusedOptunaSearch`, in Tune's driver) asks for K at a time for each new group;
+- a running group asks for one per member that ended (stopped early, diverged, finished), so its
+  freed slots train fresh configurations instead of idling (`--refill`, the default);
+
+both from TPE with `constant_liar=True`, so configurations asked before any result is in are kept
+apart instead of clustering. Each member's results are told to its own Optuna trial as its group
+reports them:
 
 - every epoch, each member's objective as an intermediate value (Optuna's `trial.report`);
 - at the end, COMPLETE with the member's last objective, PRUNED for a member stopped early, FAIL
   for a member that diverged or whose group failed.
 
-`--num-samples` counts configurations: the searcher hands out exactly that many, the last group
-holding the remainder.
+`--num-samples` counts configurations: the study hands out exactly that many, to new groups and
+to refills alike.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from __future__ import annotations
 import pickle
 
 import optuna
+import ray
 from ray.tune.search import Searcher
 
-from genmodels.names import FAILED, FINISHED, MEMBERS_KEY, RUNNING, STOPPED_EARLY
+from genmodels.names import FAILED, FINISHED, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING, STOPPED_EARLY
 from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
-from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
 from sweeps.search_space import Range
 
 
@@ -32,52 +39,85 @@ def optuna_distribution(r: Range) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.FloatDistribution(r.low, r.high, log=r.log)
 
 
-class FusedOptunaSearch(Searcher):
-    def __init__(self, space: dict[str, Range], group_size: int, num_configs: int, metric: str,
-                 mode: str, seed: int, first: dict | None = None, startup: int = 10):
-        super().__init__(metric=metric, mode=mode)
+def member_id(number: int) -> str:
+    """A member's name: its Optuna trial number when asked, so names are unique within a sweep."""
+    return f"m{number:03d}"
+
+
+class MemberStudy:
+    """The sweep's Optuna study and its budget of configurations; members are keyed by
+    (group, member id), the group being its Tune trial id."""
+
+    def __init__(self, space: dict[str, Range], num_configs: int, metric: str, mode: str, seed: int,
+                 first: dict | None = None, startup: int = 10):
+        self.reset(space, num_configs, metric, mode, seed, first, startup)
+
+    def reset(self, space: dict[str, Range], num_configs: int, metric: str, mode: str, seed: int,
+              first: dict | None = None, startup: int = 10) -> None:
+        """A new study (what __init__ makes), for an actor that a sweep of this name had before."""
         self.distributions = {name: optuna_distribution(r) for name, r in space.items()}
-        self.group_size, self.num_configs = group_size, num_configs
+        self.num_configs, self.metric = num_configs, metric
         # startup: TPE samples at random until this many configurations have ended
         # (sweeps/search_space.py, startup_trials); 10 is Optuna's own default.
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
-        direction = "maximize" if mode == "max" else "minimize"
-        self.study = optuna.create_study(sampler=sampler, direction=direction)
+        self.study = optuna.create_study(sampler=sampler,
+                                         direction="maximize" if mode == "max" else "minimize")
         if first:  # e.g. the model's default configuration, evaluated in the first group
             self.study.enqueue_trial(first)
         self.asked = 0
-        self.groups: dict[str, list[optuna.trial.Trial]] = {}  # Tune trial id -> its members
+        self.trials: dict[tuple[str, str], optuna.trial.Trial] = {}  # (group, member) -> its trial
         self.told: set[int] = set()  # Optuna trial numbers already told
+        self.handed: dict[tuple[str, int], dict[str, dict]] = {}  # (group, epoch) -> what `ask` gave
 
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True  # the space and the objective are this searcher's own (set in __init__)
+    def left(self) -> int:
+        """Configurations not yet handed out."""
+        return self.num_configs - self.asked
 
-    def suggest(self, trial_id: str):
-        if self.asked >= self.num_configs:
-            return Searcher.FINISHED
-        size = min(self.group_size, self.num_configs - self.asked)
-        members = [self.study.ask(self.distributions) for _ in range(size)]
-        self.asked += size
-        self.groups[trial_id] = members
-        return {MEMBERS_KEY: [dict(t.params) for t in members],
-                IDS_KEY: [member_id(t.number) for t in members]}
+    def ask(self, group: str, count: int, epoch: int = 0) -> dict[str, dict]:
+        """Up to `count` new configurations for `group` after its `epoch` (0: a new group), member
+        id -> values; fewer (or none) once the sweep's --num-samples are handed out. A group that
+        asks again for the same epoch (retried from an earlier checkpoint after its worker died)
+        gets the same configurations, not more."""
+        if (group, epoch) in self.handed:
+            return self.handed[(group, epoch)]
+        asked = {}
+        for _ in range(min(count, self.left())):
+            trial = self.study.ask(self.distributions)
+            self.asked += 1
+            member = member_id(trial.number)
+            self.trials[(group, member)] = trial
+            asked[member] = dict(trial.params)
+        self.handed[(group, epoch)] = asked
+        return asked
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        for trial, member in self._members(trial_id, result):
-            if trial.number in self.told:
+    def adopt(self, group: str, members: dict[str, dict]) -> None:
+        """Members a restored group trains that this study does not know: a group that asked for a
+        refill after the study's last save (`FusedOptunaSearch.save`) and before its sweep was
+        stopped. Each becomes an Optuna trial with its values, and counts against the budget."""
+        for member, values in members.items():
+            if (group, member) not in self.trials:
+                self.study.enqueue_trial(values)
+                self.trials[(group, member)] = self.study.ask(self.distributions)
+                self.asked += 1
+
+    def report(self, group: str, results: dict[str, dict]) -> None:
+        """A group's report: each member's latest values and status, member id -> dict."""
+        for member, result in results.items():
+            trial = self.trials.get((group, member))
+            if trial is None or trial.number in self.told:
                 continue
-            value = member.get(self.metric)
-            if value is not None and member.get("status") == RUNNING:
-                trial.report(value, member["epoch"])
-            elif member.get("status") != RUNNING:  # ended in this epoch: tell Optuna now
-                self._tell(trial, member)
+            value = result.get(self.metric)
+            if result.get("status", RUNNING) != RUNNING:  # ended in this epoch: tell Optuna now
+                self._tell(trial, result)
+            elif value is not None and "epoch" in result:
+                trial.report(value, result["epoch"])
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        for trial, member in self._members(trial_id, result or {}):
-            if trial.number not in self.told:
-                self._tell(trial, member)
-        for trial in self.groups.get(trial_id, []):  # members that never reported an end
-            if trial.number not in self.told:
+    def finish(self, group: str, results: dict[str, dict]) -> None:
+        """The group ended (normally or for good after its retries): every member that has not
+        ended yet failed with it."""
+        self.report(group, results)
+        for (owner, _), trial in self.trials.items():
+            if owner == group and trial.number not in self.told:
                 self._tell(trial, {"status": FAILED})
 
     def _tell(self, trial: optuna.trial.Trial, member: dict) -> None:
@@ -90,22 +130,67 @@ class FusedOptunaSearch(Searcher):
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         self.told.add(trial.number)
 
-    def _members(self, trial_id: str, result: dict):
-        results = result.get(RESULTS_KEY) or {}
-        for trial in self.groups.get(trial_id, []):
-            member = results.get(member_id(trial.number))
-            if member is not None:
-                yield trial, member
+    def state(self) -> bytes:
+        return pickle.dumps(self.__dict__)
+
+    def load(self, state: bytes) -> None:
+        saved = pickle.loads(state)
+        if "groups" in saved:  # saved by the searcher of a sweep started before refills
+            saved["trials"] = {(group, member_id(t.number)): t
+                               for group, trials in saved.pop("groups").items() for t in trials}
+        self.__dict__.update(saved)
+
+
+# The study as a Ray actor, named so the searcher finds it again after a --resume rebuilt it.
+SharedStudy = ray.remote(num_cpus=0)(MemberStudy)
+
+
+def study_actor_name(sweep: str) -> str:
+    return f"gensweep-study-{sweep}"
+
+
+def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, metric: str, mode: str,
+                       seed: int, first: dict | None = None, startup: int = 10):
+    """The sweep's study actor, new (a --resume's searcher loads its saved state into it). One
+    process may run a sweep of one name twice (a test, a notebook): its actor is then reset."""
+    settings = (space, num_configs, metric, mode, seed, first, startup)
+    actor = SharedStudy.options(name=study_actor_name(sweep), get_if_exists=True).remote(*settings)
+    ray.get(actor.reset.remote(*settings))
+    return actor
+
+
+class FusedOptunaSearch(Searcher):
+    """Tune's searcher of a fused sweep: hands each new group K configurations from the shared
+    study and passes the groups' reports to it. It keeps only the study actor's name, so a
+    --resume's unpickled searcher talks to the new run's actor."""
+
+    def __init__(self, sweep: str, group_size: int, metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
+        self.actor_name, self.group_size = study_actor_name(sweep), group_size
+
+    @property
+    def study(self):
+        return ray.get_actor(self.actor_name)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space and the objective are the study's own
+
+    def suggest(self, trial_id: str):
+        members = ray.get(self.study.ask.remote(trial_id, self.group_size))
+        if not members:
+            return Searcher.FINISHED
+        return {MEMBERS_KEY: list(members.values()), IDS_KEY: list(members)}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.study.report.remote(trial_id, result.get(MEMBER_RESULTS_KEY) or {})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ray.get(self.study.finish.remote(trial_id, (result or {}).get(MEMBER_RESULTS_KEY) or {}))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            f.write(ray.get(self.study.state.remote()))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-def member_id(number: int) -> str:
-    """A member's name: its Optuna trial number, so names are unique within a sweep."""
-    return f"m{number:03d}"
+            ray.get(self.study.load.remote(f.read()))

@@ -117,6 +117,10 @@ def build_parser(model: str) -> argparse.ArgumentParser:
                         "its own Optuna trial, MLflow run and row in the analysis). Default: "
                         f"{GPU_FUSE[model]} on GPUs (--gpus-per-trial > 0), else 1 "
                         "(unfused); see README 'Fused trials'")
+    p.add_argument("--refill", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --fuse: a member that ends (stopped early, diverged, finished) hands "
+                        "its slot in the group to a fresh configuration, so groups stay full "
+                        "(default); --no-refill: groups only shrink")
     p.add_argument("--smoke", action="store_true",
                    help="a tiny sweep (4 trials x 2 epochs on 512 images) to check a setup; "
                         "its GAN scores come from a classifier trained 2 epochs on those 512 "

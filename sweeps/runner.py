@@ -184,15 +184,14 @@ def member_table(results, metric: str, mode: str, space: dict) -> str:
     """A fused sweep's best members: one row per configuration, from each group's last report."""
     import pandas as pd
 
-    from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
     from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
-    from genmodels.names import MEMBERS_KEY
+    from genmodels.names import group_members
 
     rows = []
     for result in results:
         config, members = result.config or {}, (result.metrics or {}).get(RESULTS_KEY) or {}
         group = (result.metrics or {}).get("trial_id")
-        for member, values in zip(config.get(IDS_KEY, []), config.get(MEMBERS_KEY, [])):
+        for member, values in group_members(config, result.metrics):
             final = members.get(member, {})
             rows.append({"trial_id": f"{group}-{member}",  # as the analysis and MLflow name it
                          **{k: values.get(k) for k in space},
@@ -212,22 +211,27 @@ def member_table(results, metric: str, mode: str, space: dict) -> str:
 def failed_members(results) -> int:
     """A fused sweep's configurations that did not end usable (diverged, failed, or in a group
     that failed): its groups end normally when members diverge, so Tune's errors undercount."""
-    from genmodels.names import MEMBER_IDS_KEY, MEMBER_RESULTS_KEY
+    from genmodels.names import MEMBER_RESULTS_KEY, group_members
 
     failed = 0
     for result in results:
         members = (result.metrics or {}).get(MEMBER_RESULTS_KEY) or {}
-        for member in (result.config or {}).get(MEMBER_IDS_KEY, []):
+        for member, _ in group_members(result.config or {}, result.metrics):
             failed += members.get(member, {}).get("status") not in USABLE
     return failed
 
 
-def unfinished_trials(results, num_samples: int) -> int:
+def unfinished_trials(results, num_samples: int, fused: bool = False) -> int:
     """Trials not yet started, or neither terminated nor errored: what a Ctrl-C left for
-    --resume (Tune stops gracefully on Ctrl-C and returns the results so far)."""
+    --resume (Tune stops gracefully on Ctrl-C and returns the results so far). In a fused sweep
+    `num_samples` counts configurations, and those not yet started are what no group has had."""
+    from genmodels.names import group_members
+
     trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
     running = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
-    return running + max(0, num_samples - len(results))
+    started = (sum(len(group_members(r.config or {}, r.metrics)) for r in results) if fused
+               else len(results))
+    return running + max(0, num_samples - started)
 
 
 def run(model: str, argv: list[str] | None = None) -> int:
@@ -498,9 +502,7 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
            scorer_cache: dict | None = None) -> int:
     """Close the MLflow records, print the best trials and where everything is; the exit code."""
     args = plan.args
-    from sweeps.tuner import tune_trials
-
-    unfinished = unfinished_trials(results, tune_trials(args))
+    unfinished = unfinished_trials(results, args.num_samples, fused=args.fuse > 1)
     interrupted = stop.received is not None or unfinished > 0
     orphans = set_aside_orphans(plan.folder, {Path(r.path).name for r in results}, tracking)
     if orphans:

@@ -153,7 +153,7 @@ def units_at_once(at_once: int, num_samples: int, group_size: int = 1) -> int:
 
 
 def budget_split(num_samples: int, default_first: bool, startup: int, at_once: int = 1,
-                 group_size: int = 1) -> BudgetSplit:
+                 group_size: int = 1, refill: bool = False) -> BudgetSplit:
     """The split of `num_samples` configurations, derived from TPE's start-up count.
 
     Optuna's TPE samples at random until `startup` trials have ended (COMPLETE or PRUNED; the
@@ -161,9 +161,13 @@ def budget_split(num_samples: int, default_first: bool, startup: int, at_once: i
     of `group_size`), `at_once` units running together; unit i is asked when the units before
     i - at_once + 1 have ended, so with trials running at once more of them start at random than
     `startup`. Exact when trials end in the order they started; a failed trial does not count as
-    ended for TPE, so failures lengthen the random part.
+    ended for TPE, so failures lengthen the random part. With `refill`, groups ask for one
+    configuration per member that ended (after the first `at_once` groups): then the unit is one
+    configuration, at_once * group_size of them in flight.
     """
     at_once = max(1, at_once)
+    if refill:
+        at_once, group_size = at_once * group_size, 1
     default = 1 if default_first and num_samples > 0 else 0
     asked = guided = 0
     unit = 0

@@ -16,11 +16,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
 from sweeps.console import Progress
-from sweeps.fused_search import FusedOptunaSearch
+from sweeps.fused_search import FusedOptunaSearch, start_shared_study
 from sweeps.search_space import Range, default_point, startup_trials
 from trainables.fused_trainable import MemberRungs, train_group
+from trainables.rungs import rung_epochs
 from trainables.tracking import SweepRecords
-from trainables.trainable import rung_epochs, train_trial
+from trainables.trainable import train_trial
 
 ASHA_REDUCTION = 2  # keep the better half at each rung
 
@@ -91,8 +92,18 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                  if args.scheduler == "asha" else None)
         # (a sweep saved before --fused-layout existed resumes with the default)
         layout = getattr(args, "fused_layout", "auto")
+        # The sweep's Optuna study, shared by the searcher (new groups) and the groups (refills);
+        # on --resume the searcher loads its saved state into it. (The trainable holds its handle
+        # with or without refills: an actor lives as long as a handle to it does.)
+        study = start_shared_study(args.name, plan.space, args.num_samples, args.metric, plan.mode,
+                                   seed=args.seed, first=first_point(plan),
+                                   startup=startup_trials(args.num_samples))
+        refill = bool(getattr(args, "refill", False))  # (off for a sweep saved before --refill)
+        # A refill may bring any latent size of the space: every group pads to the largest.
+        width = int(plan.space["latent_dim"].high) if refill and "latent_dim" in plan.space else None
         function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
-                                        rungs=rungs, layout=layout, **inputs)
+                                        rungs=rungs, study=study, refill=refill,
+                                        latent_width=width, layout=layout, **inputs)
     else:
         # Where ASHA may stop a trial: it draws its end-of-run figures there too.
         rungs = (rung_epochs(args.grace_period, ASHA_REDUCTION, args.epochs)
@@ -113,18 +124,17 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
                                    resume_errored=True, restart_errored=False)
         resume_settings(tuner, callbacks, failure, at_once)
         return tuner
-    first = first_point(plan)
-    startup = startup_trials(args.num_samples)
     if fused:
         # Tune sees groups; the members' early stopping is MemberRungs' (in the trainable).
         scheduler = FIFOScheduler()
-        search = FusedOptunaSearch(plan.space, args.fuse, args.num_samples, args.metric, plan.mode,
-                                   seed=args.seed, first=first, startup=startup)
+        search = FusedOptunaSearch(args.name, args.fuse, args.metric, plan.mode)
     else:
+        first = first_point(plan)
         scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
                                    reduction_factor=ASHA_REDUCTION)
                      if args.scheduler == "asha" else FIFOScheduler())
-        search = OptunaSearch(sampler=TPESampler(seed=args.seed, n_startup_trials=startup),
+        search = OptunaSearch(sampler=TPESampler(seed=args.seed,
+                                                 n_startup_trials=startup_trials(args.num_samples)),
                               points_to_evaluate=[first] if first else None)
     return tune.Tuner(
         trainable,

@@ -15,40 +15,56 @@ from conftest import mlflow_runs
 
 from analysis import load_trials, rank_trials
 from analysis.report import search_notes
-from genmodels.names import GROUP_TAG, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, OPTIONS_FILE
-from sweeps.fused_search import FusedOptunaSearch
+from genmodels.names import GROUP_TAG, OPTIONS_FILE
+from sweeps.fused_search import MemberStudy
 from sweeps.search_space import SPACES, is_default_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_the_searcher_hands_out_exactly_num_samples_configurations_in_groups():
-    search = FusedOptunaSearch(SPACES["vae"], group_size=2, num_configs=5, metric="val_elbo",
-                               mode="max", seed=0)
-    groups = [search.suggest(f"t{i}") for i in range(3)]
-    assert [len(g[MEMBERS_KEY]) for g in groups] == [2, 2, 1]
-    assert search.suggest("t3") == FusedOptunaSearch.FINISHED
-    ids = [i for g in groups for i in g[MEMBER_IDS_KEY]]
-    assert ids == ["m000", "m001", "m002", "m003", "m004"]
-    assert len({g[MEMBERS_KEY][0]["lr"] for g in groups}) == 3  # different configurations
+def test_the_study_hands_out_exactly_num_samples_configurations_to_groups_and_refills():
+    study = MemberStudy(SPACES["vae"], num_configs=6, metric="val_elbo", mode="max", seed=0)
+    groups = [study.ask(f"t{i}", 2) for i in range(2)]  # two new groups of 2
+    assert [list(g) for g in groups] == [["m000", "m001"], ["m002", "m003"]]
+    assert len({g["m000" if "m000" in g else "m002"]["lr"] for g in groups}) == 2
 
-    # t0: m000 finishes, m001 diverges; t1: m002 stopped early, m003 finishes; t2 fails outright
-    search.on_trial_result("t0", {MEMBER_RESULTS_KEY: {
-        "m000": {"epoch": 1, "val_elbo": -200.0, "status": "running"},
-        "m001": {"epoch": 1, "status": "diverged"}}})
-    search.on_trial_complete("t0", {MEMBER_RESULTS_KEY: {
-        "m000": {"epoch": 2, "val_elbo": -150.0, "status": "finished"},
-        "m001": {"epoch": 1, "status": "diverged"}}})
-    search.on_trial_complete("t1", {MEMBER_RESULTS_KEY: {
-        "m002": {"epoch": 1, "val_elbo": -300.0, "status": "stopped_early"},
-        "m003": {"epoch": 2, "val_elbo": -140.0, "status": "finished"}}})
-    search.on_trial_complete("t2", None, error=True)
-    states = {t.number: t.state for t in search.study.trials}
+    # t0 after its epoch 1: m000 trains on, m001 diverged; its slot takes a fresh configuration
+    study.report("t0", {"m000": {"epoch": 1, "val_elbo": -200.0, "status": "running"},
+                        "m001": {"epoch": 1, "status": "diverged"}})
+    refill = study.ask("t0", 1, epoch=1)
+    assert list(refill) == ["m004"]
+    assert study.ask("t0", 1, epoch=1) == refill  # a retried group asking again: the same one
+    assert list(study.ask("t1", 2, epoch=1)) == ["m005"]  # only what is left of --num-samples
+    assert study.left() == 0 and study.ask("t2", 2) == {}
+
+    # t0: m000 finishes, m004 stopped early; t1: m002 finishes, m003 and m005 never report
+    study.finish("t0", {"m000": {"epoch": 2, "val_elbo": -150.0, "status": "finished"},
+                        "m001": {"epoch": 1, "status": "diverged"},
+                        "m004": {"epoch": 1, "val_elbo": -300.0, "status": "stopped_early"}})
+    study.finish("t1", {"m002": {"epoch": 2, "val_elbo": -140.0, "status": "finished"}})
+    states = {t.number: t.state for t in study.study.trials}
     State = optuna.trial.TrialState
-    assert states == {0: State.COMPLETE, 1: State.FAIL, 2: State.PRUNED, 3: State.COMPLETE,
-                      4: State.FAIL}
-    assert search.study.best_value == -140.0
-    assert search.study.trials[0].intermediate_values == {1: -200.0}
+    assert states == {0: State.COMPLETE, 1: State.FAIL, 2: State.COMPLETE, 3: State.FAIL,
+                      4: State.PRUNED, 5: State.FAIL}
+    assert study.study.best_value == -140.0
+    assert study.study.trials[0].intermediate_values == {1: -200.0}
+
+
+def test_a_restored_study_adopts_the_refills_asked_after_its_last_save():
+    study = MemberStudy(SPACES["vae"], num_configs=4, metric="val_elbo", mode="max", seed=0)
+    study.ask("t0", 2)
+    saved = study.state()
+    refill = study.ask("t0", 1, epoch=1)  # then the sweep stops before the next save
+
+    restored = MemberStudy(SPACES["vae"], num_configs=4, metric="val_elbo", mode="max", seed=0)
+    restored.load(saved)
+    assert restored.left() == 2
+    restored.adopt("t0", refill)  # the group, restored from its checkpoint, names its members
+    restored.adopt("t0", refill)  # (once)
+    assert restored.left() == 1
+    restored.finish("t0", {"m002": {"epoch": 2, "val_elbo": -120.0, "status": "finished"}})
+    best = restored.study.best_trial
+    assert best.params == refill["m002"] and best.value == -120.0
 
 
 @pytest.mark.slow
@@ -127,13 +143,56 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     # Its console counts the two groups and the three configurations as ended (it said "0 done,
     # 0 running, 2 pending"), and names the best as the analysis does
     best = rank_trials(from_ray).iloc[0]
-    assert (f"] groups 2 done, 0 running, 0 pending; 3 of 3 configurations ended; best val_elbo "
+    assert (f"] groups 2 done, 0 running; 3 of 3 configurations ended; best val_elbo "
             f"{best['val_elbo']:.4g} ({best['trial_id']})") in again.stdout
     assert {f: f.stat().st_mtime_ns for f in tested} == tested
     for run_id in members["run_id"]:
         assert [m.step for m in client.get_metric_history(run_id, "test_elbo")] in ([], [2])
     (parent,) = runs[runs[f"tags.{GROUP_TAG}"].isna()].run_id
     assert len(client.get_metric_history(parent, "best_test_elbo")) == 1
+
+
+@pytest.mark.slow
+def test_a_fused_group_refills_the_slots_of_members_that_end(data_dir, tmp_path):
+    """--fuse 2, 4 configurations, one group at a time, ASHA: a member stopped early (or
+    finished) hands its slot to a fresh configuration, so one group trains all four, each its own
+    epochs from 1 and its own run, folder and row; --no-refill needs two groups (they shrink)."""
+    def sweep(name: str, *extra: str) -> subprocess.CompletedProcess:
+        run = subprocess.run(
+            [sys.executable, str(REPO / "sweeps" / "vae_sweep.py"), "--data-dir", str(data_dir),
+             "--storage-path", str(tmp_path), "--name", name, "--fuse", "2", "--num-samples", "4",
+             "--epochs", "2", "--train-subset", "256", "--batch-size", "64", "--scheduler", "asha",
+             "--grace-period", "1", "--max-concurrent", "1", "--test-top", "0", *extra],
+            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return run
+
+    run = sweep("refilled")
+    (group,) = [p for p in (tmp_path / "refilled").iterdir() if p.name.startswith("train_group")]
+    assert run.stdout.count("(refills a slot)") == 2
+    assert "2 groups of 2" not in run.stdout and "each slot refilled as its member ends" in run.stdout
+    trials = load_trials(results=tmp_path / "refilled")
+    assert len(trials) == 4 and trials["trial_id"].str.startswith(group.name.split("_")[-1]).all()
+    assert set(trials["status"]) <= {"finished", "stopped_early"} and "finished" in set(trials["status"])
+    assert trials["config/lr"].nunique() == 4
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = mlflow_runs(uri, "refilled")
+    members = runs[runs[f"tags.{GROUP_TAG}"].notna()]
+    assert len(members) == 4 and set(members["status"]) == {"FINISHED"}
+    client = MlflowClient(uri)
+    for _, member in members.iterrows():
+        steps = sorted(m.step for m in client.get_metric_history(member.run_id, "val_elbo"))
+        # each member's own epochs, from 1, whenever it joined the group
+        assert steps == ([1, 2] if member["tags.gensweep.status"] == "finished" else [1])
+        name = member["tags.mlflow.runName"].split("-")[-1]
+        assert (group / name / "samples" / f"epoch_{steps[-1]:03d}.png").exists()
+        assert (group / name / "samples_across_epochs.png").exists()
+
+    sweep("shrunk", "--no-refill")
+    groups = [p for p in (tmp_path / "shrunk").iterdir() if p.name.startswith("train_group")]
+    assert len(groups) == 2 and len(load_trials(results=tmp_path / "shrunk")) == 4
 
 
 def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():

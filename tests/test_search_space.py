@@ -229,13 +229,13 @@ def test_the_setup_line_says_how_the_budget_is_searched(tmp_path):
         "search space.")
 
 
-def test_the_fused_searcher_asks_the_default_first_and_sizes_its_start_up():
-    from sweeps.fused_search import FusedOptunaSearch
+def test_the_fused_study_asks_the_default_first_and_sizes_its_start_up():
+    from sweeps.fused_search import MemberStudy
 
     space = spaces.search_space("vae")
-    search = FusedOptunaSearch(space, group_size=2, num_configs=4, metric="test_elbo", mode="max",
-                               seed=0, first=spaces.default_point("vae", space), startup=2)
-    first, second = search.suggest("t0")["members"]
+    study = MemberStudy(space, num_configs=4, metric="test_elbo", mode="max", seed=0,
+                        first=spaces.default_point("vae", space), startup=2)
+    first, second = study.ask("t0", 2).values()
     assert first == spaces.default_point("vae", space)
     assert not spaces.is_default_config(second, "vae")
-    assert search.study.sampler._n_startup_trials == 2
+    assert study.study.sampler._n_startup_trials == 2

@@ -159,13 +159,48 @@ def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
     assert lines == [
         "g1-m000 started    lr=0.1",
         "g1-m001 started    lr=0.2",
-        "g1 epoch 1/3  fcd 40 (g1-m001, the best of 2 members)",
-        "g1 epoch 2/3  fcd 45 (g1-m000, the best of 1 member)",
+        "g1 epoch 1  fcd 40 (g1-m001, the best of 2 members)",
+        "g1 epoch 2  fcd 45 (g1-m000, the best of 1 member)",
         "g1 ended      after epoch 2: 2 stopped early",
         "g2-m003 started    lr=0.3",
-        "g2 epoch 1/3  fcd 60 (g2-m003, the best of 1 member)",
+        "g2 epoch 1  fcd 60 (g2-m003, the best of 1 member)",
         "g2 failed     RayTaskError: its worker died",
-        "groups 3 done, 0 running, 0 pending; 4 of 4 configurations ended; best fcd 35 (g0-m002); "
+        "groups 3 done, 0 running; 4 of 4 configurations ended; best fcd 35 (g0-m002); "
+        "00:00 elapsed, done",
+    ]
+
+
+def test_a_fused_groups_refills_get_their_own_line_and_count_as_configurations():
+    lines = []
+    progress = Progress(num_trials=2, epochs=2, metric="elbo", mode="max", now=lambda: 0.0,
+                        configurations=3)
+    progress.say = lines.append
+    progress.started("g1", {"member_ids": ["m000", "m001"], "members": [{"lr": 0.1}, {"lr": 0.2}]})
+    stopped = {"epoch": 1, "elbo": -300.0, "status": "stopped_early"}
+    # after epoch 1, m002 takes the slot of m001 (stopped early) and trains its own epochs 1, 2
+    progress.epoch("g1", 1, {"member_results": {
+        "m000": {"epoch": 1, "elbo": -200.0, "status": "running"}, "m001": stopped},
+        "added_members": {"m002": {"lr": 0.3}}})
+    progress.epoch("g1", 2, {"member_results": {
+        "m000": {"epoch": 2, "elbo": -150.0, "status": "finished"}, "m001": stopped,
+        "m002": {"epoch": 1, "elbo": -140.0, "status": "running"}}, "added_members": {"m002": {"lr": 0.3}}})
+    progress.summary()
+    progress.epoch("g1", 3, {"member_results": {
+        "m000": {"epoch": 2, "elbo": -150.0, "status": "finished"}, "m001": stopped,
+        "m002": {"epoch": 2, "elbo": -130.0, "status": "finished"}}, "added_members": {"m002": {"lr": 0.3}}})
+    progress.ended("g1", 3)
+    progress.summary()
+    assert lines == [
+        "g1-m000 started    lr=0.1",
+        "g1-m001 started    lr=0.2",
+        "g1 epoch 1  elbo -200 (g1-m000, the best of 2 members)",
+        "g1-m002 started    lr=0.3 (refills a slot)",
+        "g1 epoch 2  elbo -140 (g1-m002, the best of 2 members)",
+        "groups 0 done, 1 running; 2 of 3 configurations ended; best elbo -140 (g1-m002); "
+        "00:00 elapsed, ~00:00 left",
+        "g1 epoch 3  elbo -130 (g1-m002, the best of 1 member)",
+        "g1 ended      after epoch 3: 2 finished, 1 stopped early",
+        "groups 1 done, 0 running; 3 of 3 configurations ended; best elbo -130 (g1-m002); "
         "00:00 elapsed, done",
     ]
 

@@ -10,18 +10,23 @@ in each report). Members end on their own:
 - diverged: frozen at once inside the group (no device sync), recorded as diverged;
 - stopped early: per-member asynchronous successive halving (`MemberRungs`, one Ray actor per
   sweep that sees every member of every group), recorded as stopped early;
-and an ended member leaves the group at the end of the epoch, so it stops costing compute. The
-group checkpoints its state every epoch (weights, optimizers, RNG, which members still train, their
-sample history) and a restored group continues exactly where its last checkpoint was.
+and an ended member leaves the group at the end of the epoch, so it stops costing compute. Its slot
+is refilled: the group asks the sweep's study (`sweeps/fused_search.py`) for a fresh configuration,
+which joins the group from the next epoch on and trains its own --epochs (a group runs until its
+last member has), so the group stays full while the sweep has configurations left. On a GPU a
+group's step takes about as long with 4 members as with 16 (bench/RESULTS.md), so a group that only
+shrank would spend most of an ASHA sweep nearly empty. The group checkpoints its state every epoch
+(weights, optimizers, RNG, which members train and since when, their sample history) and a
+restored group continues exactly where its last checkpoint was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
 from ray import tune
@@ -33,6 +38,7 @@ from genmodels.figures import save_real_vs_model, save_sample_grid, save_samples
 from genmodels.files import atomic_write, write_json, write_status
 from genmodels.fused.tasks import FusedConfig
 from genmodels.names import (
+    ADDED_MEMBERS_KEY,
     CHECKPOINT_FILE,
     DIVERGED,
     FINISHED,
@@ -44,12 +50,19 @@ from genmodels.names import (
 )
 from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
 from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
-from genmodels.training import CHECKPOINT_FORMAT, EpochReport, TrainConfig, Trainer, TrainingDiverged
+from genmodels.training import (
+    CHECKPOINT_FORMAT,
+    EpochReport,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint_configs,
+)
+from trainables.rungs import AshaRungs
 from trainables.tracking import SweepRecords, start_tracker
 from trainables.trainable import (
     folder_uploader,
     model_config_from_tune,
-    rung_epochs,
     trial_folder,
     write_placement,
 )
@@ -57,32 +70,8 @@ from trainables.trainable import (
 GROUP_FILE = "group.pt"  # beside the checkpoint: members still training, statuses, sample grids
 
 
-@ray.remote(num_cpus=0)
-class MemberRungs:
-    """Asynchronous successive halving (ASHA, Li et al. 2020) for members of fused groups.
-
-    Rungs at grace_period * reduction^i epochs. A member reaching a rung records its objective
-    there and is stopped when it falls below the best 1/reduction of the values recorded at that
-    rung so far (no cutoff until `reduction` values are in): the rule of Tune's ASHAScheduler,
-    applied per member instead of per Tune trial.
-    """
-
-    def __init__(self, grace_period: int, reduction: int, max_epochs: int, mode: str):
-        self.rungs = rung_epochs(grace_period, reduction, max_epochs)
-        self.reduction, self.mode = reduction, mode
-        self.recorded: dict[int, dict[str, float]] = {rung: {} for rung in self.rungs}
-
-    def should_stop(self, member: str, epoch: int, value: float) -> bool:
-        if epoch not in self.rungs or value is None or not math.isfinite(value):
-            return False
-        values = self.recorded[epoch]
-        values[member] = value
-        if len(values) < self.reduction:
-            return False
-        top = 100 / self.reduction
-        if self.mode == "max":
-            return value < np.percentile(list(values.values()), 100 - top)
-        return value > np.percentile(list(values.values()), top)
+# Per-member ASHA as a Ray actor: one per sweep, seeing every member of every group.
+MemberRungs = ray.remote(num_cpus=0)(AshaRungs)
 
 
 def member_metrics(metrics: dict, k: int) -> dict:
@@ -124,14 +113,18 @@ def export_member(trainer: Trainer, k: int, cfg, folder: Path) -> None:
 
 def train_group(config: dict, *, model: str, data: ImageData, train_settings: dict, fixed: dict,
                 scorer_cache: dict | None, metric: str, mode: str,
-                tracking: SweepRecords | None = None, rungs=None, layout: str = "auto") -> None:
+                tracking: SweepRecords | None = None, rungs=None, study=None, refill: bool = False,
+                latent_width: int | None = None, layout: str = "auto") -> None:
     """One fused group. `config` holds the members' sampled values and their ids; `rungs` (a
-    `MemberRungs` handle, or None) stops members early; `layout` is the GAN's `FusedConfig.conv_layout`."""
+    `MemberRungs` handle, or None) stops members early; `study` (the sweep's `MemberStudy` actor)
+    gives fresh configurations for the slots of members that ended when `refill`;
+    `latent_width` pads every member's latent (a refill's must fit: the search space's largest);
+    `layout` is the GAN's `FusedConfig.conv_layout`."""
     ids = list(config[IDS_KEY])
-    cfgs = {i: model_config_from_tune(model, {**fixed, **values})
-            for i, values in zip(ids, config[MEMBERS_KEY])}
+    group_id, size = tune.get_context().get_trial_id(), len(ids)
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
     train_cfg = TrainConfig(**train_settings, num_threads=cpus)
+    epochs = train_cfg.epochs  # each member's own; the group runs until its last member is done
     device = resolve_device(train_cfg.device)
     scorer = scorer_from_cache(scorer_cache, device) if scorer_cache else None
     trial_dir = trial_folder()
@@ -139,26 +132,46 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
 
     # A restored group continues with the members its last checkpoint still trained.
     group = {"training": ids, "status": {i: RUNNING for i in ids}, "results": {},
-             "grids": {i: [] for i in ids}, "epochs": {i: [] for i in ids}}
+             "grids": {i: [] for i in ids}, "epochs": {i: [] for i in ids},
+             "added": {}, "joined": {}}  # refills: member -> its values, the group epoch it joined after
     checkpoint = tune.get_checkpoint()
-    folder_cm = checkpoint.as_directory() if checkpoint is not None else None
-    def fused_trainer(members: list[str]) -> Trainer:
-        # A restored group that shrank keeps the padded latent size of all its members
-        width = max(cfgs[i].latent_dim for i in ids)
-        fused = FusedConfig([cfgs[i] for i in members], conv_layout=layout, latent_width=width)
-        return Trainer.create(f"fused-{model}", fused, train_cfg, data, scorer=scorer)
-
-    if folder_cm is not None:
-        with folder_cm as folder:
-            group = torch.load(Path(folder) / GROUP_FILE, weights_only=True)
-            trainer = fused_trainer(group["training"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            group = {"added": {}, "joined": {},  # (a group saved before refills existed)
+                     **torch.load(Path(folder) / GROUP_FILE, weights_only=True)}
+    values = {**dict(zip(ids, config[MEMBERS_KEY])), **group["added"]}  # every member it had
+    cfgs = {member: model_config_from_tune(model, {**fixed, **v}) for member, v in values.items()}
+    # The padded latent size L never changes, so a group that shrank or grew rebuilds from its
+    # checkpoint: a restored group keeps the L it was saved with. A refill must fit in it.
+    width = max([latent_width or 0, *(c.latent_dim for c in cfgs.values())])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            width = saved_latent_width(Path(folder) / CHECKPOINT_FILE)
+    if latent_width is not None and width < latent_width:
+        refill = False  # a group saved before refills, narrower than the space: it only shrinks
+    fused = FusedConfig([cfgs[i] for i in group["training"]], conv_layout=layout, latent_width=width)
+    # The trainer's own copy: its epoch count grows with refills, the members' stays --epochs.
+    trainer = Trainer.create(f"fused-{model}", fused, dataclasses.replace(train_cfg), data, scorer=scorer)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
             trainer.resume(Path(folder) / CHECKPOINT_FILE)
-    else:
-        trainer = fused_trainer(ids)
+        if study is not None:  # members it asked for after the study's last save (sweep stopped)
+            ray.get(study.adopt.remote(group_id, values))
     write_placement(trial_dir, trainer)
-    training, status = group["training"], group["status"]
-    trackers = {i: start_tracker(tracking, trial_dir, cfgs[i], train_cfg, member=i, group=trial_dir.name)
-                for i in training}
+    training, status, joined = group["training"], group["status"], group["joined"]
+
+    def group_epochs() -> int:
+        return max(joined.get(m, 0) + epochs for m in training) if training else trainer.epoch
+
+    trainer.train_cfg.epochs = group_epochs()
+    trackers = {}
+
+    def track(member: str) -> None:
+        trackers[member] = start_tracker(tracking, trial_dir, cfgs[member], train_cfg, member=member,
+                                         group=trial_dir.name)
+
+    for member in training:
+        track(member)
 
     def end(member: str, how: str, epoch: int, message: str | None = None) -> None:
         status[member] = how
@@ -174,40 +187,62 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             torch.save(group, Path(folder) / GROUP_FILE)
             tune.report({metric: best_value(results, metric, mode), "members_training": len(training),
-                         RESULTS_KEY: results}, checkpoint=tune.Checkpoint.from_directory(folder))
+                         RESULTS_KEY: results, ADDED_MEMBERS_KEY: group["added"]},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def refill_slots(epoch: int, keep: list[int]) -> None:
+        """The members `keep` (indices) train on; the freed slots take fresh configurations from
+        the study, as many as it has left. They join after this epoch."""
+        new = ray.get(study.ask.remote(group_id, size - len(keep), epoch)) if refill and \
+            len(keep) < size else {}
+        if new:
+            cfgs.update({m: model_config_from_tune(model, {**fixed, **v}) for m, v in new.items()})
+            trainer.task.add_members([cfgs[m] for m in new], train_cfg.seed)
+            keep = keep + list(range(len(training), len(training) + len(new)))
+            training.extend(new)
+        if not keep:  # every member ended, and no configuration was left to take a slot
+            training.clear()
+        elif len(keep) < len(training):
+            trainer.task.keep_members(keep)
+            training[:] = [training[k] for k in keep]
+        for member, values in new.items():
+            group["added"][member] = values
+            joined[member] = epoch
+            status[member] = RUNNING
+            group["grids"][member], group["epochs"][member] = [], []
+            track(member)
+        trainer.train_cfg.epochs = group_epochs()
 
     def on_epoch(report_: EpochReport) -> None:
         epoch, results = report_.epoch, group["results"]  # every member's latest, ended ones too
         member_status = trainer.task.status.as_list()
         for k, member in enumerate(training):
-            values = member_metrics(report_.metrics, k)
+            own_epoch = epoch - joined.get(member, 0)  # the member's own epochs, from 1
+            last = own_epoch == epochs
+            values = {**member_metrics(report_.metrics, k), "epoch": own_epoch}
             if not member_status[k]["active"]:  # diverged during this epoch
-                end(member, DIVERGED, epoch, f"training diverged at step "
+                end(member, DIVERGED, own_epoch, f"training diverged at step "
                     f"{member_status[k]['diverged_step']}: non-finite loss")
-                results[member] = {"epoch": epoch, "status": DIVERGED}
+                results[member] = {"epoch": own_epoch, "status": DIVERGED}
                 continue
             out = trial_dir / member
-            grid = save_sample_grid(report_.samples[k], out / "samples" / f"epoch_{epoch:03d}.png")
+            grid = save_sample_grid(report_.samples[k], out / "samples" / f"epoch_{own_epoch:03d}.png")
             group["grids"][member].append((report_.samples[k] * 255).round().to(torch.uint8).cpu())
-            group["epochs"][member].append(epoch)
-            stop = (rungs is not None and not report_.is_last
-                    and ray.get(rungs.should_stop.remote(member, epoch, values.get(metric))))
+            group["epochs"][member].append(own_epoch)
+            stop = (rungs is not None and not last and ray.get(
+                rungs.should_stop.remote(f"{group_id}-{member}", own_epoch, values.get(metric))))
             figures = {}
-            if report_.is_last or stop:
+            if last or stop:
                 figures = save_member_figures(trainer, k, group["grids"][member],
                                               group["epochs"][member], out)
                 export_member(trainer, k, cfgs[member], out)
-            trackers[member].log_epoch(epoch, values, grid, figures)
-            if report_.is_last or stop:
-                end(member, FINISHED if report_.is_last else STOPPED_EARLY, epoch)
+            trackers[member].log_epoch(own_epoch, values, grid, figures)
+            if last or stop:
+                end(member, FINISHED if last else STOPPED_EARLY, own_epoch)
             results[member] = {**values, "status": status[member]}
-        # Members that ended leave the group: from the next epoch on they cost nothing.
-        keep = [k for k, member in enumerate(training) if status[member] == RUNNING]
-        if keep and len(keep) < len(training):
-            trainer.task.keep_members(keep)
-            training[:] = [training[k] for k in keep]
-        elif not keep:
-            training.clear()
+        # Members that ended leave the group: from the next epoch on they cost nothing, and fresh
+        # configurations take their slots while the sweep has any left.
+        refill_slots(epoch, [k for k, member in enumerate(training) if status[member] == RUNNING])
         report(epoch, results)
         if not training:
             raise GroupEnded
@@ -215,12 +250,13 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     try:
         trainer.fit(on_epoch)
     except GroupEnded:
-        return  # every member ended before the last epoch (stopped early or diverged)
+        return  # every member ended and no configuration was left to take a slot
     except TrainingDiverged as err:  # the last members still training diverged together
         results = group["results"]
         for member in list(training):
-            end(member, DIVERGED, err.epoch, str(err))
-            results[member] = {"epoch": err.epoch, "status": DIVERGED}
+            own_epoch = err.epoch - joined.get(member, 0)
+            end(member, DIVERGED, own_epoch, str(err))
+            results[member] = {"epoch": own_epoch, "status": DIVERGED}
         training.clear()
         report(err.epoch, results)
     except BaseException as err:
@@ -228,6 +264,12 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             for member in training:
                 trackers[member].fail(f"{type(err).__name__}: {err}")
         raise
+
+
+def saved_latent_width(checkpoint: Path) -> int:
+    """The padded latent size L of the fused group saved in `checkpoint`."""
+    _, saved, _ = load_checkpoint_configs(checkpoint)
+    return saved.get("latent_width") or max(m["latent_dim"] for m in saved["members"])
 
 
 class GroupEnded(Exception):

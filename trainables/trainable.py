@@ -58,16 +58,6 @@ def model_config_from_tune(model: str, values: dict):
     return cfg_class(**values)
 
 
-def rung_epochs(grace_period: int, reduction: int, epochs: int) -> frozenset[int]:
-    """The epochs before the last after which asynchronous successive halving may stop a trial:
-    grace_period * reduction^i (the rungs of Tune's ASHAScheduler, and of MemberRungs)."""
-    rungs, epoch = set(), grace_period
-    while epoch < epochs:
-        rungs.add(epoch)
-        epoch *= reduction
-    return frozenset(rungs)
-
-
 def on_cloud_storage(storage) -> bool:
     """Whether the sweep's storage (Ray's StorageContext) is cloud storage (s3://, gs://) rather
     than a file system every node mounts (local, NFS)."""
