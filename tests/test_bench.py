@@ -182,3 +182,20 @@ def test_the_fused_throughput_plot_draws_a_run_against_its_one_fp32_trial(load_b
     path.write_text(json.dumps({**run, "rows": run["rows"][1:]}))
     assert plot.main([str(path), "--out", str(tmp_path / "none.png")]) == 2
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_refill_benchmark_trains_every_configuration_both_ways(load_bench, data_dir):
+    """bench/refill.py, small: both schedules train every configuration with the same ASHA rule;
+    with many more configurations than a group holds, refilled slots keep it fuller."""
+    from genmodels.data import load_dataset
+    from genmodels.training import TrainConfig
+
+    refill = load_bench("refill")
+    rng = refill.np.random.default_rng(0)
+    configs = [refill.VAEConfig(**refill.draw(refill.SPACES["vae"], rng)) for _ in range(12)]
+    data = load_dataset("mnist", data_dir)
+    train_cfg = TrainConfig(device="cpu", seed=0, epochs=10**6, train_subset=256, batch_size=64)
+    shrink, refilled = (refill.run(r, configs, 2, 2, data, train_cfg, width=64) for r in (False, True))
+    assert shrink.ended == refilled.ended == 12
+    assert shrink.group_epochs > refilled.group_epochs  # the same configurations in fewer epochs
+    assert refilled.members_a_step > shrink.members_a_step
