@@ -44,6 +44,20 @@ def member_id(number: int) -> str:
     return f"m{number:03d}"
 
 
+def member_results(result: dict) -> dict[str, dict]:
+    """A group's report as member id -> its latest values and status. Tune hands searchers its
+    results flattened (`member_results/m003/val_elbo`: `flatten_dict`), so they are gathered back."""
+    if MEMBER_RESULTS_KEY in result:
+        return result[MEMBER_RESULTS_KEY] or {}
+    members: dict[str, dict] = {}
+    for key, value in result.items():
+        head, _, rest = key.partition("/")
+        if head == MEMBER_RESULTS_KEY and "/" in rest:
+            member, _, name = rest.partition("/")
+            members.setdefault(member, {})[name] = value
+    return members
+
+
 class MemberStudy:
     """The sweep's Optuna study and its budget of configurations; members are keyed by
     (group, member id), the group being its Tune trial id."""
@@ -182,10 +196,10 @@ class FusedOptunaSearch(Searcher):
         return {MEMBERS_KEY: list(members.values()), IDS_KEY: list(members)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.study.report.remote(trial_id, result.get(MEMBER_RESULTS_KEY) or {})
+        self.study.report.remote(trial_id, member_results(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ray.get(self.study.finish.remote(trial_id, (result or {}).get(MEMBER_RESULTS_KEY) or {}))
+        ray.get(self.study.finish.remote(trial_id, member_results(result or {})))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -455,6 +455,49 @@ def member_statuses(group: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+def test_a_killed_fused_group_is_retried_with_its_refill_and_loses_nothing(data_dir, tmp_path):
+    """--fuse 2, 3 configurations, one group: m000 and m001 finish, m002 takes a freed slot; the
+    group's worker is killed after m002's first epoch. The retry restores the group from its
+    checkpoint, m002 included, and finishes it: each configuration's epochs once, one Optuna trial
+    each, all complete."""
+    epochs = 12  # seconds of the refill's training after its first epoch, for the kill to land in
+    log = tmp_path / "sweep.log"
+    process = start(sweep_command(data_dir, tmp_path, "refilled", "--fuse", "2", "--num-samples", "3",
+                                  "--max-concurrent", "1", "--epochs", str(epochs), "--test-top", "0"),
+                    tmp_path, log)
+    experiment = tmp_path / "ray" / "refilled"
+
+    def groups() -> list[Path]:
+        return sorted(experiment.glob("train_group*")) if experiment.exists() else []
+
+    wait_for(lambda: any(1 in member_epochs(g).get("m002", []) for g in groups()),
+             "the refill's first epoch", process, log)
+    workers = wait_for(lambda: [p for p, args in descendants(process.pid).items()
+                                if args.startswith("ray::ImplicitFunc")],
+                       "the group's worker process", process, log)
+    for pid in workers:
+        subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    assert process.wait(timeout=WAIT_SECONDS) == EXIT_OK, log.read_text()[-3000:]
+
+    (group,) = groups()
+    assert "Failure # 1" in (group / "error.txt").read_text()  # the kill did hit it
+    assert member_statuses(group) == {"m000": "finished", "m001": "finished", "m002": "finished"}
+    for member, reported in member_epochs(group).items():
+        assert reported == list(range(1, len(reported) + 1)), (member, reported)  # none twice
+    (searcher,) = experiment.glob("searcher-state-*.pkl")
+    study = pickle.loads(searcher.read_bytes())["study"]  # (MemberStudy.state)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = mlflow_runs(uri, "refilled")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(children) == 3 and set(runs["status"]) == {"FINISHED"}
+    client = MlflowClient(uri)
+    for run_id in children.run_id:
+        assert metric_steps(client, run_id, "val_elbo") == list(range(1, epochs + 1))
+        assert image_steps(client, run_id) == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
 def test_a_fused_group_that_shrank_resumes_after_a_stop(data_dir, tmp_path):
     """ASHA stops the group's member of the larger latent size (seed 0: m001, latent_dim 28
     against the default's 20) at epoch 2 and the group trains on without it; SIGTERM; --resume

@@ -15,8 +15,8 @@ from conftest import mlflow_runs
 
 from analysis import load_trials, rank_trials
 from analysis.report import search_notes
-from genmodels.names import GROUP_TAG, OPTIONS_FILE
-from sweeps.fused_search import MemberStudy
+from genmodels.names import GROUP_TAG, MEMBER_RESULTS_KEY, OPTIONS_FILE
+from sweeps.fused_search import MemberStudy, member_results
 from sweeps.search_space import SPACES, is_default_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +48,19 @@ def test_the_study_hands_out_exactly_num_samples_configurations_to_groups_and_re
                       4: State.PRUNED, 5: State.FAIL}
     assert study.study.best_value == -140.0
     assert study.study.trials[0].intermediate_values == {1: -200.0}
+
+
+def test_the_searcher_reads_each_members_results_from_tunes_flattened_report():
+    """Tune hands a searcher its results flattened; read as they were, every member's were missing
+    and each was told Optuna as failed, so TPE never learned from a fused sweep."""
+    from ray.tune.utils import flatten_dict
+
+    report = {"val_elbo": -150.0, MEMBER_RESULTS_KEY: {
+        "m000": {"epoch": 2, "val_elbo": -150.0, "status": "finished"},
+        "m001": {"epoch": 1, "status": "diverged"}}, "training_iteration": 2}
+    assert member_results(flatten_dict(report)) == report[MEMBER_RESULTS_KEY]
+    assert member_results(report) == report[MEMBER_RESULTS_KEY]
+    assert member_results({"val_elbo": -1.0}) == {}
 
 
 def test_a_restored_study_adopts_the_refills_asked_after_its_last_save():
