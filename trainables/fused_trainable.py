@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import ray
@@ -135,28 +136,26 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
              "grids": {i: [] for i in ids}, "epochs": {i: [] for i in ids},
              "added": {}, "joined": {}}  # refills: member -> its values, the group epoch it joined after
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
+    with (checkpoint.as_directory() if checkpoint is not None else nullcontext()) as folder:
+        if folder is not None:
             group = {"added": {}, "joined": {},  # (a group saved before refills existed)
                      **torch.load(Path(folder) / GROUP_FILE, weights_only=True)}
-    values = {**dict(zip(ids, config[MEMBERS_KEY])), **group["added"]}  # every member it had
-    cfgs = {member: model_config_from_tune(model, {**fixed, **v}) for member, v in values.items()}
-    # The padded latent size L never changes, so a group that shrank or grew rebuilds from its
-    # checkpoint: a restored group keeps the L it was saved with. A refill must fit in it.
-    width = max([latent_width or 0, *(c.latent_dim for c in cfgs.values())])
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            width = saved_latent_width(Path(folder) / CHECKPOINT_FILE)
-    if latent_width is not None and width < latent_width:
-        refill = False  # a group saved before refills, narrower than the space: it only shrinks
-    fused = FusedConfig([cfgs[i] for i in group["training"]], conv_layout=layout, latent_width=width)
-    # The trainer's own copy: its epoch count grows with refills, the members' stays --epochs.
-    trainer = Trainer.create(f"fused-{model}", fused, dataclasses.replace(train_cfg), data, scorer=scorer)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
+        sampled = {**dict(zip(ids, config[MEMBERS_KEY])), **group["added"]}  # every member it had
+        cfgs = {member: model_config_from_tune(model, {**fixed, **v}) for member, v in sampled.items()}
+        # The padded latent size L never changes, so a group that shrank or grew rebuilds from its
+        # checkpoint: a restored group keeps the L it was saved with. A refill must fit in it.
+        width = (saved_latent_width(Path(folder) / CHECKPOINT_FILE) if folder is not None
+                 else max([latent_width or 0, *(c.latent_dim for c in cfgs.values())]))
+        if latent_width is not None and width < latent_width:
+            refill = False  # a group saved before refills, narrower than the space: it only shrinks
+        fused = FusedConfig([cfgs[i] for i in group["training"]], conv_layout=layout, latent_width=width)
+        # The trainer's own copy: its epoch count grows with refills, the members' stays --epochs.
+        trainer = Trainer.create(f"fused-{model}", fused, dataclasses.replace(train_cfg), data,
+                                 scorer=scorer)
+        if folder is not None:
             trainer.resume(Path(folder) / CHECKPOINT_FILE)
-        if study is not None:  # members it asked for after the study's last save (sweep stopped)
-            ray.get(study.adopt.remote(group_id, values))
+            if study is not None:  # members it asked for after the study's last save (sweep stopped)
+                ray.get(study.adopt.remote(group_id, sampled))
     write_placement(trial_dir, trainer)
     training, status, joined = group["training"], group["status"], group["joined"]
 
