@@ -20,12 +20,18 @@
 #     DEV=cpu DATA=tests/data Q="--steps 1" GM=2 OM=2 PROCS=1 G=off P=fp32 UP=fp32 PM=2 PP=fp32 GS=2 \
 #         VM=2 VQ="--model vae --steps 1" bash bench/gpu_gan_members.sh /tmp/out   # the plumbing on a CPU
 # The parts run in the order of what their numbers decide (a timeout still leaves the first ones);
-# PARTS="0 1 3" runs only those (bench/gpu_members_fix.sh does).
+# PARTS="0 8 1 3" runs only those (bench/gpu_members_fix.sh does); part 8, bench/refill.py, came
+# later (2026-11-28) and runs only when asked for.
 source bench/gpu_setup.sh "$@"
-want() { [[ " ${PARTS:-0 1 5 1b 7 3 4 2 6} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-0 1 5 1b 7 3 4 2 6} " == *" $1 "* ]]; }  # in the order below
 if want 0; then
     echo "== 0. graphed as eager; one stream and the members layout against the default layout"
     timeout 170 python bench/check_graphs.py --data-dir "$DATA" | tee "$O/check_graphs.txt"
+fi
+if want 8; then
+    echo "== 8. a fused VAE group in an ASHA sweep: freed slots refilled, against a group that only shrinks"
+    timeout 120 python bench/refill.py --device "$D" --members ${RM:-16} --configs ${RC:-128} \
+        --epochs ${RE:-8} --train-subset ${RS:-0} --data-dir "$DATA" | tee "$O/refill.txt"
 fi
 if want 1; then
     echo "== 1. fused GAN, streams and members, fp32 and bf16, against 1 and 4 unfused trials (graphed)"

@@ -3,7 +3,7 @@
 # device and output folder, and what machine this is.
 # Build .gpu once on this side (it is git-ignored; the device tool carries it):
 #     mkdir -p .gpu/data/MNIST/raw && cp ../shared/data/MNIST/raw/*ubyte .gpu/data/MNIST/raw/
-#     python3 -m pip install --target .gpu/site filelock tqdm   # what torchvision's MNIST needs there
+#     python3 -m pip install --target .gpu/site filelock tqdm pyyaml  # torchvision's MNIST; refill.py's space
 # DEV, DATA and Q override the device, the data folder and bench_fused's speed flag (a CPU check).
 set -u
 export PYTHONPATH=$PWD:$PWD/.gpu/site

@@ -98,9 +98,11 @@ class Progress:
 
     def __setstate__(self, state: dict) -> None:
         """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
-        process, whose clock starts now."""
-        self.__dict__.update(state)
-        self.__dict__.setdefault("retried", set())  # a sweep saved by an older gensweep
+        process, whose clock starts now. A sweep saved by an older gensweep lacks the attributes
+        added since: they start as a new Progress's do."""
+        fresh = Progress(state["num_trials"], state["epochs"], state["metric"], state["mode"],
+                         now=state.get("now", time.monotonic))
+        self.__dict__.update({**fresh.__dict__, **state})
         self.started_at = self.last_summary = self.now()
 
     def say(self, text: str) -> None:

@@ -175,16 +175,22 @@ def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, me
 
 class FusedOptunaSearch(Searcher):
     """Tune's searcher of a fused sweep: hands each new group K configurations from the shared
-    study and passes the groups' reports to it. It keeps only the study actor's name, so a
+    study and passes the groups' reports to it. It pickles only the study actor's name, so a
     --resume's unpickled searcher talks to the new run's actor."""
 
     def __init__(self, sweep: str, group_size: int, metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)
         self.actor_name, self.group_size = study_actor_name(sweep), group_size
+        self._study = None  # the actor's handle, looked up once (see `study`)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_study": None}  # a handle would name the old run's actor
 
     @property
     def study(self):
-        return ray.get_actor(self.actor_name)
+        if getattr(self, "_study", None) is None:  # absent in a searcher pickled before it existed
+            self._study = ray.get_actor(self.actor_name)
+        return self._study
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space and the objective are the study's own

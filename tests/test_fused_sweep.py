@@ -63,6 +63,19 @@ def test_the_searcher_reads_each_members_results_from_tunes_flattened_report():
     assert member_results({"val_elbo": -1.0}) == {}
 
 
+def test_the_searcher_pickles_the_study_actors_name_and_not_its_handle():
+    """A --resume unpickles the searcher in a new Ray run: a handle would name the old actor."""
+    import pickle
+
+    from sweeps.fused_search import FusedOptunaSearch
+
+    searcher = FusedOptunaSearch("vae-sweep", group_size=4, metric="val_elbo", mode="max")
+    searcher._study = "the old run's actor"
+    restored = pickle.loads(pickle.dumps(searcher))
+    assert restored._study is None and restored.actor_name == searcher.actor_name
+    assert searcher._study == "the old run's actor"  # pickling leaves the live searcher's handle
+
+
 def test_a_restored_study_adopts_the_refills_asked_after_its_last_save():
     study = MemberStudy(SPACES["vae"], num_configs=4, metric="val_elbo", mode="max", seed=0)
     study.ask("t0", 2)
