@@ -67,9 +67,9 @@ class ConsoleCallback(tune.Callback):
                 epochs = (trial.last_result or {}).get("training_iteration", 0)
                 reason = (reason_of(getattr(trial, "error_file", None))
                           if trial.status == trial.ERROR else None)
-                best = trial.metric_analysis.get(self.progress.metric, {}).get(self.progress.mode)
+                last = (trial.last_result or {}).get(self.progress.metric)
                 members = (trial.last_result or {}).get(MEMBER_RESULTS_KEY)
-                self.progress.ended_before(trial.trial_id, epochs, reason, best, members)
+                self.progress.ended_before(trial.trial_id, epochs, reason, last, members)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.progress.started(trial.trial_id, trial.config)

@@ -19,7 +19,15 @@ import os
 import time
 from pathlib import Path
 
-from genmodels.names import ADDED_MEMBERS_KEY, MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING
+from genmodels.names import (
+    ADDED_MEMBERS_KEY,
+    DIVERGED,
+    FAILED,
+    MEMBER_IDS_KEY,
+    MEMBER_RESULTS_KEY,
+    MEMBERS_KEY,
+    RUNNING,
+)
 from sweeps.search_space import (
     budget_split,
     default_point,
@@ -91,7 +99,9 @@ class Progress:
         self.running: set[str] = set()
         self.done: dict[str, str] = {}  # trial id -> finished | stopped_early | failed | diverged
         self.retried: set[str] = set()  # trials Tune restarted after a failure (--max-failures)
-        self.best: tuple[float, str] | None = None  # (value, trial id)
+        # Each trial's latest value, the best of which the summary names: the closing table and
+        # analysis/rank.py rank trials by their last value too, as Ray Tune's best result does.
+        self.latest: dict[str, float] = {}
         self.events_since_summary = 0
         self.done_before = 0  # trials that had ended before this --resume: not in the time estimate
         self.configurations_before = 0  # ... and a fused sweep's configurations
@@ -148,7 +158,9 @@ class Progress:
             trial_id, value, own_epoch = f"{group}-{member}", result.get(self.metric), result.get("epoch")
             trained = own_epoch is not None and own_epoch != self.member_epochs.get(trial_id)
             self.member_epochs[trial_id] = own_epoch
-            if trained and isinstance(value, (int, float)) and math.isfinite(value):
+            if result.get("status") in (DIVERGED, FAILED):
+                self.latest.pop(trial_id, None)  # ranked last, whatever it scored before
+            elif trained and isinstance(value, (int, float)) and math.isfinite(value):
                 values[trial_id] = value
         for trial_id, value in values.items():
             self.consider(value, trial_id)
@@ -169,12 +181,20 @@ class Progress:
                 self.event(f"{group}-{member} started    {short_config(values)} (refills a slot)")
 
     def consider(self, value, trial_id: str) -> None:
-        """Keep `value` as the best so far if it is."""
+        """`value` is now the trial's latest: a candidate for the best unless it is no number."""
         if isinstance(value, (int, float)) and math.isfinite(value):
-            better = self.best is None or (value > self.best[0] if self.mode == "max"
-                                           else value < self.best[0])
-            if better:
-                self.best = (value, trial_id)
+            self.latest[trial_id] = value
+        else:
+            self.latest.pop(trial_id, None)
+
+    @property
+    def best(self) -> tuple[float, str] | None:
+        """(value, trial id) of the trial whose latest value is the best, ties to the first."""
+        if not self.latest:
+            return None
+        pick = max if self.mode == "max" else min
+        trial_id = pick(self.latest, key=self.latest.get)
+        return self.latest[trial_id], trial_id
 
     def outcome(self, epochs_done: int, reason: str | None) -> str:
         if reason is not None:
@@ -185,10 +205,14 @@ class Progress:
     def ended(self, trial_id: str, epochs_done: int, reason: str | None = None) -> None:
         self.running.discard(trial_id)
         outcome = self.done[trial_id] = self.outcome(epochs_done, reason)
+        if reason is not None:
+            self.latest.pop(trial_id, None)  # a trial that failed or diverged ranks last
         members = self.members.get(trial_id, {})
         for member, status in members.items():  # a group that failed: its members with it
             if status == RUNNING:
                 members[member] = outcome
+                if reason is not None:
+                    self.latest.pop(f"{trial_id}-{member}", None)
         how_members_ended = self.member_outcomes(trial_id)
         if reason is None and how_members_ended:  # a group
             self.event(f"{trial_id} ended      after epoch {epochs_done}: {how_members_ended}")
@@ -205,21 +229,23 @@ class Progress:
         counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
         return ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
 
-    def ended_before(self, trial_id: str, epochs_done: int, reason: str | None, best,
+    def ended_before(self, trial_id: str, epochs_done: int, reason: str | None, last,
                      members: dict | None = None) -> None:
         """A trial that had ended before this --resume (the run that ran it printed its lines): it
-        counts as done, and its best value as a candidate for the best so far, without a line. A
+        counts as done, and its `last` value as a candidate for the best so far, without a line. A
         group's `members` (its last report's) count too, each with its last value."""
         if trial_id in self.done:
             return
         self.done[trial_id] = self.outcome(epochs_done, reason)
         self.done_before += 1
-        if not members:
-            self.consider(best, trial_id)
+        if not members and reason is None:
+            self.consider(last, trial_id)
         for member, result in (members or {}).items():
-            self.members.setdefault(trial_id, {})[member] = result.get("status", RUNNING)
-            self.configurations_before += result.get("status", RUNNING) != RUNNING
-            self.consider(result.get(self.metric), f"{trial_id}-{member}")
+            status = result.get("status", RUNNING)
+            self.members.setdefault(trial_id, {})[member] = status
+            self.configurations_before += status != RUNNING
+            if status not in (DIVERGED, FAILED) and (status != RUNNING or reason is None):
+                self.consider(result.get(self.metric), f"{trial_id}-{member}")
 
     def maybe_summary(self) -> None:
         since = self.now() - self.last_summary

@@ -117,13 +117,40 @@ def test_console_lines_follow_the_trials():
     assert lines[-1] == "3 done, 0 running, 0 pending; best fcd 30 (t1); 06:20 elapsed, done"
 
 
+def test_the_consoles_best_is_the_trial_the_closing_table_ranks_first():
+    """Both go by each trial's latest value (as Ray Tune's best result and rank.py do): a GAN
+    whose score worsened after its best epoch is not named best for the epoch it has left behind,
+    and a trial that diverged after a good epoch is not named at all."""
+    import pandas as pd
+
+    from analysis import rank_trials
+
+    lines = []
+    progress = Progress(num_trials=3, epochs=2, metric="val_fcd", mode="min", now=lambda: 0.0)
+    progress.say = lines.append
+    for trial in ("t1", "t2", "t3"):
+        progress.started(trial, {"lr": 0.1})
+    progress.epoch("t1", 1, {"val_fcd": 30.0})
+    progress.epoch("t2", 1, {"val_fcd": 40.0})
+    progress.epoch("t3", 1, {"val_fcd": 20.0})
+    progress.ended("t2", 1)  # ASHA stopped it
+    progress.epoch("t1", 2, {"val_fcd": 50.0})  # worse than its first epoch
+    progress.ended("t1", 2)
+    progress.ended("t3", 2, "TrainingDiverged: training diverged at epoch 2")
+    progress.summary()
+    assert lines[-1] == "3 done, 0 running, 0 pending; best val_fcd 40 (t2); 00:00 elapsed, done"
+    table = pd.DataFrame({"trial_id": ["t1", "t2", "t3"], "model": "gan", "val_fcd": [50.0, 40.0, 20.0],
+                          "status": ["finished", "stopped_early", "diverged"]})
+    assert rank_trials(table)["trial_id"].iloc[0] == "t2"
+
+
 def test_console_counts_the_trials_that_ended_before_a_resume_without_a_line_for_them():
     lines, clock_now = [], [0.0]
     progress = Progress(num_trials=4, epochs=2, metric="fcd", mode="min", now=lambda: clock_now[0])
     progress.say = lines.append
-    progress.ended_before("t1", 2, None, best=30.0)
-    progress.ended_before("t2", 1, "TrainingDiverged: training diverged at epoch 1", best=None)
-    progress.ended_before("t1", 2, None, best=30.0)  # seen once
+    progress.ended_before("t1", 2, None, last=30.0)
+    progress.ended_before("t2", 1, "TrainingDiverged: training diverged at epoch 1", last=None)
+    progress.ended_before("t1", 2, None, last=30.0)  # seen once
     progress.started("t3", {"lr": 0.1})
     clock_now[0] = 60.0
     progress.epoch("t3", 2, {"fcd": 40.0})
@@ -144,7 +171,7 @@ def test_console_state_saved_by_an_older_gensweep_resumes_with_the_attributes_ad
     progress.done["t1"] = "finished"
     state = pickle.dumps(progress)
     older = pickle.loads(state)
-    for added in ("member_epochs", "retried", "configurations_before", "members"):
+    for added in ("member_epochs", "retried", "configurations_before", "members", "latest"):
         del older.__dict__[added]  # as a Progress of an earlier gensweep was saved
     resumed = pickle.loads(pickle.dumps(older))
     assert resumed.member_epochs == {} and resumed.retried == set() and resumed.members == {}
@@ -170,7 +197,7 @@ def test_a_fused_sweeps_console_names_its_configurations_as_the_analysis_does():
     progress.epoch("g2", 1, {"fcd": 60.0, "member_results": {
         "m003": {"epoch": 1, "fcd": 60.0, "status": "running"}}})
     progress.ended("g2", 1, "RayTaskError: its worker died")  # and its retries were used up
-    progress.ended_before("g0", 3, None, best=30.0, members={
+    progress.ended_before("g0", 3, None, last=30.0, members={
         "m002": {"epoch": 3, "fcd": 35.0, "status": "finished"}})
     progress.summary()
     assert lines == [
