@@ -309,6 +309,22 @@ def setup_lines(plan) -> str:
     return "\n".join(lines)
 
 
+def free_slots_line(args, at_once: int) -> str | None:
+    """A fused sweep whose configurations fill fewer groups than the cluster runs at once leaves
+    trial slots (GPUs, on a GPU cluster) free: say how many, and which --fuse would fill them.
+    None when every slot trains, or when --max-concurrent chose the number."""
+    if args.fuse == 1 or args.max_concurrent or getattr(args, "resume", False):
+        return None
+    groups = -(-args.num_samples // args.fuse)
+    if groups >= at_once:
+        return None
+    fill = max(1, args.num_samples // at_once)
+    return (f"slots      {args.num_samples} configurations fill {groups} group"
+            f"{'' if groups == 1 else 's'} of {min(args.fuse, args.num_samples)}, and the cluster "
+            f"runs {at_once} at once: {at_once - groups} slot(s) stay free (--fuse {fill} would "
+            "fill them: smaller groups, each on its own slot)")
+
+
 def trials_at_once(args) -> int | None:
     """Trials (or fused groups) running together: --max-concurrent, else what a local Ray's CPUs
     hold; None where that is not known before Ray starts (a cluster, GPU trials)."""

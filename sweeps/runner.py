@@ -35,7 +35,7 @@ from genmodels.names import (
     tracking_uri,
 )
 from sweeps import search_space as spaces
-from sweeps.console import send_library_output_to, setup_lines
+from sweeps.console import free_slots_line, send_library_output_to, setup_lines
 from sweeps.final_test import (
     DEFAULT_TEST_TOP,
     chosen_table,
@@ -354,6 +354,8 @@ def _run(model: str, argv: list[str] | None) -> int:
         start_ray(plan.args.address)
         resources = check_resources(plan.args)
         at_once = plan.args.max_concurrent or trials_the_cluster_holds(plan.args)
+        if note := free_slots_line(plan.args, at_once):
+            print(note, flush=True)
         if not plan.args.resume:  # kept with the options: the report derives TPE's random share from it
             plan.args.at_once = at_once
         if plan.local and lock is None:

@@ -221,6 +221,20 @@ def test_a_fused_group_refills_the_slots_of_members_that_end(data_dir, tmp_path)
     assert len(groups) == 2 and len(load_trials(results=tmp_path / "shrunk")) == 4
 
 
+def test_the_setup_says_when_a_fused_sweep_leaves_slots_free_and_which_fuse_fills_them():
+    from sweeps.console import free_slots_line
+    from sweeps.options import parse_options
+
+    args = parse_options("vae", ["--num-samples", "64", "--gpus-per-trial", "1"])  # fuses 16
+    assert free_slots_line(args, at_once=8) == (
+        "slots      64 configurations fill 4 groups of 16, and the cluster runs 8 at once: "
+        "4 slot(s) stay free (--fuse 8 would fill them: smaller groups, each on its own slot)")
+    assert free_slots_line(args, at_once=4) is None  # every slot trains
+    assert free_slots_line(parse_options("vae", ["--num-samples", "64"]), at_once=8) is None  # unfused
+    chosen = parse_options("vae", ["--num-samples", "64", "--fuse", "16", "--max-concurrent", "2"])
+    assert free_slots_line(chosen, at_once=2) is None  # the user chose how many run at once
+
+
 def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
     from sweeps.options import parse_options
 
