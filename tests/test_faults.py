@@ -403,10 +403,13 @@ def member_epochs(group: Path) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(data_dir, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(stop_signal, data_dir,
+                                                                          tmp_path):
     """--fuse 2, one group at a time: the group's two members finish and two fresh
-    configurations take their slots; SIGTERM to the driver while those train, then --resume: every
-    configuration ends with each of its epochs once, in its folder and in its own MLflow run."""
+    configurations take their slots; SIGTERM (or SIGKILL: no chance to save anything) to the
+    driver while those train, then --resume: every configuration ends with each of its epochs
+    once, in its folder and in its own MLflow run."""
     configs, epochs = 4, 3
     log = tmp_path / "sweep.log"
     command = sweep_command(data_dir, tmp_path, "fused", "--fuse", "2", "--num-samples",
@@ -420,8 +423,14 @@ def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(data_
 
     wait_for(lambda: any(1 in member_epochs(g).get("m002", []) for g in groups()),
              "the first refill's first epoch", process, log)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=WAIT_SECONDS) == EXIT_TERMINATED, log.read_text()[-3000:]
+    ray_processes = descendants(process.pid)
+    process.send_signal(stop_signal)
+    code = process.wait(timeout=WAIT_SECONDS)
+    if stop_signal == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        stop_leftovers(ray_processes)
+    else:
+        assert code == EXIT_TERMINATED, log.read_text()[-3000:]
 
     log2 = tmp_path / "resume.log"
     resumed = start(sweep_command(data_dir, tmp_path, "fused", "--resume"), tmp_path, log2)
