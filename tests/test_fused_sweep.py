@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -266,12 +267,15 @@ def test_the_members_layout_is_held_back_on_gpus_until_its_race_fix_is_checked_t
 @pytest.mark.slow
 def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_path):
     """The main job's GPU default, fused GAN groups, end to end on the CPU: members scored per
-    epoch in one batched pass, the best tested once, each member its own run, folder and row. In
-    the "members" layout (--fused-layout), the one that is not the default anywhere yet."""
+    epoch in one batched pass, the best tested once, each member its own run, folder and row, a
+    refill included (one group at a time, on all CPUs: the third configuration takes a finished
+    member's slot). In the "members" layout (--fused-layout), the one that is not the default
+    anywhere yet."""
     run = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / "gan_sweep.py"), "--data-dir", str(data_dir),
-         "--storage-path", str(tmp_path), "--name", "fused-gan", "--fuse", "2", "--num-samples", "2",
-         "--epochs", "1", "--train-subset", "256", "--batch-size", "64", "--scheduler", "fifo",
+         "--storage-path", str(tmp_path), "--name", "fused-gan", "--fuse", "2", "--num-samples", "3",
+         "--cpus-per-trial", str(os.cpu_count()), "--epochs", "1", "--train-subset", "256",
+         "--batch-size", "64", "--scheduler", "fifo",
          "--eval-samples", "200", "--test-samples", "200", "--classifier-epochs", "1",
          "--cache-dir", str(tmp_path / "cache"), "--test-top", "1", "--fused-layout", "members"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -281,7 +285,7 @@ def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_p
     (group,) = [p for p in (tmp_path / "fused-gan").iterdir() if p.name.startswith("train_group")]
     assert json.loads((group / "placement.json").read_text())["conv_layout"] == "members"
     folders = sorted(m for m in group.iterdir() if m.is_dir() and m.name.startswith("m0"))
-    assert len(folders) == 2
+    assert len(folders) == 3  # m002, the refill, trained its own epoch 1 in the group's epoch 2
     for folder in folders:
         assert (folder / "samples" / "epoch_001.png").exists()
         assert (folder / "real_vs_generated.png").exists()
@@ -289,19 +293,19 @@ def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_p
 
     runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "fused-gan")
     members = runs[runs[f"tags.{GROUP_TAG}"].notna()]
-    assert len(members) == 2 and set(members["status"]) == {"FINISHED"}
+    assert len(members) == 3 and set(members["status"]) == {"FINISHED"}
     assert members[["metrics.val_fcd", "metrics.val_inception_score"]].notna().all().all()
     ranked = rank_trials(load_trials(results=tmp_path / "fused-gan")).set_index("trial_id")
-    assert len(ranked) == 2 and ranked["val_fcd"].notna().all()
-    assert ranked["test_fcd"].notna().tolist() == [True, False]  # the best by val_fcd only
+    assert len(ranked) == 3 and ranked["val_fcd"].notna().all() and set(ranked["epochs"]) == {1}
+    assert ranked["test_fcd"].notna().tolist() == [True, False, False]  # the best by val_fcd only
 
     # Without --max-concurrent the sweep ran as many groups as the machine held; it keeps that
     # number, so the report's account of the search is exact rather than a hedge.
     options = json.loads((tmp_path / "fused-gan" / OPTIONS_FILE).read_text())
     assert options["max_concurrent"] is None and options["at_once"] >= 1
     budget = search_notes(ranked.reset_index(), "val_fcd", "min", "gan", options)[0]
-    assert budget.startswith("Search budget: 2 configurations in one group: trial 1 the default, "
-                             "1 random start-up, 0 guided")
+    assert budget.startswith("Search budget: 3 configurations in groups of 2, each slot refilled as "
+                             "its member ended: trial 1 the default, 2 random start-up, 0 guided")
     assert "and 1 group ran at once" in budget
 
 
