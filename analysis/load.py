@@ -16,6 +16,7 @@ sweep gives the same table from either (only `run_id`, MLflow's, and the wording
 | `status` | string | finished, stopped_early (by ASHA), failed, diverged, unfinished (interrupted) |
 | `model` | string | vae or gan |
 | `config/<name>` | Int64 / float64 | each searched hyperparameter |
+| `sampled` | string | default, random (TPE's start-up) or guided (TPE's guess): sweeps/sampling.py |
 | `<metric>` | float64 | the last value the trial reported (every metric of the model, NaN if never) |
 | `best_<metric>` | float64 | the best over the epochs, for metrics with a direction (ranking.DIRECTIONS) |
 | `best_epoch` | Int64 | the epoch of the best value of the objective (`metric`) |

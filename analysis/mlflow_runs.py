@@ -15,6 +15,7 @@ from genmodels.names import (
     GROUP_TAG,
     MODEL_TAG,
     PARENT_RUN_TAG,
+    SAMPLED_TAG,
     STATUS_TAG,
     STATUSES,
     SWEEP_DIR_TAG,
@@ -97,7 +98,8 @@ def read_mlflow_run(client, run, model: str, sweep_dir: str | None) -> TrialReco
         config={k: parse_param(params[k]) for k in searched_keys(model, params)},
         history=[epochs[e] for e in sorted(epochs)],
         figures_dir=trial_folder(tags.get(TRIAL_DIR_TAG), sweep_dir, tags.get(GROUP_TAG)),
-        run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None, test=test)
+        run_id=run.info.run_id, error=error[:ERROR_CHARS] if error else None, test=test,
+        sampled=tags.get(SAMPLED_TAG))
 
 
 def read_mlflow(experiment: str, uri: str) -> tuple[list[TrialRecord], str | None, dict]:

@@ -84,7 +84,7 @@ def rank_trials(trials: pd.DataFrame, metric: str | None = None, mode: str | Non
 def summary_columns(ranked: pd.DataFrame, metric: str) -> list[str]:
     """The columns worth reading first: rank, identity, hyperparameters, the metric, how it ran."""
     columns = ["rank", "trial_id", "status", *[c for c in ranked if c.startswith("config/")],
-               metric, on_test_split(metric), f"best_{metric}", "best_epoch", "epochs",
+               "sampled", metric, on_test_split(metric), f"best_{metric}", "best_epoch", "epochs",
                "duration_s", "error"]
     return [c for c in columns if c is not None and c in ranked]
 

@@ -19,6 +19,7 @@ from genmodels.names import (
     MEMBER_IDS_KEY,
     MEMBER_RESULTS_KEY,
     OPTIONS_FILE,
+    SAMPLED_FILE,
     STOPPED_EARLY,
     TEST_METRICS_FILE,
     UNFINISHED,
@@ -168,6 +169,11 @@ def read_ray_folder(results: str | Path) -> tuple[list[TrialRecord], dict]:
             records += read_fused_group(trial, config, rows, statuses.get(trial.name))
         else:
             records.append(read_ray_trial(trial, statuses.get(trial.name), options.get("epochs")))
+    # How each configuration was chosen, as the sweep recorded it at its end (sweeps/sampling.py)
+    sampled_path = folder / SAMPLED_FILE
+    sampled = json.loads(sampled_path.read_text()) if sampled_path.exists() else {}
+    for record in records:
+        record.sampled = sampled.get(record.trial_id)
     return records, options
 
 

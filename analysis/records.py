@@ -35,6 +35,7 @@ class TrialRecord:
     run_id: str | None = None
     error: str | None = None
     test: dict = field(default_factory=dict)  # test_* numbers, for the trials a sweep tested
+    sampled: str | None = None  # default, random or guided (sweeps/sampling.py), where recorded
 
 
 @dataclass
@@ -89,6 +90,7 @@ def trials_frame(records: list[TrialRecord], model: str, metric: str, mode: str)
     }
     for key in keys:
         columns[f"config/{key}"] = typed_column([r.config.get(key) for r in records])
+    columns["sampled"] = pd.Series([r.sampled for r in records], dtype="string")
     per_trial = [pd.DataFrame(r.history, columns=["epoch", *names]).astype("float64")
                  .sort_values("epoch", kind="mergesort").reset_index(drop=True) for r in records]
     for name in names:
@@ -114,7 +116,7 @@ def trials_frame(records: list[TrialRecord], model: str, metric: str, mode: str)
     columns["run_id"] = pd.Series([r.run_id for r in records], dtype="string")
     columns["error"] = pd.Series([r.error for r in records], dtype="string")
     frame = pd.DataFrame(columns)
-    front = ["trial_id", "status", "model", *[f"config/{k}" for k in keys], metric,
+    front = ["trial_id", "status", "model", *[f"config/{k}" for k in keys], "sampled", metric,
              on_test_split(metric), f"best_{metric}", "best_epoch", "epochs", "duration_s"]
     front = [c for c in front if c is not None and c in frame]
     return frame[front + [c for c in frame.columns if c not in front]]

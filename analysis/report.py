@@ -31,6 +31,7 @@ from matplotlib.ticker import NullFormatter
 from analysis.load import Sweep
 from analysis.ranking import USABLE, rank_trials, summary_columns
 from analysis.ray_folder import local_trial_folder
+from genmodels.names import DEFAULT_SAMPLED, GUIDED_SAMPLED, RANDOM_SAMPLED
 from sweeps.search_space import budget_split, is_default_config, startup_trials, units_at_once
 
 DPI = 110
@@ -342,15 +343,21 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
                 else f"configurations in groups of {fuse}"
                 + (", each slot refilled as its member ended" if refill and num > fuse * (at_once or 1)
                    else ""))
-        units = ("trial" if fuse == 1 else "group") + ("" if at_once == 1 else "s")
-        ran = (f"{at_once} {units} ran at once" if at_once else
-               f"as many ran at once as fit, so more than {split.random} may have started at random")
-        notes.append(
-            f"Search budget: {num} {unit}: {split.describe()}; {split.default + split.random} of "
-            f"{num} ({(split.default + split.random) / num:.0%}) not guided by TPE. Derived from "
-            f"TPE's start-up count{'' if sized else ' (Optuna default, before sweeps sized it)'}, "
-            f"not recorded per trial: TPE samples at random until {startup} configurations have "
-            f"ended, and {ran}; a failed trial does not count as ended.")
+        recorded = ranked["sampled"].dropna() if "sampled" in ranked else ranked.iloc[:0]
+        if len(recorded):  # the sweep counted them from its Optuna study (sweeps/sampling.py)
+            notes.append(recorded_budget(recorded, len(ranked), unit, startup))
+        else:
+            units = ("trial" if fuse == 1 else "group") + ("" if at_once == 1 else "s")
+            ran = (f"{at_once} {units} ran at once" if at_once else
+                   f"as many ran at once as fit, so more than {split.random} may have started at "
+                   "random")
+            older = "" if sized else " (Optuna default, before sweeps sized it)"
+            notes.append(
+                f"Search budget: {num} {unit}: {split.describe()}; {split.default + split.random} "
+                f"of {num} ({(split.default + split.random) / num:.0%}) not guided by TPE. Derived "
+                f"from TPE's start-up count{older}, not recorded per trial: TPE samples at random "
+                f"until {startup} configurations have ended, and {ran}; a failed trial does not "
+                "count as ended.")
     else:
         notes.append("Search budget: unknown (the sweep's options were not found).")
     best = best_rows(ranked, metric, 1)
@@ -372,6 +379,24 @@ def search_notes(ranked: pd.DataFrame, metric: str, mode: str, model: str,
         notes.append(f"The default configuration (trial {row['trial_id']}) ranks #{row['rank']} "
                      f"with {metric} {row[metric]:.4g}; {verdict} (one seed each).{early}")
     return notes
+
+
+def recorded_budget(sampled: pd.Series, trials: int, unit: str, startup: int) -> str:
+    """The search budget as the sweep recorded it: `sampled`, each trial's default, random or
+    guided (the column of that name), of `trials` in the table."""
+    counts = sampled.value_counts()
+    default, random, guided = (int(counts.get(kind, 0))
+                               for kind in (DEFAULT_SAMPLED, RANDOM_SAMPLED, GUIDED_SAMPLED))
+    parts = (["trial 1 the default"] if default else []) + [f"{random} random start-up",
+                                                            f"{guided} guided"]
+    missing = trials - len(sampled)
+    return (f"Search budget: {trials} {unit}: {', '.join(parts)}; {default + random} of "
+            f"{len(sampled)} ({(default + random) / len(sampled):.0%}) not guided by TPE. As the "
+            f"sweep's Optuna study recorded them (column `sampled`): TPE samples at random until "
+            f"{startup} configurations have ended (a failed one does not count), and guesses from "
+            "those that had ended when it is asked"
+            + (f"; {missing} not recorded (refills a killed driver's study lost)" if missing else "")
+            + ".")
 
 
 def html_table(frame: pd.DataFrame) -> str:

@@ -71,6 +71,7 @@ PLACEMENT_FILE = "placement.json"  # where a trial ran: node, GPU ids, device
 MODEL_WEIGHTS_FILE = "weights.pt"  # a trained model's sampling network: its state_dict only
 MODEL_CONFIG_FILE = "model.json"  # ... and what rebuilds it: {"model", "model_config", "format"}
 SWEEP_LOG_FILE = "sweep.log"  # Ray's and MLflow's own output during a sweep, in its folder
+SAMPLED_FILE = "sampled.json"  # how each configuration was chosen (SAMPLED_KINDS), in a sweep's folder
 
 # ---- MLflow tags -------------------------------------------------------------------------------
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: a trial's run -> the sweep's run
@@ -88,6 +89,13 @@ TRIAL_ID_TAG = "ray.trial_id"  # finds a trial's run again when the trial is res
 TRIAL_DIR_TAG = "ray.trial_dir"  # the trial's folder in the sweep's storage
 NODE_TAG = "ray.node_id"
 GROUP_TAG = "gensweep.group"  # a fused member's run: its group's Ray trial (--fuse)
+SAMPLED_TAG = "gensweep.sampled"  # how a trial's configuration was chosen: one of SAMPLED_KINDS
+
+# ---- how a configuration was chosen (sweeps/sampling.py) ----------------------------------------
+# The seed's default (a sweep's first trial), TPE's random start-up, or TPE's guess from the
+# configurations that had ended when it was asked.
+DEFAULT_SAMPLED, RANDOM_SAMPLED, GUIDED_SAMPLED = "default", "random", "guided"
+SAMPLED_KINDS = (DEFAULT_SAMPLED, RANDOM_SAMPLED, GUIDED_SAMPLED)
 
 # ---- fused sweeps (--fuse K): a group's Tune config and reports ---------------------------------
 MEMBERS_KEY = "members"  # the trial config's list of member configs

@@ -30,6 +30,7 @@ from ray.tune.search import Searcher
 
 from genmodels.names import FAILED, FINISHED, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING, STOPPED_EARLY
 from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
+from sweeps.sampling import how_sampled
 from sweeps.search_space import Range
 
 
@@ -70,7 +71,7 @@ class MemberStudy:
               first: dict | None = None, startup: int = 10) -> None:
         """A new study (what __init__ makes), for an actor that a sweep of this name had before."""
         self.distributions = {name: optuna_distribution(r) for name, r in space.items()}
-        self.num_configs, self.metric = num_configs, metric
+        self.num_configs, self.metric, self.startup = num_configs, metric, startup
         # startup: TPE samples at random until this many configurations have ended
         # (sweeps/search_space.py, startup_trials); 10 is Optuna's own default.
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
@@ -87,13 +88,18 @@ class MemberStudy:
         """Configurations not yet handed out."""
         return self.num_configs - self.asked
 
-    def ask(self, group: str, count: int, epoch: int = 0) -> dict[str, dict]:
+    def ask(self, group: str, count: int, epoch: int = 0,
+            results: dict[str, dict] | None = None) -> dict[str, dict]:
         """Up to `count` new configurations for `group` after its `epoch` (0: a new group), member
         id -> values; fewer (or none) once the sweep's --num-samples are handed out. A group that
         asks again for the same epoch (retried from an earlier checkpoint after its worker died)
-        gets the same configurations, not more."""
+        gets the same configurations, not more. `results`: the group's report of that epoch
+        (as `report` takes it), told first, so TPE samples the refills knowing how the members
+        whose slots they take ended (the group's report reaches the searcher only after)."""
         if (group, epoch) in self.handed:
             return self.handed[(group, epoch)]
+        if results:
+            self.report(group, results)
         asked = {}
         for _ in range(min(count, self.left())):
             trial = self.study.ask(self.distributions)
@@ -143,6 +149,15 @@ class MemberStudy:
         else:  # diverged, failed, or its group failed before this member ended
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         self.told.add(trial.number)
+
+    def sampled(self) -> dict[str, str]:
+        """'<group>-<member>' (its trial id in the analysis) -> how its configuration was chosen
+        (sweeps/sampling.py)."""
+        # (a study saved before this was kept holds its start-up in its sampler)
+        startup = getattr(self, "startup", None) or self.study.sampler._n_startup_trials
+        kinds = how_sampled(self.study, startup)
+        return {f"{group}-{member}": kinds[trial.number]
+                for (group, member), trial in self.trials.items() if trial.number in kinds}
 
     def state(self) -> bytes:
         return pickle.dumps(self.__dict__)

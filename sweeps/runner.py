@@ -30,6 +30,7 @@ from genmodels.names import (
     DIRECTIONS,
     LOCK_FILE,
     OPTIONS_FILE,
+    SAMPLED_FILE,
     SWEEP_LOG_FILE,
     USABLE,
     tracking_uri,
@@ -60,6 +61,7 @@ from sweeps.tracking import (
     check_reachable,
     close_sweep,
     open_sweep,
+    tag_sampled,
     trials_view_link,
 )
 
@@ -367,6 +369,7 @@ def _run(model: str, argv: list[str] | None) -> int:
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
+        record_sampled(plan, tuner, tracking)
         return report(plan, results, tracking, stop, data, scorer_cache)
     finally:
         ray.shutdown()
@@ -479,6 +482,27 @@ def fit(plan: SweepPlan, tuner, tracking, stop: StopSignals):
             close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=plan.mode)
             print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
             return None
+
+
+def record_sampled(plan: SweepPlan, tuner, tracking) -> None:
+    """How each configuration was chosen (default, TPE's random start-up, or TPE's guess), read
+    from the sweep's Optuna study (sweeps/sampling.py): written to the sweep's folder
+    (SAMPLED_FILE) and as a tag on each trial's MLflow run, where the analysis reads it."""
+    import ray
+
+    from sweeps.fused_search import FusedOptunaSearch
+    from sweeps.sampling import tune_search_sampled
+
+    search = tuner._local_tuner._tune_config.search_alg  # the searcher fit() ran (Ray 2.x)
+    try:
+        if isinstance(search, FusedOptunaSearch):
+            kinds = ray.get(search.study.sampled.remote())
+        else:
+            kinds = tune_search_sampled(search, spaces.startup_trials(plan.args.num_samples))
+        plan.folder.write_json(SAMPLED_FILE, kinds)
+        tag_sampled(tracking, kinds)
+    except Exception as err:  # the sweep's results are safe; the report falls back to its estimate
+        print(f"warning: could not record how the configurations were chosen: {err}", file=sys.stderr)
 
 
 def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):

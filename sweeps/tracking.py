@@ -33,8 +33,10 @@ from genmodels.names import (
     NOTE_TAG,
     PARENT_RUN_TAG,
     RUN_NAME_TAG,
+    SAMPLED_TAG,
     STATUS_TAG,
     SWEEP_DIR_TAG,
+    TRIAL_ID_TAG,
     UNFINISHED,
 )
 from trainables.tracking import SweepRecords, not_yet_logged, retry
@@ -196,3 +198,23 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
                 RunTag(STATUS_TAG, FAILED), RunTag(FAILURE_TAG, UNCLOSED_REASON)]))
             retry(lambda r=run_id: client.set_terminated(r, "FAILED"))
     retry(lambda: client.set_terminated(parent, "KILLED" if interrupted else "FINISHED"))
+
+
+def tag_sampled(tracking: SweepRecords, kinds: dict[str, str]) -> None:
+    """Each trial's run gets how its configuration was chosen (SAMPLED_TAG: default, random or
+    guided; sweeps/sampling.py), so the MLflow UI can filter by it. Runs already tagged (a
+    resumed sweep's earlier trials) are left alone."""
+    client = MlflowClient(tracking.uri)
+    query = f"tags.`{PARENT_RUN_TAG}` = '{tracking.parent_run_id}'"
+    token = None
+    while True:
+        page = retry(lambda t=token: client.search_runs([tracking.experiment_id], query,
+                                                         max_results=1000, page_token=t))
+        for run in page:
+            tags = run.data.tags
+            kind = kinds.get(tags.get(TRIAL_ID_TAG))
+            if kind is not None and tags.get(SAMPLED_TAG) != kind:
+                retry(lambda r=run.info.run_id, k=kind: client.set_tag(r, SAMPLED_TAG, k))
+        token = page.token
+        if not token:
+            return

@@ -183,7 +183,7 @@ def test_unknown_metric_and_direction_are_clear_errors(ray_folder):
 
 EXPECTED_DTYPES = {
     "trial_id": "string", "status": "string", "model": "string", "config/dropout": "float64",
-    "config/latent_dim": "Int64", "config/lr": "float64", "val_elbo": "float64",
+    "config/latent_dim": "Int64", "config/lr": "float64", "sampled": "string", "val_elbo": "float64",
     "test_elbo": "float64", "best_val_elbo": "float64", "best_epoch": "Int64", "epochs": "Int64",
     "duration_s": "float64", "val_recon": "float64", "val_kl": "float64", "train_loss": "float64",
     "train_seconds": "float64", "epoch_seconds": "float64", "best_val_recon": "float64",
@@ -207,8 +207,9 @@ def test_columns_and_dtypes_are_stable(ray_folder, tmp_path):
 
 def test_test_numbers_sit_beside_the_validation_objective_for_the_tested_trials(ray_folder):
     ranked = rank_trials(load_trials(ray_folder))
-    assert list(ranked.columns[:9]) == ["rank", "trial_id", "status", "model", "config/dropout",
-                                        "config/latent_dim", "config/lr", "val_elbo", "test_elbo"]
+    assert list(ranked.columns[:10]) == ["rank", "trial_id", "status", "model", "config/dropout",
+                                         "config/latent_dim", "config/lr", "sampled", "val_elbo",
+                                         "test_elbo"]
     by_id = ranked.set_index("trial_id")
     assert by_id.loc["b", "test_elbo"] == -95.0 and by_id.loc["a", "test_iwae"] == -101.0
     assert by_id.drop(index=list(TESTED))[["test_elbo", "test_iwae"]].isna().all().all()

@@ -54,6 +54,9 @@ def test_both_sources_give_the_same_table(sweep):
     from_mlflow = load_trials(experiment=NAME, tracking_uri=sweep["uri"])
     assert len(from_ray) == 3
     pd.testing.assert_frame_equal(from_ray.drop(columns="run_id"), from_mlflow.drop(columns="run_id"))
+    # How each was chosen, recorded from Tune's Optuna study: no default first, the first two
+    # asked before anything ended (random); the third when one or two had (TPE's start-up is 2)
+    assert from_ray["sampled"].notna().all() and (from_ray["sampled"] == "random").sum() >= 2
     pd.testing.assert_frame_equal(load_history(sweep["results"]),
                                   load_history(experiment=NAME, tracking_uri=sweep["uri"]))
     client = MlflowClient(sweep["uri"])

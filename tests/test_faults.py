@@ -309,6 +309,12 @@ def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_d
     for run_id in children.run_id:
         assert metric_steps(client, run_id, "val_elbo") == list(range(1, epochs + 1))
         assert image_steps(client, run_id) == list(range(1, epochs + 1))
+    # How each configuration was chosen, recorded by the resumed sweep from its restored study:
+    # one at a time, so the second was asked after one had ended, the third after two (TPE's
+    # start-up for 3 configurations)
+    sampled = json.loads((experiment / "sampled.json").read_text())
+    assert sorted(sampled) == sorted(t.name.split("_")[2] for t in all_trials)
+    assert sorted(sampled.values()) == ["default", "guided", "random"]
     name = signal.Signals(stop_signal).name
     record_fault(f"driver {name}", f"{name} to the driver after a trial finished, then --resume",
                  f"exit {code}, resumed: exit 0; second --resume refused", experiment, uri, trials,

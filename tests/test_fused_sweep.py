@@ -51,6 +51,24 @@ def test_the_study_hands_out_exactly_num_samples_configurations_to_groups_and_re
     assert study.study.trials[0].intermediate_values == {1: -200.0}
 
 
+def test_a_refill_is_sampled_knowing_how_the_members_whose_slots_it_takes_ended():
+    """The group tells the study its epoch's results as it asks for refills: with TPE's start-up
+    of 2 met by the two members that just finished, the refill is TPE's guess, not a random one
+    (before, the refill was asked first and the results reached the study after it)."""
+    space = {"lr": SPACES["vae"]["lr"]}
+    ended = {"m000": {"epoch": 1, "val_elbo": -150.0, "status": "finished"},
+             "m001": {"epoch": 1, "val_elbo": -160.0, "status": "finished"}}
+    kinds = {}
+    for told in (False, True):
+        study = MemberStudy(space, num_configs=3, metric="val_elbo", mode="max", seed=0,
+                            first={"lr": 1e-3}, startup=2)
+        assert list(study.ask("g", 2)) == ["m000", "m001"]
+        assert list(study.ask("g", 2, epoch=1, results=ended if told else None)) == ["m002"]
+        kinds[told] = study.sampled()
+    assert kinds[False] == {"g-m000": "default", "g-m001": "random", "g-m002": "random"}
+    assert kinds[True] == {"g-m000": "default", "g-m001": "random", "g-m002": "guided"}
+
+
 def test_the_searcher_reads_each_members_results_from_tunes_flattened_report():
     """Tune hands a searcher its results flattened; read as they were, every member's were missing
     and each was told Optuna as failed, so TPE never learned from a fused sweep."""
@@ -158,6 +176,13 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
     first = from_ray[from_ray["trial_id"].str.endswith("-m000")]  # <group id>-<member>
     assert len(first) == 1 and is_default_config(first.iloc[0], "vae")
     assert from_ray.apply(is_default_config, axis=1, model="vae").sum() == 1
+    # How each configuration was chosen, counted from the sweep's Optuna study: the default, then
+    # TPE's random start-up (both groups asked before any configuration had ended); the same from
+    # either source (the sweep's sampled.json, its runs' gensweep.sampled tags)
+    kinds = from_ray.set_index("trial_id")["sampled"]
+    assert kinds[first.iloc[0]["trial_id"]] == "default"
+    assert sorted(kinds) == ["default", "random", "random"]
+    pd.testing.assert_series_equal(kinds, from_mlflow.set_index("trial_id")["sampled"][kinds.index])
 
     # A finished sweep run again with --resume measures nothing twice and logs nothing twice.
     tested = {f: f.stat().st_mtime_ns for f in tmp_path.glob("fused/train_group*/m*/test_metrics.json")}
@@ -177,6 +202,9 @@ def test_a_fused_vae_sweep_keeps_every_configuration_a_trial(data_dir, tmp_path)
         assert [m.step for m in client.get_metric_history(run_id, "test_elbo")] in ([], [2])
     (parent,) = runs[runs[f"tags.{GROUP_TAG}"].isna()].run_id
     assert len(client.get_metric_history(parent, "best_test_elbo")) == 1
+    # the resumed searcher's restored study tells the same story
+    pd.testing.assert_series_equal(load_trials(results=tmp_path / "fused").set_index("trial_id")[
+        "sampled"][kinds.index], kinds)
 
 
 @pytest.mark.slow
@@ -303,10 +331,14 @@ def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_p
     # number, so the report's account of the search is exact rather than a hedge.
     options = json.loads((tmp_path / "fused-gan" / OPTIONS_FILE).read_text())
     assert options["max_concurrent"] is None and options["at_once"] >= 1
+    # The refill was asked as both members ended: TPE's start-up of 2 had ended, so it is TPE's
+    # guess, and the report counts it so (the estimate from the start-up count said random).
+    assert ranked["sampled"].to_dict() == {
+        f"{group.name.split('_')[-1]}-m000": "default", f"{group.name.split('_')[-1]}-m001": "random",
+        f"{group.name.split('_')[-1]}-m002": "guided"}
     budget = search_notes(ranked.reset_index(), "val_fcd", "min", "gan", options)[0]
     assert budget.startswith("Search budget: 3 configurations in groups of 2, each slot refilled as "
-                             "its member ended: trial 1 the default, 2 random start-up, 0 guided")
-    assert "and 1 group ran at once" in budget
+                             "its member ended: trial 1 the default, 1 random start-up, 1 guided")
 
 
 @pytest.mark.slow

@@ -120,3 +120,17 @@ def test_the_page_lists_the_failed_apart_and_says_it_to_the_console(tmp_path):
                         f"{METRIC}; this sweep has 4")
     assert any(line.startswith("The default configuration (trial t00)") for line in said)
 
+
+
+def test_the_budget_is_counted_when_the_sweep_recorded_how_each_configuration_was_chosen():
+    """A sweep records each trial's `sampled` from its Optuna study (sweeps/sampling.py): the
+    report counts it instead of deriving the split; a trial without a record is said to be."""
+    table = trials_table(16)
+    table["sampled"] = pd.Series(["default", *["random"] * 5, *["guided"] * 11, None], dtype="string")
+    ranked = rank_trials(table, METRIC, MODE)
+    budget = search_notes(ranked, METRIC, MODE, "vae", OPTIONS)[0]
+    assert budget.startswith("Search budget: 18 configurations: trial 1 the default, 5 random "
+                             "start-up, 11 guided; 6 of 17 (35%) not guided by TPE. As the sweep's "
+                             "Optuna study recorded them")
+    assert "random until 4 configurations have ended" in budget and "1 not recorded" in budget
+    assert "Derived" not in budget

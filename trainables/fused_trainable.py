@@ -192,8 +192,8 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     def refill_slots(epoch: int, keep: list[int]) -> None:
         """The members `keep` (indices) train on; the freed slots take fresh configurations from
         the study, as many as it has left. They join after this epoch."""
-        new = ray.get(study.ask.remote(group_id, size - len(keep), epoch)) if refill and \
-            len(keep) < size else {}
+        new = ray.get(study.ask.remote(group_id, size - len(keep), epoch, group["results"])) \
+            if refill and len(keep) < size else {}
         if new:
             cfgs.update({m: model_config_from_tune(model, {**fixed, **v}) for m, v in new.items()})
             trainer.task.add_members([cfgs[m] for m in new], train_cfg.seed)
