@@ -98,8 +98,8 @@ class MemberStudy:
         whose slots they take ended (the group's report reaches the searcher only after)."""
         if (group, epoch) in self.handed:
             return self.handed[(group, epoch)]
-        if results:
-            self.report(group, results)
+        if results:  # the members that ended (running ones report their epoch via the searcher)
+            self.report(group, {m: r for m, r in results.items() if r.get("status", RUNNING) != RUNNING})
         asked = {}
         for _ in range(min(count, self.left())):
             trial = self.study.ask(self.distributions)
