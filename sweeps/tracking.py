@@ -80,11 +80,12 @@ def check_reachable(uri: str) -> None:
 def save_trials_view(client: MlflowClient, experiment_id: str, metric: str, mode: str,
                      params: list[str]) -> None:
     """The experiment's trials view: sorted by `metric`, its validation and test values, the
-    status and the searched `params` as columns, and charts of the val_* metrics per epoch."""
+    status, how each configuration was chosen and the searched `params` as columns, and charts of
+    the val_* metrics per epoch."""
     test = metric.replace("val_", "test_", 1)
     view = {"orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
-            "selectedColumns": [f"metrics.`{metric}`", f"metrics.`{test}`", f"tags.`{STATUS_TAG}`"]
-                               + [f"params.`{p}`" for p in params],
+            "selectedColumns": [f"metrics.`{metric}`", f"metrics.`{test}`", f"tags.`{STATUS_TAG}`",
+                                f"tags.`{SAMPLED_TAG}`"] + [f"params.`{p}`" for p in params],
             "chartsSearchFilter": "val_"}
     retry(lambda: client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW_KEY}",
                                             json.dumps(view)))

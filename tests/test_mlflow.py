@@ -47,7 +47,8 @@ def check_sweep_records(uri: str, name: str, trials: int, epochs: int = 2) -> No
     # The trials view the sweep's closing lines link to: every trial listed, ranked by the objective.
     view = json.loads(experiment.tags["mlflow.sharedViewState.gensweep"])
     assert view["orderByKey"] == "metrics.`val_elbo`" and view["orderByAsc"] is False
-    assert {"metrics.`val_elbo`", "metrics.`test_elbo`", "params.`lr`"} <= set(view["selectedColumns"])
+    assert {"metrics.`val_elbo`", "metrics.`test_elbo`", "params.`lr`",
+            "tags.`gensweep.sampled`"} <= set(view["selectedColumns"])
     assert set(children["tags.mlflow.parentRunId"]) == {parent_id}
     assert set(runs["status"]) == {"FINISHED"}
     assert {"leaderboard.csv", "best_config.json", "search_space.txt"} <= {
@@ -59,6 +60,8 @@ def check_sweep_records(uri: str, name: str, trials: int, epochs: int = 2) -> No
         run_ = client.get_run(run_id)
         assert {"dropout", "latent_dim", "lr", "hidden_dim", "train.epochs"} <= set(run_.data.params)
         assert {"ray.trial_id", "ray.trial_dir", "ray.node_id"} <= set(run_.data.tags)
+        # how its configuration was chosen, tagged at the sweep's end (sweeps/sampling.py)
+        assert run_.data.tags["gensweep.sampled"] in ("default", "random", "guided")
         for metric in ("val_elbo", "train_loss", "val_kl"):
             assert [m.step for m in client.get_metric_history(run_id, metric)] == list(
                 range(1, epochs + 1))
