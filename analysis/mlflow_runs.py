@@ -47,10 +47,11 @@ def mlflow_client(uri: str):
     return MlflowClient(uri)
 
 
-def all_runs(client, experiment_id: str) -> list:
+def all_runs(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every run of the experiment that `filter_string` selects, page after page."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:

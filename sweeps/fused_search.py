@@ -30,7 +30,7 @@ from ray.tune.search import Searcher
 
 from genmodels.names import FAILED, FINISHED, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING, STOPPED_EARLY
 from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
-from sweeps.sampling import how_sampled
+from sweeps.sampling import sampled_by_id
 from sweeps.search_space import Range
 
 
@@ -71,7 +71,7 @@ class MemberStudy:
               first: dict | None = None, startup: int = 10) -> None:
         """A new study (what __init__ makes), for an actor that a sweep of this name had before."""
         self.distributions = {name: optuna_distribution(r) for name, r in space.items()}
-        self.num_configs, self.metric, self.startup = num_configs, metric, startup
+        self.num_configs, self.metric = num_configs, metric
         # startup: TPE samples at random until this many configurations have ended
         # (sweeps/search_space.py, startup_trials); 10 is Optuna's own default.
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
@@ -153,11 +153,8 @@ class MemberStudy:
     def sampled(self) -> dict[str, str]:
         """'<group>-<member>' (its trial id in the analysis) -> how its configuration was chosen
         (sweeps/sampling.py)."""
-        # (a study saved before this was kept holds its start-up in its sampler)
-        startup = getattr(self, "startup", None) or self.study.sampler._n_startup_trials
-        kinds = how_sampled(self.study, startup)
-        return {f"{group}-{member}": kinds[trial.number]
-                for (group, member), trial in self.trials.items() if trial.number in kinds}
+        return sampled_by_id(self.study, {f"{group}-{member}": trial
+                                          for (group, member), trial in self.trials.items()})
 
     def state(self) -> bytes:
         return pickle.dumps(self.__dict__)

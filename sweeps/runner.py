@@ -493,12 +493,12 @@ def record_sampled(plan: SweepPlan, tuner, tracking) -> None:
     from sweeps.fused_search import FusedOptunaSearch
     from sweeps.sampling import tune_search_sampled
 
-    search = tuner._local_tuner._tune_config.search_alg  # the searcher fit() ran (Ray 2.x)
     try:
+        search = tuner._local_tuner._tune_config.search_alg  # the searcher fit() ran (Ray 2.x)
         if isinstance(search, FusedOptunaSearch):
             kinds = ray.get(search.study.sampled.remote())
         else:
-            kinds = tune_search_sampled(search, spaces.startup_trials(plan.args.num_samples))
+            kinds = tune_search_sampled(search)
         plan.folder.write_json(SAMPLED_FILE, kinds)
         tag_sampled(tracking, kinds)
     except Exception as err:  # the sweep's results are safe; the report falls back to its estimate

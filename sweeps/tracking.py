@@ -205,17 +205,12 @@ def tag_sampled(tracking: SweepRecords, kinds: dict[str, str]) -> None:
     """Each trial's run gets how its configuration was chosen (SAMPLED_TAG: default, random or
     guided; sweeps/sampling.py), so the MLflow UI can filter by it. Runs already tagged (a
     resumed sweep's earlier trials) are left alone."""
+    from analysis.mlflow_runs import all_runs
+
     client = MlflowClient(tracking.uri)
     query = f"tags.`{PARENT_RUN_TAG}` = '{tracking.parent_run_id}'"
-    token = None
-    while True:
-        page = retry(lambda t=token: client.search_runs([tracking.experiment_id], query,
-                                                         max_results=1000, page_token=t))
-        for run in page:
-            tags = run.data.tags
-            kind = kinds.get(tags.get(TRIAL_ID_TAG))
-            if kind is not None and tags.get(SAMPLED_TAG) != kind:
-                retry(lambda r=run.info.run_id, k=kind: client.set_tag(r, SAMPLED_TAG, k))
-        token = page.token
-        if not token:
-            return
+    for run in retry(lambda: all_runs(client, tracking.experiment_id, query)):
+        tags = run.data.tags
+        kind = kinds.get(tags.get(TRIAL_ID_TAG))
+        if kind is not None and tags.get(SAMPLED_TAG) != kind:
+            retry(lambda r=run.info.run_id, k=kind: client.set_tag(r, SAMPLED_TAG, k))

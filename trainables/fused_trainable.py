@@ -140,8 +140,8 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
         if folder is not None:
             group = {"added": {}, "joined": {},  # (a group saved before refills existed)
                      **torch.load(Path(folder) / GROUP_FILE, weights_only=True)}
-        sampled = {**dict(zip(ids, config[MEMBERS_KEY])), **group["added"]}  # every member it had
-        cfgs = {member: model_config_from_tune(model, {**fixed, **v}) for member, v in sampled.items()}
+        member_values = {**dict(zip(ids, config[MEMBERS_KEY])), **group["added"]}  # every member it had
+        cfgs = {member: model_config_from_tune(model, {**fixed, **v}) for member, v in member_values.items()}
         # The padded latent size L never changes, so a group that shrank or grew rebuilds from its
         # checkpoint: a restored group keeps the L it was saved with. A refill must fit in it.
         width = (saved_latent_width(Path(folder) / CHECKPOINT_FILE) if folder is not None
@@ -155,7 +155,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
         if folder is not None:
             trainer.resume(Path(folder) / CHECKPOINT_FILE)
             if study is not None:  # members it asked for after the study's last save (sweep stopped)
-                ray.get(study.adopt.remote(group_id, sampled))
+                ray.get(study.adopt.remote(group_id, member_values))
     write_placement(trial_dir, trainer)
     training, status, joined = group["training"], group["status"], group["joined"]
 
