@@ -4,7 +4,7 @@
 """
 
 from analysis.load import LoadError, Sweep, load_history, load_sweep, load_trials
-from analysis.ranking import DIRECTIONS, MODEL_METRICS, best_trial, rank_trials
+from results.ranking import DIRECTIONS, MODEL_METRICS, best_trial, rank_trials
 
 __all__ = ["DIRECTIONS", "MODEL_METRICS", "LoadError", "Sweep", "best_trial", "load_history",
            "load_sweep", "load_trials", "rank_trials"]

@@ -5,8 +5,8 @@
     trials = load_trials(experiment="vae-sweep", tracking_uri="sqlite:///mlflow.db")  # MLflow
     history = load_history(results="runs/sweeps/vae-sweep")                # per-epoch, long form
 
-Both sources are read into the same per-trial records (analysis/ray_folder.py,
-analysis/mlflow_runs.py) and turned into the table by one function (analysis/records.py), so the same
+Both sources are read into the same per-trial records (results/folder.py,
+analysis/mlflow_runs.py) and turned into the table by one function (results/table.py), so the same
 sweep gives the same table from either (only `run_id`, MLflow's, and the wording of a failure's
 `error` differ). One row per trial:
 
@@ -39,9 +39,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.mlflow_runs import read_mlflow
-from analysis.ray_folder import read_ray_folder
-from analysis.records import LoadError, Sweep, build_sweep
 from genmodels import names
+from results.folder import read_ray_folder
+from results.table import LoadError, Sweep, build_sweep
 
 __all__ = ["LoadError", "Sweep", "load_history", "load_sweep", "load_trials"]
 

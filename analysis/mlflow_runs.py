@@ -1,12 +1,11 @@
 """Read a sweep's MLflow records: the experiment (the sweep's name), its parent run and one child
-run per trial, as sweeps/tracking.py and trainables/tracking.py write them.
+run per trial, as sweeps/mlflow_sweep.py and trainables/mlflow_trial.py write them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.records import ERROR_CHARS, TEST_PREFIX, LoadError, TrialRecord
 from genmodels.names import (
     DIVERGED,
     FAILED,
@@ -23,7 +22,9 @@ from genmodels.names import (
     TRIAL_ID_TAG,
     UNFINISHED,
 )
+from results.table import ERROR_CHARS, TEST_PREFIX, LoadError, TrialRecord
 from sweeps.search_space import SPACES  # the one definition of what a sweep searches
+from trainables.mlflow_trial import all_runs
 
 
 def parse_param(text: str):
@@ -45,17 +46,6 @@ def mlflow_client(uri: str):
         raise LoadError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run from the folder "
                         "the sweep ran in, or pass the tracking URI the sweep used (--mlflow-uri)")
     return MlflowClient(uri)
-
-
-def all_runs(client, experiment_id: str, filter_string: str = "") -> list:
-    """Every run of the experiment that `filter_string` selects, page after page."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def searched_keys(model: str, params: dict) -> list[str]:

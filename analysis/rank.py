@@ -24,8 +24,8 @@ except ModuleNotFoundError as err:  # run as a file from a checkout that was nev
         raise
     sys.exit("error: the gensweep package is not installed in this Python: run `pip install -e .` "
              "in the checkout (or `python -m analysis.rank` from its root)")
-from analysis.ranking import rank_trials, summary_columns
 from genmodels.names import DIRECTIONS, SWEEP_DIR_TAG, tracking_uri
+from results.ranking import rank_trials, summary_columns
 
 TOP_ROWS = 10
 REPORTS_DIR = "reports"

@@ -29,9 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from analysis.load import Sweep
-from analysis.ranking import USABLE, rank_trials, summary_columns
-from analysis.ray_folder import local_trial_folder
 from genmodels.names import DEFAULT_SAMPLED, GUIDED_SAMPLED, RANDOM_SAMPLED
+from results.folder import local_trial_folder
+from results.ranking import USABLE, rank_trials, summary_columns
 from sweeps.search_space import budget_split, is_default_config, startup_trials, units_at_once
 
 DPI = 110

@@ -11,7 +11,7 @@ reports/<sweep name>/, beside analysis/rank.py's report):
 - the learning curves: the validation objective per epoch of the best, the default and the top 5,
 - the best trials with their validation objective and, where the sweep measured it, the test split,
 - the search space and the sweep's options, and how many trials finished, were stopped or failed,
-- the seed repeats (analysis/repeats.py), when `repeats.csv` is in the folder.
+- the seed repeats (sweeps/repeats.py), when `repeats.csv` is in the folder.
 
 A figure a trial folder lacks (deleted, or from a sweep made before trials that ASHA stopped early
 drew theirs) is regenerated from the trial's last checkpoint when the data set is at hand
@@ -37,9 +37,10 @@ except ModuleNotFoundError as err:  # run as a file from a checkout that was nev
         raise
     sys.exit("error: the gensweep package is not installed in this Python: run `pip install -e .` "
              "in the checkout (or `python -m analysis.results_page` from its root)")
-from analysis.ranking import USABLE, rank_trials
-from analysis.ray_folder import local_trial_folder
-from analysis.repeats import (
+from genmodels.names import CHECKPOINT_FILE, STATUSES, TEST_METRICS, on_test_split
+from results.folder import local_trial_folder
+from results.ranking import USABLE, rank_trials
+from sweeps.repeats import (
     RUNS_FILE,
     RepeatError,
     is_default_row,
@@ -48,7 +49,6 @@ from analysis.repeats import (
     sweep_options,
     unit_of,
 )
-from genmodels.names import CHECKPOINT_FILE, STATUSES, TEST_METRICS, on_test_split
 
 REPORTS_DIR = "reports"
 PAGE_FILE = "results.md"
@@ -89,8 +89,8 @@ def regenerate_figures(folder: Path, model: str, data_dir: str | None, out: Path
         return {}
     from genmodels.data import DataError, load_dataset
     from genmodels.figures import save_run_figures
+    from genmodels.loop import TrainConfig, Trainer, load_checkpoint_configs
     from genmodels.tasks import TASKS
-    from genmodels.training import TrainConfig, Trainer, load_checkpoint_configs
 
     name, model_values, train_values = load_checkpoint_configs(checkpoints[-1])
     try:
@@ -256,7 +256,7 @@ def write_page(sweep: Sweep, out: str | Path, data_dir: str | None = None,
     if default is None:
         lines += ["- **The default configuration was not among this sweep's trials** (a sweep from "
                   "before the default-first trial, --no-default-first, or a --space that excludes "
-                  "it): the figures show the best trial only. `analysis/repeats.py` trains the "
+                  "it): the figures show the best trial only. `sweeps/repeats.py` trains the "
                   "default anyway."]
     else:
         value = default[sweep.metric]
@@ -287,12 +287,12 @@ def write_page(sweep: Sweep, out: str | Path, data_dir: str | None = None,
     repeats = out / RUNS_FILE
     if repeats.exists():
         table, sentence = summarize(pd.read_csv(repeats))
-        lines += ["## Seed repeats", "", f"From [{RUNS_FILE}]({RUNS_FILE}) (analysis/repeats.py): "
+        lines += ["## Seed repeats", "", f"From [{RUNS_FILE}]({RUNS_FILE}) (sweeps/repeats.py): "
                   "each configuration trained again with other seeds, the same seeds for each.", "",
                   markdown_table(table), "", f"**{sentence[0].upper() + sentence[1:]}.**", ""]
         files["repeats"] = repeats
     else:
-        lines += ["## Seed repeats", "", "Not run: `python analysis/repeats.py --results "
+        lines += ["## Seed repeats", "", "Not run: `python sweeps/repeats.py --results "
                   f"{sweep.source['results']}` writes {RUNS_FILE} here; run this page again after.", ""]
     lines += ["## Search space and options", "", *space_lines(sweep.model, options, ranked), "",
               "| option | value |", "|---|---|",

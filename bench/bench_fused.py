@@ -43,8 +43,8 @@ from genmodels.fused.gan import GAN_LAYOUTS  # noqa: E402
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.graphs import WARMUP_STEPS, GraphedStep  # noqa: E402
+from genmodels.loop import TrainConfig  # noqa: E402
 from genmodels.tasks import GANTask, VAETask  # noqa: E402
-from genmodels.training import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"

@@ -40,7 +40,7 @@ from genmodels.data import iterate_batches, load_dataset  # noqa: E402
 from genmodels.fused.tasks import FusedConfig  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.graphs import set_capturable  # noqa: E402
-from genmodels.training import TrainConfig, Trainer  # noqa: E402
+from genmodels.loop import TrainConfig, Trainer  # noqa: E402
 from genmodels.vae import VAEConfig  # noqa: E402
 
 STEPS = 20  # 3 eager warm-up steps, the capture, then 16 replays

@@ -6,7 +6,7 @@ reach an Inception Score of 9 and an fcd of 10 on MNIST (real images score about
         --configs default          # a seconds-long check of the script on a CPU
 
 For each configuration (`--configs`, names from CONFIGS) it trains the seed's GAN with the shared
-training loop (`genmodels.training.Trainer`), scores it on the validation split every
+training loop (`genmodels.loop.Trainer`), scores it on the validation split every
 `--eval-every` epochs with `--eval-samples` generated images (10,000 by default, the count the
 literature's numbers use), and stops after `--epochs` or `--budget-s` seconds, whichever comes
 first. It prints one line per evaluation, the epoch at which each target was first met on the
@@ -33,7 +33,7 @@ from genmodels.classifier import ensure_classifier, load_scorer  # noqa: E402
 from genmodels.data import load_dataset  # noqa: E402
 from genmodels.device import PRECISIONS, resolve_device  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
-from genmodels.training import TrainConfig, Trainer  # noqa: E402
+from genmodels.loop import TrainConfig, Trainer  # noqa: E402
 
 # The targets of issue 11: an Inception Score of at least 9 and an fcd of at most 10.
 TARGET_IS, TARGET_FCD = 9.0, 10.0

@@ -44,7 +44,7 @@ def train_steps(model: str, device: str, threads: int, steps: int, batch_size: i
 
     from genmodels.data import iterate_batches, load_dataset
     from genmodels.gan import GANConfig
-    from genmodels.training import TrainConfig, Trainer
+    from genmodels.loop import TrainConfig, Trainer
     from genmodels.vae import VAEConfig
 
     data = load_dataset("mnist", data_root)

@@ -40,7 +40,7 @@ from bench.bench_fused import DEFAULT_DATA, TEST_DATA  # noqa: E402
 from genmodels.data import load_dataset  # noqa: E402
 from genmodels.device import setup_device  # noqa: E402
 from genmodels.fused.tasks import FusedConfig  # noqa: E402
-from genmodels.training import TrainConfig, Trainer  # noqa: E402
+from genmodels.loop import TrainConfig, Trainer  # noqa: E402
 from genmodels.vae import VAEConfig  # noqa: E402
 from sweeps.search_space import SPACES, Range  # noqa: E402
 from trainables.rungs import AshaRungs  # noqa: E402

@@ -42,9 +42,9 @@ from genmodels.classifier import ScoringCNN, build_cache, cache_path, load_cache
 from genmodels.data import DATASETS, iterate_batches, load_dataset  # noqa: E402
 from genmodels.device import PRECISIONS, resolve_device  # noqa: E402
 from genmodels.gan import Discriminator, GANConfig, Generator  # noqa: E402
+from genmodels.loop import TrainConfig, Trainer  # noqa: E402
 from genmodels.scores import MIN_SAMPLES  # noqa: E402
 from genmodels.tasks import elbo_means, iwae_mean  # noqa: E402
-from genmodels.training import TrainConfig, Trainer  # noqa: E402
 from genmodels.vae import VAE, VAEConfig  # noqa: E402
 
 # Data: --data-dir, else ../shared/data next to the checkout (or shared/data inside it), else the

@@ -6,7 +6,7 @@
 # the sweep's trials ranked by the objective, their validation curves per epoch, and the best
 # trial's samples-across-epochs figure.
 #
-# The view is the one every sweep saves on its experiment (`sweeps.tracking.save_trials_view`:
+# The view is the one every sweep saves on its experiment (`sweeps.mlflow_sweep.save_trials_view`:
 # sorted by the objective, its validation and test numbers and the searched parameters as columns,
 # charts of the val_* metrics), saved again here for sweeps made before it existed.
 set -euo pipefail
@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from genmodels.names import DIRECTIONS, FINISHED, MODEL_TAG, STATUS_TAG
 from sweeps.search_space import SPACES
-from sweeps.tracking import save_trials_view, trials_view_link
+from sweeps.mlflow_sweep import save_trials_view, trials_view_link
 
 uri = f"sqlite:///{sys.argv[1]}"
 client = MlflowClient(uri)

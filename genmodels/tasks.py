@@ -1,5 +1,5 @@
 """What each model brings to the shared training loop: its networks, one optimizer step, its test
-metrics and its pictures. The loop itself (`genmodels.training`) knows nothing model-specific.
+metrics and its pictures. The loop itself (`genmodels.loop`) knows nothing model-specific.
 
 A task holds:
 - `modules` / `optimizers`: name -> object, saved and restored by name in checkpoints,

@@ -33,15 +33,15 @@ from genmodels.data import DATA_DIR_ENV, DATASETS, DataError, load_dataset
 from genmodels.device import COMPILE_MODES, PRECISIONS, resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import write_json, write_status
-from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, TEST_METRICS_FILE
-from genmodels.tasks import TASKS
-from genmodels.training import (
+from genmodels.loop import (
     EpochReport,
     TrainConfig,
     Trainer,
     TrainingDiverged,
     load_checkpoint_configs,
 )
+from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, TEST_METRICS_FILE
+from genmodels.tasks import TASKS
 
 # Options that may differ on --resume (none changes what was trained): the rest comes from the
 # checkpoint.

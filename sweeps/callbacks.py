@@ -30,7 +30,7 @@ from genmodels.names import (
     TRIAL_ID_TAG,
 )
 from sweeps.console import Progress, reason_of
-from trainables.tracking import MAX_TAG_CHARS, SweepRecords, find_trial_run, retry
+from trainables.mlflow_trial import MAX_TAG_CHARS, SweepRecords, find_trial_run, retry
 
 ERROR_SUFFIXES = ("Error", "Exception", "Diverged")  # exception class names in a traceback
 

@@ -14,10 +14,10 @@ import os
 from genmodels.data import DATA_DIR_ENV, DATASETS
 from genmodels.device import PRECISIONS
 from genmodels.fused.gan import GAN_LAYOUTS, MEMBERS
+from genmodels.loop import TrainConfig
 from genmodels.names import OBJECTIVES, OPTIONS_FILE
 from genmodels.tasks import TASKS
-from genmodels.training import TrainConfig
-from sweeps.final_test import DEFAULT_TEST_TOP
+from sweeps.held_out import DEFAULT_TEST_TOP
 from sweeps.storage import SweepFolder
 
 # --fuse when not given, on GPUs: where bench/bench_fused.py showed fusing beats packed processes

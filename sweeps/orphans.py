@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from genmodels.names import PARENT_RUN_TAG, PLACEMENT_FILE, TRIAL_DIR_TAG
 from sweeps.storage import SweepFolder
-from trainables.tracking import SweepRecords, retry
+from trainables.mlflow_trial import SweepRecords, retry
 
 ORPHANS_DIR = "orphaned"
 

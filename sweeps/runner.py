@@ -37,12 +37,20 @@ from genmodels.names import (
 )
 from sweeps import search_space as spaces
 from sweeps.console import free_slots_line, send_library_output_to, setup_lines
-from sweeps.final_test import (
+from sweeps.held_out import (
     DEFAULT_TEST_TOP,
     chosen_table,
     log_test_numbers,
     measure_chosen_in,
     scorer_for_test,
+)
+from sweeps.mlflow_sweep import (
+    TrackingError,
+    check_reachable,
+    close_sweep,
+    open_sweep,
+    tag_sampled,
+    trials_view_link,
 )
 from sweeps.options import (
     SweepError,
@@ -56,14 +64,6 @@ from sweeps.options import (
 )
 from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
 from sweeps.storage import QUERY_REFUSED, SweepFolder, storage_uri
-from sweeps.tracking import (
-    TrackingError,
-    check_reachable,
-    close_sweep,
-    open_sweep,
-    tag_sampled,
-    trials_view_link,
-)
 
 TABLE_ROWS = 5
 TUNER_FILE = "tuner.pkl"  # Tune's saved Tuner in the sweep's folder: a sweep exists once it does
@@ -507,7 +507,7 @@ def record_sampled(plan: SweepPlan, tuner, tracking) -> None:
 
 def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
     """The test split, once, for the best --test-top trials by the validation objective
-    (sweeps/final_test.py); the ranked table of every configuration, or None when skipped."""
+    (sweeps/held_out.py); the ranked table of every configuration, or None when skipped."""
     args = plan.args
     top = getattr(args, "test_top", DEFAULT_TEST_TOP)  # a sweep saved before --test-top existed
     if top == 0:

@@ -19,8 +19,8 @@ from sweeps.console import Progress
 from sweeps.fused_search import FusedOptunaSearch, start_shared_study
 from sweeps.search_space import Range, default_point, startup_trials
 from trainables.fused_trainable import MemberRungs, train_group
+from trainables.mlflow_trial import SweepRecords
 from trainables.rungs import rung_epochs
-from trainables.tracking import SweepRecords
 from trainables.trainable import train_trial
 
 ASHA_REDUCTION = 2  # keep the better half at each rung

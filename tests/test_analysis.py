@@ -86,7 +86,7 @@ def write_ray_folder(root: Path, trials: dict = VAE_TRIALS) -> Path:
 
 def write_mlflow(uri: str, sweep_dir: Path, trials: dict = VAE_TRIALS) -> str:
     """The same sweep as MLflow records: a parent run and one child per trial, as
-    sweeps/tracking.py and trainables/tracking.py write them. Returns the parent run id."""
+    sweeps/mlflow_sweep.py and trainables/mlflow_trial.py write them. Returns the parent run id."""
     client = MlflowClient(uri)
     experiment = client.create_experiment("hand")
     parent = client.create_run(experiment, tags={"gensweep.sweep_dir": str(sweep_dir.resolve()),

@@ -188,7 +188,7 @@ def test_the_refill_benchmark_trains_every_configuration_both_ways(load_bench, d
     """bench/refill.py, small: both schedules train every configuration with the same ASHA rule;
     with many more configurations than a group holds, refilled slots keep it fuller."""
     from genmodels.data import load_dataset
-    from genmodels.training import TrainConfig
+    from genmodels.loop import TrainConfig
 
     refill = load_bench("refill")
     rng = refill.np.random.default_rng(0)

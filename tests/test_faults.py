@@ -35,7 +35,7 @@ from ray_cluster import (
 
 from genmodels.data import load_dataset
 from genmodels.files import read_status
-from genmodels.training import TrainConfig, Trainer, TrainingDiverged
+from genmodels.loop import TrainConfig, Trainer, TrainingDiverged
 from genmodels.vae import VAEConfig
 from sweeps.runner import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_TRIALS_FAILED
 from trainables.trainable import CheckpointError, resume_from
@@ -105,7 +105,7 @@ def metric_steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
 
 
 def image_steps(client: MlflowClient, run_id: str) -> list[int]:
-    from trainables.tracking import image_step
+    from trainables.mlflow_trial import image_step
 
     steps = (image_step(a.path) for a in client.list_artifacts(run_id, "images"))
     return sorted(s for s in steps if s is not None)
@@ -342,9 +342,9 @@ def test_trials_a_killed_driver_never_recorded_are_set_aside_not_left_as_duplica
     import pyarrow.fs as pafs
 
     from genmodels.names import PARENT_RUN_TAG, PLACEMENT_FILE, TRIAL_DIR_TAG
+    from sweeps.mlflow_sweep import open_sweep
     from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
     from sweeps.storage import SweepFolder
-    from sweeps.tracking import open_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     if storage == "s3":

@@ -28,8 +28,8 @@ from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspo
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
 from genmodels.gan import GANConfig, Generator, discriminator_loss
+from genmodels.loop import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_configs
 from genmodels.tasks import GANTask, VAETask
-from genmodels.training import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_configs
 from genmodels.vae import VAEConfig
 
 STEPS = 20

@@ -21,7 +21,7 @@ import torch
 from genmodels.data import iterate_batches, load_dataset
 from genmodels.gan import GANConfig
 from genmodels.graphs import GraphedStep
-from genmodels.training import TrainConfig, Trainer
+from genmodels.loop import TrainConfig, Trainer
 from genmodels.vae import VAEConfig
 
 BATCH = 32

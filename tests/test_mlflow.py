@@ -16,7 +16,7 @@ import pytest
 from conftest import mlflow_runs
 from mlflow.tracking import MlflowClient
 
-from genmodels.training import load_model
+from genmodels.loop import load_model
 from genmodels.vae import VAE
 from sweeps.runner import run
 

@@ -18,10 +18,10 @@ from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 from analysis import load_trials
-from analysis.repeats import RepeatError, plan_repeats, repeat_best, run_plan, summarize
-from analysis.repeats import main as repeats_main
 from analysis.results_page import main as page_main
 from genmodels.vae import VAEConfig
+from sweeps.repeats import RepeatError, plan_repeats, repeat_best, run_plan, summarize
+from sweeps.repeats import main as repeats_main
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = 2
@@ -43,7 +43,7 @@ def sweep(data_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def repeated(sweep, data_dir) -> Path:
-    """`analysis/repeats.py --top 1 --seeds 2` on the sweep; its report folder."""
+    """`sweeps/repeats.py --top 1 --seeds 2` on the sweep; its report folder."""
     out = sweep.parent / "report"
     assert repeats_main(["--results", str(sweep), "--top", "1", "--seeds", str(SEEDS), "--out",
                          str(out), "--data-dir", str(data_dir)]) == 0

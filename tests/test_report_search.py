@@ -8,8 +8,6 @@ trial among the best. A hand-made sweep table, no Ray and no training: seconds.
 import pandas as pd
 import pytest
 
-from analysis.ranking import rank_trials
-from analysis.records import Sweep
 from analysis.report import (
     MIN_IMPORTANCE_TRIALS,
     best_rows,
@@ -18,6 +16,8 @@ from analysis.report import (
     write_report,
 )
 from genmodels.names import DIRECTIONS, OBJECTIVES
+from results.ranking import rank_trials
+from results.table import Sweep
 
 METRIC = OBJECTIVES["vae"][0]  # the VAE's sweep objective, whatever its name
 MODE = DIRECTIONS[METRIC]

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from genmodels.names import CACHE_ENV
 from sweeps.console import QUIET_SUMMARY_SECONDS, SUMMARY_EVERY_SECONDS, Progress
-from sweeps.final_test import DEFAULT_TEST_TOP
+from sweeps.held_out import DEFAULT_TEST_TOP
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_LINES = 60

@@ -33,7 +33,7 @@ from genmodels.names import (
     STATUS_FILE,
     TEST_METRICS_FILE,
 )
-from sweeps.final_test import final_model
+from sweeps.held_out import final_model
 from sweeps.orphans import ORPHANS_DIR
 from sweeps.runner import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED
 from sweeps.storage import SweepFolder
@@ -257,7 +257,7 @@ def test_analysis_of_a_store_that_never_answers_fails_once_and_fast(tmp_path, mo
     figures from such a store (figures_dir URIs read from MLflow) wait once, not once a trial."""
     import sweeps.storage
     from analysis.load import LoadError
-    from analysis.ray_folder import local_trial_folder
+    from results.folder import local_trial_folder
 
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setattr(sweeps.storage, "REACH_SECONDS", 1)

@@ -9,8 +9,7 @@ import torch
 
 from genmodels.data import load_dataset
 from genmodels.gan import GANConfig
-from genmodels.tasks import elbo_means, seeded_test_subset
-from genmodels.training import (
+from genmodels.loop import (
     EVAL_SEED,
     TrainConfig,
     Trainer,
@@ -18,6 +17,7 @@ from genmodels.training import (
     export_model,
     load_model,
 )
+from genmodels.tasks import elbo_means, seeded_test_subset
 from genmodels.vae import VAEConfig
 
 SUBSET = 512

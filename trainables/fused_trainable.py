@@ -38,6 +38,14 @@ from genmodels.device import resolve_device
 from genmodels.figures import save_real_vs_model, save_sample_grid, save_samples_across_epochs
 from genmodels.files import atomic_write, write_json, write_status
 from genmodels.fused.tasks import FusedConfig
+from genmodels.loop import (
+    CHECKPOINT_FORMAT,
+    EpochReport,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint_configs,
+)
 from genmodels.names import (
     ADDED_MEMBERS_KEY,
     CHECKPOINT_FILE,
@@ -51,16 +59,8 @@ from genmodels.names import (
 )
 from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
 from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
-from genmodels.training import (
-    CHECKPOINT_FORMAT,
-    EpochReport,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    load_checkpoint_configs,
-)
+from trainables.mlflow_trial import SweepRecords, start_tracker
 from trainables.rungs import AshaRungs
-from trainables.tracking import SweepRecords, start_tracker
 from trainables.trainable import (
     folder_uploader,
     model_config_from_tune,
@@ -103,7 +103,7 @@ def save_member_figures(trainer: Trainer, k: int, grids: list, epochs: list, out
 
 def export_member(trainer: Trainer, k: int, cfg, folder: Path) -> None:
     """Member k's trained network as its own plain files (`weights.pt`, `model.json`), as
-    `genmodels.training.export_model` writes a standalone run's: `load_model(folder)` reads it."""
+    `genmodels.loop.export_model` writes a standalone run's: `load_model(folder)` reads it."""
     task = trainer.task
     network = task.model.member(k) if task.name == "fused-vae" else task.generator.member(k)
     atomic_write(folder / MODEL_WEIGHTS_FILE, lambda tmp: torch.save(network.state_dict(), tmp))

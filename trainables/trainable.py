@@ -29,10 +29,10 @@ from genmodels.data import ImageData
 from genmodels.device import resolve_device
 from genmodels.figures import save_run_figures, save_sample_grid
 from genmodels.files import read_status, write_json, write_status
+from genmodels.loop import EpochReport, TrainConfig, Trainer, TrainingDiverged
 from genmodels.names import CHECKPOINT_FILE, DIVERGED, FINISHED, PLACEMENT_FILE, STATUS_FILE
 from genmodels.tasks import TASKS
-from genmodels.training import EpochReport, TrainConfig, Trainer, TrainingDiverged
-from trainables.tracking import SweepRecords, start_tracker
+from trainables.mlflow_trial import SweepRecords, start_tracker
 
 UPLOAD_THREADS = 8  # a trial's new files sent to cloud storage side by side (folder_uploader)
 

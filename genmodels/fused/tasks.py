@@ -1,4 +1,4 @@
-"""Fused groups as tasks of the shared training loop (`genmodels.training.Trainer`).
+"""Fused groups as tasks of the shared training loop (`genmodels.loop.Trainer`).
 
     cfg = FusedConfig([VAEConfig(latent_dim=8), VAEConfig(dropout=0.3), VAEConfig(lr=3e-4)])
     trainer = Trainer.create("fused-vae", cfg, TrainConfig(epochs=3), data)

@@ -39,7 +39,7 @@ from genmodels.names import (
     TRIAL_ID_TAG,
     UNFINISHED,
 )
-from trainables.tracking import SweepRecords, not_yet_logged, retry
+from trainables.mlflow_trial import SweepRecords, all_runs, not_yet_logged, retry
 
 REACH_TIMEOUT_SECONDS = 5
 SWEEP_NOTE = (
@@ -138,9 +138,9 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
 
 def log_best_model(tracking: SweepRecords, checkpoint) -> None:
     """The best trial's network (the VAE, or the GAN's generator) on the parent run under
-    `best_model/`: its weights and config as plain files, no pickle; `genmodels.training.load_model`
+    `best_model/`: its weights and config as plain files, no pickle; `genmodels.loop.load_model`
     rebuilds it (README, "Tracking with MLflow")."""
-    from genmodels.training import export_model
+    from genmodels.loop import export_model
 
     client = MlflowClient(tracking.uri)
     with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
@@ -152,7 +152,7 @@ def close_sweep(tracking: SweepRecords, results, interrupted: bool, metric: str,
                 leaderboard=None) -> None:
     """Leaderboard and best config on the parent; statuses made final (KILLED on interrupt).
     `leaderboard`: the ranked table of every configuration with the chosen trials' test numbers
-    (sweeps/final_test.py); without it, Tune's own table of trials sorted by `metric`."""
+    (sweeps/held_out.py); without it, Tune's own table of trials sorted by `metric`."""
     client = MlflowClient(tracking.uri)
     parent = tracking.parent_run_id
     if results is not None:
@@ -205,7 +205,6 @@ def tag_sampled(tracking: SweepRecords, kinds: dict[str, str]) -> None:
     """Each trial's run gets how its configuration was chosen (SAMPLED_TAG: default, random or
     guided; sweeps/sampling.py), so the MLflow UI can filter by it. Runs already tagged (a
     resumed sweep's earlier trials) are left alone."""
-    from analysis.mlflow_runs import all_runs
 
     client = MlflowClient(tracking.uri)
     query = f"tags.`{PARENT_RUN_TAG}` = '{tracking.parent_run_id}'"

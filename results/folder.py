@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from analysis.records import ERROR_CHARS, LoadError, TrialRecord
 from genmodels.files import read_status
 from genmodels.names import (
     DIVERGED,
@@ -25,6 +24,7 @@ from genmodels.names import (
     UNFINISHED,
     group_members,
 )
+from results.table import ERROR_CHARS, LoadError, TrialRecord
 
 # Fields Ray Tune adds to every reported result: not metrics of the model.
 RAY_RESULT_FIELDS = {

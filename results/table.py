@@ -1,6 +1,6 @@
 """A trial as read from either source, and the one function that turns trials into the tables.
 
-Both sources (analysis/ray_folder.py, analysis/mlflow_runs.py) produce `TrialRecord`s; only the
+Both sources (results/folder.py, analysis/mlflow_runs.py) produce `TrialRecord`s; only the
 functions here make DataFrames, so the same sweep gives the same table from either.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.ranking import default_metric, direction
 from genmodels.names import DIRECTIONS, MODEL_METRICS, TEST_METRICS, TIMING_METRICS, on_test_split
+from results.ranking import default_metric, direction
 
 ERROR_CHARS = 500  # an error message is cut to this in the table; the full text stays on disk
 TEST_PREFIX = "test_"  # the test split's numbers: one value per chosen trial, not per epoch

@@ -3,7 +3,7 @@
 Every number a sweep chooses by (the objective Tune, ASHA and Optuna see, the ranking) comes from the
 validation split. When the trials have ended the driver ranks every configuration by that objective
 (`analysis.rank_trials` on the sweep's folder, the same table `analysis/rank.py` prints) and
-measures the best `--test-top` of them on the test split, once (`genmodels.training.
+measures the best `--test-top` of them on the test split, once (`genmodels.loop.
 evaluate_on_test_split` on each trial's final model):
 
 - each tested trial gets `test_metrics.json` in its folder and the `test_*` metrics on its MLflow run,
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.ranking import rank_trials
-from analysis.ray_folder import read_ray_folder
-from analysis.records import build_sweep
 from genmodels.device import resolve_device
 from genmodels.files import write_json
+from genmodels.loop import TrainConfig, evaluate_on_test_split
 from genmodels.names import CHECKPOINT_FILE, MODEL_CONFIG_FILE, TEST_METRICS_FILE, USABLE
-from genmodels.training import TrainConfig, evaluate_on_test_split
+from results.folder import read_ray_folder
+from results.ranking import rank_trials
+from results.table import build_sweep
 from sweeps.storage import SweepFolder
 
 DEFAULT_TEST_TOP = 3  # the best few by the validation objective; each costs seconds on a CPU
@@ -132,7 +132,7 @@ def log_test_numbers(tracking, ranked: pd.DataFrame) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from trainables.tracking import find_trial_run, not_yet_logged, retry
+    from trainables.mlflow_trial import find_trial_run, not_yet_logged, retry
 
     client = MlflowClient(tracking.uri)
     tested = [c for c in ranked if c.startswith("test_")]

@@ -400,7 +400,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     """A trained sampling network in eval mode, from a `checkpoint.pt` or a folder written by
     `export_model` (e.g. the `best_model` artifacts a sweep logs to MLflow):
 
-        from genmodels.training import load_model
+        from genmodels.loop import load_model
         vae = load_model("runs/vae/checkpoint.pt")
         images = vae.sample(torch.randn(64, vae.latent_dim))          # [64, 1, 28, 28] in [0, 1]
         generator = load_model(mlflow.artifacts.download_artifacts(run_id=..., artifact_path="best_model"))

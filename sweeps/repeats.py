@@ -1,9 +1,9 @@
 """Is the gain real? Retrain a sweep's best configurations and the seed's default with other seeds.
 
     gensweep-repeats --results runs/sweeps/vae-sweep --top 1 --seeds 3
-    python analysis/repeats.py --results runs/sweeps/vae-sweep --data-dir ../shared/data
+    python sweeps/repeats.py --results runs/sweeps/vae-sweep --data-dir data
 
-    from analysis.repeats import repeat_best, summarize
+    from sweeps.repeats import repeat_best, summarize
     runs = repeat_best(results="runs/sweeps/vae-sweep", top=2, seeds=3)    # one row per run
     table, sentence = summarize(runs)
 
@@ -34,15 +34,16 @@ import numpy as np
 import pandas as pd
 
 try:
-    from analysis.load import LoadError, load_sweep
+    from genmodels.data import DataError
 except ModuleNotFoundError as err:  # run as a file from a checkout that was never installed
-    if err.name != "analysis":
+    if err.name != "genmodels":
         raise
     sys.exit("error: the gensweep package is not installed in this Python: run `pip install -e .` "
-             "in the checkout (or `python -m analysis.repeats` from its root)")
-from analysis.ranking import USABLE, rank_trials
-from genmodels.data import DataError
+             "in the checkout (or `python -m sweeps.repeats` from its root)")
 from genmodels.names import DIRECTIONS, OPTIONS_FILE, on_test_split
+from results.folder import read_ray_folder
+from results.ranking import USABLE, rank_trials
+from results.table import LoadError, build_sweep
 
 REPORTS_DIR = "reports"
 RUNS_FILE, SUMMARY_FILE = "repeats.csv", "repeats.md"
@@ -124,7 +125,9 @@ def plan_repeats(results: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAU
         raise RepeatError(f"no sweep folder {folder}: pass the sweep's folder, "
                           "<--storage-path>/<--name> (default runs/sweeps/<model>-sweep)")
     options = sweep_options(folder)
-    sweep = load_sweep(folder)
+    records, _ = read_ray_folder(folder)
+    sweep = build_sweep(records, folder.resolve().name, None, options.get("metric"), None,
+                        {"results": str(folder), "options": options})
     ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode)
     usable = ranked[ranked["status"].isin(USABLE) & ranked[sweep.metric].notna()]
     if usable.empty:
@@ -188,8 +191,8 @@ def run_plan(plan: Plan, data_dir: str | None = None, device: str = "auto",
     """The runs of `plan` (from `plan_repeats`), one row each."""
     from genmodels.data import load_dataset
     from genmodels.device import resolve_device
+    from genmodels.loop import TrainConfig, Trainer
     from genmodels.tasks import TASKS
-    from genmodels.training import TrainConfig, Trainer
 
     data = load_dataset(plan.settings["dataset"], data_dir or plan.options.get("data_dir"))
     scorer = make_scorer(plan, data, cache_dir, resolve_device(device))
@@ -319,7 +322,7 @@ def write_repeats(runs: pd.DataFrame, out: str | Path, name: str) -> dict[str, P
 
 # ---- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python analysis/repeats.py", description=(
+    p = argparse.ArgumentParser(prog="python sweeps/repeats.py", description=(
         "Retrain a finished sweep's best configurations and the default configuration with other "
         "seeds, and say whether the best beats the default on the test split."))
     p.add_argument("--results", required=True, help="the sweep's folder: <--storage-path>/<--name>")

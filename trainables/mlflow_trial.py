@@ -61,9 +61,20 @@ def retry(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def all_runs(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every run of the experiment that `filter_string` selects, page after page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 @dataclass(frozen=True)
 class SweepRecords:
-    """Where a sweep's trials record themselves (sweeps/tracking.py:open_sweep makes it; every
+    """Where a sweep's trials record themselves (sweeps/mlflow_sweep.py:open_sweep makes it; every
     trial gets it with its inputs)."""
 
     uri: str
