@@ -2,8 +2,7 @@
 
     python bench/bench_fused.py                          # CPU, both models, K = 1 2 4 8 16
     python bench/bench_fused.py --device cuda --quick    # the GPU run (torch + genmodels only)
-    python bench/bench_fused.py --device cuda --quick --model gan --layouts streams,matmul \
-        --precisions fp32,tf32,bf16                      # the fused GAN's convolution layouts
+    python bench/bench_fused.py --device cuda --quick --model gan --precisions fp32,tf32,bf16
     python bench/bench_fused.py --device cuda --quick --model gan --graphs on \
         --precisions fp32,bf16 --unfused-precisions fp32,bf16   # each precision against its own
     python bench/bench_fused.py --model gan --quick --repeats 3   # every row 3 times, in turns: medians
@@ -39,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from genmodels.data import DEFAULT_VAL_FRACTION, ImageData, load_dataset  # noqa: E402
 from genmodels.device import PRECISIONS, autocast_factory, setup_device  # noqa: E402
-from genmodels.fused.gan import GAN_LAYOUTS  # noqa: E402
-from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout  # noqa: E402
+from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask  # noqa: E402
 from genmodels.gan import GANConfig  # noqa: E402
 from genmodels.graphs import WARMUP_STEPS, GraphedStep  # noqa: E402
 from genmodels.loop import TrainConfig  # noqa: E402
@@ -71,7 +69,7 @@ def member_configs(model: str, k: int, gan_dropout: bool = True) -> list:
 
 
 def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
-               layout: str = "auto", precision: str = "fp32", trial: int = 0,
+               precision: str = "fp32", trial: int = 0,
                cudnn_benchmark: bool = False, gan_dropout: bool = True):
     """A fused task of k members, or (k None) one standalone trial's task (the `trial`-th
     configuration), in `precision` (set for the process as a run sets it: `setup_device`).
@@ -89,7 +87,7 @@ def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
                           autocast)
     cfgs = member_configs(model, k, gan_dropout)
     task_class = FusedVAETask if model == "vae" else FusedGANTask
-    return task_class(FusedConfig(cfgs, conv_layout=layout), data, device, train_cfg, autocast)
+    return task_class(FusedConfig(cfgs), data, device, train_cfg, autocast)
 
 
 def training_data(data_dir: str | None, device: torch.device) -> ImageData:
@@ -128,10 +126,10 @@ def time_trial_epoch(task, data: ImageData, device: torch.device, steps: int, wa
     return step_seconds * len(batches) + (time.perf_counter() - start)
 
 
-def fused(model: str, k: int, data: ImageData, device: torch.device, layout: str, precision: str,
+def fused(model: str, k: int, data: ImageData, device: torch.device, precision: str,
           steps: int, warmup: int, graphs: bool, options: dict) -> float:
     """Trial-epochs per hour of one fused group of k members (its memory freed after)."""
-    task = build_task(model, k, data, device, layout, precision, **options)
+    task = build_task(model, k, data, device, precision, **options)
     try:
         return k * 3600 / time_trial_epoch(task, data, device, steps, warmup, graphs)
     finally:
@@ -183,7 +181,6 @@ class Timings:
     threads: int
     procs: list[int]
     members: list[int]
-    layouts: list[str]
     precisions: list[str]
     unfused_precisions: list[str]
     graph_modes: list[str]
@@ -217,22 +214,19 @@ class Timings:
         return reference, one_trial
 
     def time_fused(self, model: str, tag: str, reference: float, one_trial: dict) -> None:
-        """Time the fused groups of `model` once: every K, and for the GAN every convolution layout
-        (the VAE has none), each in every precision and graph mode asked for. A row that fails (a
-        layout never run on this device, say) keeps its error, is not timed again, and the others
-        go on."""
-        variants = [(layout, precision, graphs)
-                    for layout in (self.layouts if model == "gan" else ["auto"])
-                    for precision in self.precisions for graphs in self.graph_modes]
+        """Time the fused groups of `model` once: every K, each in every precision and graph mode
+        asked for. A row that fails (out of memory, say) keeps its error, is not timed again, and
+        the others go on."""
+        variants = [(precision, graphs) for precision in self.precisions for graphs in self.graph_modes]
         for k in self.members:
-            for layout, precision, graphs in variants:
-                entry = self.entry({"model": model, "mode": f"fused K={k}", "convs": layout,
+            for precision, graphs in variants:
+                entry = self.entry({"model": model, "mode": f"fused K={k}",
                                     "precision": precision, "graphs": graphs})
                 if "error" in entry:
                     continue
-                label = f"{tag}{model}  fused, K = {k:<2} {layout:<10} {precision:<4} graphs {graphs:<3}"
+                label = f"{tag}{model}  fused, K = {k:<2} {precision:<4} graphs {graphs:<3}"
                 try:
-                    rate = fused(model, k, self.data, self.device, layout, precision, self.steps,
+                    rate = fused(model, k, self.data, self.device, precision, self.steps,
                                  self.warmup, graphs == "on", self.options)
                 except Exception as err:
                     entry["error"] = f"{type(err).__name__}: {err}"
@@ -285,9 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--quick", action="store_true", help="fewer steps (a GPU run in about 2 minutes)")
     p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
-    p.add_argument("--layouts", default="auto",
-                   help="the fused GAN's convolution layouts to time, from auto (the product's "
-                        f"choice for the device), {', '.join(GAN_LAYOUTS)}")
     p.add_argument("--precisions", default="fp32",
                    help=f"precisions of the fused rows, from {', '.join(PRECISIONS)}")
     p.add_argument("--unfused-precisions", default="fp32",
@@ -306,19 +297,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="time every row this many times, in turns (all rows, then all again), and "
                         "keep each row's median: runs on a shared machine vary by 10-25%%")
     p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--plot", default=None,
-                   help="draw them into this PNG (bench/plot_fused.py; needs --json)")
     args = p.parse_args(argv)
-    if args.plot and not args.json:
-        p.error("--plot draws the --json file: give both")
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
-    layouts, precisions = args.layouts.split(","), args.precisions.split(",")
+    precisions = args.precisions.split(",")
     unfused_precisions, graph_modes = args.unfused_precisions.split(","), args.graphs.split(",")
     if "on" in graph_modes and args.device == "cpu":
         p.error("--graphs on needs a CUDA device (CUDA graphs)")
-    for value, allowed, flag in ((layouts, ("auto", *GAN_LAYOUTS), "--layouts"),
-                                 (precisions, PRECISIONS, "--precisions"),
+    for value, allowed, flag in ((precisions, PRECISIONS, "--precisions"),
                                  (unfused_precisions, PRECISIONS, "--unfused-precisions"),
                                  (graph_modes, ("off", "on"), "--graphs")):
         if not set(value) <= set(allowed):
@@ -326,7 +312,6 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    layouts = [default_conv_layout(device) if layout == "auto" else layout for layout in layouts]
     threads = torch.get_num_threads()
     steps = args.steps or ((20 if cuda else 6) if args.quick else (60 if cuda else 15))
     warmup = 5 if cuda else 2
@@ -339,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{steps} timed steps per row; cuDNN TF32 {torch.backends.cudnn.allow_tf32}, "
           f"benchmark {args.cudnn_benchmark}; GAN dropout {args.gan_dropout}")
 
-    timings = Timings(data, device, steps, warmup, threads, procs, args.members, layouts, precisions,
+    timings = Timings(data, device, steps, warmup, threads, procs, args.members, precisions,
                       unfused_precisions, graph_modes, options)
     models = ["vae", "gan"] if args.model == "both" else [args.model]
     for repeat in range(1, args.repeats + 1):  # all rows, then all again: drift hits every row
@@ -355,14 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"device": name, "steps": steps, "rows": rows,
                                                "cudnn_benchmark": args.cudnn_benchmark,
                                                "gan_dropout": args.gan_dropout}, indent=2))
-    drawn = True
-    if args.plot:
-        from plot_fused import main as plot  # a script beside this one in bench/
-
-        drawn = plot([args.json, "--out", args.plot]) == 0  # it says why it could not draw
     if failed:
         print(f"{len(failed)} fused row(s) failed", file=sys.stderr)
-    return 0 if drawn and not failed else 1
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

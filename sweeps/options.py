@@ -13,7 +13,6 @@ import os
 
 from genmodels.data import DATA_DIR_ENV, DATASETS
 from genmodels.device import PRECISIONS
-from genmodels.fused.gan import GAN_LAYOUTS, MEMBERS
 from genmodels.loop import TrainConfig
 from genmodels.names import OBJECTIVES, OPTIONS_FILE
 from genmodels.tasks import TASKS
@@ -152,10 +151,6 @@ def build_parser(model: str) -> argparse.ArgumentParser:
         p.add_argument("--classifier-epochs", type=int, default=None,
                        help="epochs of the scoring classifier if it must be trained")
         p.add_argument("--cache-dir", default=None, help="scoring classifier cache")
-        p.add_argument("--fused-layout", choices=["auto", *GAN_LAYOUTS], default="auto",
-                       help="how a fused group's convolutions run: auto (the measured best for the "
-                            "device: streams on CUDA, per-member on a CPU) or one of the others, "
-                            "which train the same models (see README 'Fused trials')")
     return p
 
 
@@ -203,14 +198,6 @@ def check_options(args: argparse.Namespace) -> None:
                          f"between 0 and 1 (exclusive), got {val_fraction}")
     if getattr(args, "test_top", 0) < 0:
         raise SweepError(f"--test-top must be 0 (none) or more, got {args.test_top}")
-    if getattr(args, "fused_layout", "auto") != "auto" and args.fuse == 1:
-        raise SweepError(f"--fused-layout {args.fused_layout} sets how fused groups run, and this "
-                         "sweep's trials are not fused: add --fuse K (K > 1)")
-    if getattr(args, "fused_layout", "auto") == MEMBERS and args.gpus_per_trial > 0:
-        raise SweepError("--fused-layout members is held back on GPUs: on an H200 it raced (two runs "
-                         "of one seed trained different models; bench/RESULTS.md, 2026-11-28), and "
-                         "the fix awaits its check on a GPU (bench/check_graphs.py). Leave "
-                         "--fused-layout at auto (streams on CUDA) or pick another layout")
     if args.max_failures < 0:
         raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
     if args.cpus_per_trial <= 0:

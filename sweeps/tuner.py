@@ -90,8 +90,6 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         # Per-member early stopping: one rung keeper for every member of every group.
         rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, plan.mode)
                  if args.scheduler == "asha" else None)
-        # (a sweep saved before --fused-layout existed resumes with the default)
-        layout = getattr(args, "fused_layout", "auto")
         # The sweep's Optuna study, shared by the searcher (new groups) and the groups (refills);
         # on --resume the searcher loads its saved state into it. (The trainable holds its handle
         # with or without refills: an actor lives as long as a handle to it does.)
@@ -103,7 +101,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         width = int(plan.space["latent_dim"].high) if refill and "latent_dim" in plan.space else None
         function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
                                         rungs=rungs, study=study, refill=refill,
-                                        latent_width=width, layout=layout, **inputs)
+                                        latent_width=width, **inputs)
     else:
         # Where ASHA may stop a trial: it draws its end-of-run figures there too.
         rungs = (rung_epochs(args.grace_period, ASHA_REDUCTION, args.epochs)

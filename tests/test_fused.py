@@ -23,11 +23,11 @@ from torch import nn
 from genmodels.data import load_dataset, to_unit_interval
 from genmodels.fused import layers as fused_layers
 from genmodels.fused import streams
-from genmodels.fused.gan import FusedGenerator, fused_discriminator_loss
-from genmodels.fused.layers import CONV_LAYOUTS, MemberConv2d, MemberConvTranspose2d, conv_weights
+from genmodels.fused.gan import fused_discriminator_loss
+from genmodels.fused.layers import MemberConv2d, MemberConvTranspose2d, conv_weights
 from genmodels.fused.optim import StackedAdam
-from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask, default_conv_layout
-from genmodels.gan import GANConfig, Generator, discriminator_loss
+from genmodels.fused.tasks import FusedConfig, FusedGANTask, FusedVAETask
+from genmodels.gan import GANConfig, discriminator_loss
 from genmodels.loop import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_configs
 from genmodels.tasks import GANTask, VAETask
 from genmodels.vae import VAEConfig
@@ -286,8 +286,8 @@ def gan_batches(mnist):
     return [x[:GAN_BATCH].double() for x in batches(mnist)]
 
 
-def run_fused_gan(mnist, members, data, layout="auto"):
-    fused = FusedGANTask(FusedConfig(members, conv_layout=layout), mnist, torch.device("cpu"),
+def run_fused_gan(mnist, members, data):
+    fused = FusedGANTask(FusedConfig(members), mnist, torch.device("cpu"),
                          train_cfg(), contextlib.nullcontext)
     record(fused.discriminator.drops)
     generator = torch.Generator().manual_seed(3)
@@ -434,33 +434,23 @@ def test_member_dropout_drops_each_members_share_and_scales_the_rest(channels):
     assert drop(x) is x
 
 
-def test_a_members_dropout_keeps_its_input_channels_last():
-    """The members layout hands each member's dropout a channels-last activation on CUDA: its
-    output must stay so (else every next convolution copies it back)."""
-    drop = fused_layers.MemberDropout(torch.tensor([0.1, 0.3]), channels=4)
-    x = torch.randn(8, 4, 5, 5).contiguous(memory_format=torch.channels_last)
-    for member in drop.per_member((8, 2 * 4, 5, 5), x.dtype):
-        assert member(x).is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("layout", CONV_LAYOUTS)
 @pytest.mark.parametrize("transposed, size, kernel, stride, padding, output_padding", [
     (False, 14, 5, 2, 2, 0), (False, 4, 5, 2, 2, 0), (False, 9, 3, 1, 0, 0),
     (True, 1, 5, 2, 1, 0), (True, 7, 5, 2, 2, 1), (True, 5, 4, 3, 1, 1), (True, 6, 3, 1, 1, 0),
 ])
-def test_every_conv_layout_is_each_members_own_convolution(layout, transposed, size, kernel, stride,
-                                                           padding, output_padding):
-    """Outputs and gradients of each layout equal K standalone (transposed) convolutions, for the
+def test_member_convs_are_each_members_own_convolution(transposed, size, kernel, stride, padding,
+                                                       output_padding):
+    """Outputs and gradients equal K standalone (transposed) convolutions, for the
     seed's shapes and a few others (fp64, so only the summation order may differ)."""
     torch.manual_seed(0)
     k, c_in, c_out = 3, 4, 5
     if transposed:
         layers = [nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, output_padding).double()
                   for _ in range(k)]
-        fused = MemberConvTranspose2d(layers, layout)
+        fused = MemberConvTranspose2d(layers)
     else:
         layers = [nn.Conv2d(c_in, c_out, kernel, stride, padding).double() for _ in range(k)]
-        fused = MemberConv2d(layers, layout)
+        fused = MemberConv2d(layers)
     x = torch.randn(2, k * c_in, size, size, dtype=torch.float64, requires_grad=True)
     expected = torch.cat([layer(xk) for layer, xk in zip(layers, x.chunk(k, dim=1))], dim=1)
     actual = fused(x)
@@ -484,11 +474,11 @@ def test_members_conv_weights_are_made_channels_last_in_one_copy(transposed):
     k, c_in, c_out = 3, 4, 6
     if transposed:
         layers = [nn.ConvTranspose2d(c_in, c_out, 5, 2, 2, 1).double() for _ in range(k)]
-        fused, conv = MemberConvTranspose2d(layers, "per-member"), F.conv_transpose2d
+        fused, conv = MemberConvTranspose2d(layers), F.conv_transpose2d
         options = {"stride": 2, "padding": 2, "output_padding": 1}
     else:
         layers = [nn.Conv2d(c_in, c_out, 5, 2, 2).double() for _ in range(k)]
-        fused, conv, options = MemberConv2d(layers, "per-member"), F.conv2d, {"stride": 2, "padding": 2}
+        fused, conv, options = MemberConv2d(layers), F.conv2d, {"stride": 2, "padding": 2}
     x = torch.randn(2, c_in, 7, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     prepared = conv_weights(fused.weight, torch.float64)
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in prepared)
@@ -504,71 +494,23 @@ def test_members_conv_weights_are_made_channels_last_in_one_copy(transposed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["streams", "members", "grouped"])
-def test_the_cuda_layouts_channels_last_path_trains_the_same_on_the_cpu(mnist, fp64, layout, monkeypatch):
+def test_the_cuda_channels_last_path_trains_the_same_on_the_cpu(mnist, fp64, monkeypatch):
     """On CUDA the members' convolutions take channels-last inputs and weights (`conv_memory_format`,
-    `MemberConvs.member_weights`; the grouped calls too). The CPU has channels-last convolutions
-    too: with that path switched on here, a fused GAN trains as the plain per-member layout does."""
+    `MemberConvs.member_weights`). The CPU has channels-last convolutions too: with that path
+    switched on here, a fused GAN trains as the plain CPU path does."""
     data = gan_batches(mnist)[:2]
     torch.manual_seed(1)
-    plain, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
+    plain, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data)
     monkeypatch.setattr(fused_layers, "conv_memory_format", lambda device: torch.channels_last)
     torch.manual_seed(1)
-    nhwc, _, nhwc_losses = run_fused_gan(mnist, GAN_MEMBERS, data, layout)
+    nhwc, _, nhwc_losses = run_fused_gan(mnist, GAN_MEMBERS, data)
     torch.testing.assert_close(nhwc_losses, losses, rtol=RTOL, atol=1e-8)
     for module_a, module_b in zip(nhwc.modules.values(), plain.modules.values()):
         assert_close_states(module_a.state_dict(), module_b.state_dict())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("layout", ["matmul", "members"])
-def test_a_fused_gan_trains_the_same_in_the_other_layouts(mnist, fp64, layout):
-    """The 20-step test above runs the default layout (K calls); the batched matrix product
-    ("matmul", exact layer by layer in the test before) and each member's network as its own
-    chain of calls ("members") train the same group, dropout masks included, to the same
-    weights, losses and BatchNorm statistics, shrunk to two members as well, and generate and
-    judge the same in eval mode."""
-    data = gan_batches(mnist)[:3]
-    torch.manual_seed(1)
-    per_member, _, losses = run_fused_gan(mnist, GAN_MEMBERS, data, "per-member")
-    torch.manual_seed(1)
-    other, _, other_losses = run_fused_gan(mnist, GAN_MEMBERS, data, layout)
-    torch.testing.assert_close(other_losses, losses, rtol=RTOL, atol=1e-8)
-    # A group that shrinks (a member stopped early) carries on the same in both layouts.
-    h = torch.randn(2, GAN_BATCH, per_member.generator.latent_dim)
-    steps = []
-    for task in (per_member, other):
-        task.keep_members([0, 2])
-        torch.manual_seed(2)
-        steps.append(task.update(data[0], h))
-    for key in ("loss_d", "loss_g"):
-        torch.testing.assert_close(steps[1][key], steps[0][key], rtol=RTOL, atol=1e-8)
-    for module_a, module_b in zip(other.modules.values(), per_member.modules.values()):
-        assert_close_states(module_a.state_dict(), module_b.state_dict())
-    real = to_unit_interval(mnist.test_images[:EVAL_IMAGES]).double() * 2 - 1
-    for task in (per_member, other):
-        task.discriminator.eval()
-    torch.testing.assert_close(other.discriminator(real), per_member.discriminator(real))
-    h = per_member.fixed_h[:, :EVAL_IMAGES]
-    torch.testing.assert_close(other.generate(h), per_member.generate(h))
-
-
-@pytest.mark.slow
-def test_a_diverging_gan_member_is_frozen_in_the_members_layout_too(mnist):
-    """Each member's own chain of calls: a NaN in one chain never reaches another's."""
-    absurd = GANConfig(latent_dim=8, lr_g=1e30, lr_d=1e30)
-    data = [x[:GAN_BATCH] for x in batches(mnist)][:6]
-    torch.manual_seed(5)
-    sick, _, _ = run_fused_gan(mnist, [GAN_MEMBERS[0], absurd, GAN_MEMBERS[2]], data, "members")
-    torch.manual_seed(5)
-    well, _, _ = run_fused_gan(mnist, [GAN_MEMBERS[0], GANConfig(latent_dim=8), GAN_MEMBERS[2]], data,
-                               "members")
-    assert sick.status.active.tolist() == [True, False, True]
-    assert_same_members(sick, well, [0, 2])
-
-
-def marked_storages_of_one_step(mnist, monkeypatch, layout):
-    """A fused GAN step in `layout` on the CPU, noting the storage of every tensor `SideStreams.run`
+def marked_storages_of_one_step(mnist, monkeypatch):
+    """A fused GAN step on the CPU, noting the storage of every tensor `SideStreams.run`
     would mark on CUDA (its `marked`, or all a job was handed). Returns the task and those storages."""
     storages = set()
     run = streams.SideStreams.run
@@ -580,7 +522,7 @@ def marked_storages_of_one_step(mnist, monkeypatch, layout):
         return run(self, jobs, marked)
 
     monkeypatch.setattr(streams.SideStreams, "run", run_and_note)
-    fused = FusedGANTask(FusedConfig(GAN_MEMBERS, conv_layout=layout), mnist, torch.device("cpu"),
+    fused = FusedGANTask(FusedConfig(GAN_MEMBERS), mnist, torch.device("cpu"),
                          train_cfg(), contextlib.nullcontext)
     record(fused.discriminator.drops)
     x = to_unit_interval(mnist.train_images[:GAN_BATCH])
@@ -588,28 +530,8 @@ def marked_storages_of_one_step(mnist, monkeypatch, layout):
     return fused, storages
 
 
-def test_a_members_job_marks_every_tensor_it_reads_from_outside(mnist, monkeypatch):
-    """On CUDA `SideStreams.run` marks the tensors handed to a side-stream job (through
-    functools.partial, lists and tuples) as used on its stream, so the caching allocator cannot
-    give their memory away while the job's backward may still read them: the race the members
-    layout had on an H200 (genmodels.fused.streams). A tensor a job reached through a closure
-    would go unmarked. So every weight, BatchNorm statistic and dropout mask a member's chain
-    reads must be marked: checked on the CPU, storage by storage."""
-    fused, marked = marked_storages_of_one_step(mnist, monkeypatch, "members")
-    on_main_only = ("project.weight", "project.bias", "latent_mask", "num_batches_tracked", ".p")
-    needed = {name: t for module in (fused.generator, fused.discriminator)
-              for name, t in [*module.named_parameters(), *module.named_buffers()]
-              if not name.endswith(on_main_only)}
-    masks = [mask for drop in fused.discriminator.drops for mask in drop.recorded]
-    needed.update({f"mask {i}": mask for i, mask in enumerate(masks)})
-    assert len(masks) == 12  # 4 layers; D on real, on fake, in G's step
-    missing = [name for name, t in needed.items() if t.untyped_storage().data_ptr() not in marked]
-    assert not missing, missing
-    assert not list(streams.handed_tensors(nn.Identity()))  # a module is not walked: it is no job input
-
-
-def test_the_streams_layout_marks_each_members_weights_and_not_the_stacked_inputs(mnist, monkeypatch):
-    """In the default CUDA layout a member's call reads its input slice only in the forward (a
+def test_side_streams_mark_each_members_weights_and_not_the_stacked_inputs(mnist, monkeypatch):
+    """On CUDA a member's call reads its input slice only in the forward (a
     copy on its stream), and its weights in the backward too: the weights are marked, the
     channel-stacked activations are not (marked, their memory would stay unused inside a
     captured step)."""
@@ -620,7 +542,7 @@ def test_the_streams_layout_marks_each_members_weights_and_not_the_stacked_input
             return forward(self, x)
 
         monkeypatch.setattr(cls, "forward", noting)
-    fused, marked = marked_storages_of_one_step(mnist, monkeypatch, "streams")
+    fused, marked = marked_storages_of_one_step(mnist, monkeypatch)
     convs = {name: p for module in (fused.generator, fused.discriminator)
              for name, p in module.named_parameters()
              if isinstance(module.get_submodule(name.rsplit(".", 1)[0]), fused_layers.MemberConvs)}
@@ -629,15 +551,6 @@ def test_the_streams_layout_marks_each_members_weights_and_not_the_stacked_input
     assert not unmarked, unmarked
     stacked_inputs = inputs - {p.untyped_storage().data_ptr() for p in convs.values()}
     assert stacked_inputs and not stacked_inputs & marked
-
-
-def test_the_fused_gan_layout_follows_the_measurements():
-    assert default_conv_layout(torch.device("cpu")) == "per-member"
-    assert default_conv_layout(torch.device("cuda")) == "streams"
-    with pytest.raises(ValueError, match="conv_layout must be"):
-        FusedConfig([GANConfig()], conv_layout="fast")
-    with pytest.raises(ValueError, match="layout must be one of"):
-        FusedGenerator([Generator()], "fast")
 
 
 # ---- the shared loop -------------------------------------------------------------------------

@@ -273,45 +273,24 @@ def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
         assert parse_options(model, []).fuse == 1
 
 
-def test_a_fused_layout_needs_fused_trials():
-    from sweeps.options import SweepError, parse_options
-
-    assert parse_options("gan", ["--fuse", "2", "--fused-layout", "members"]).fused_layout == "members"
-    assert parse_options("gan", []).fused_layout == "auto"
-    with pytest.raises(SweepError, match="add --fuse K"):
-        parse_options("gan", ["--fused-layout", "members"])
-
-
-def test_the_members_layout_is_held_back_on_gpus_until_its_race_fix_is_checked_there():
-    from sweeps.options import SweepError, parse_options
-
-    gpu = ["--gpus-per-trial", "0.5", "--fuse", "4"]
-    with pytest.raises(SweepError, match="held back on GPUs.*--fused-layout at auto"):
-        parse_options("gan", [*gpu, "--fused-layout", "members"])
-    assert parse_options("gan", [*gpu, "--fused-layout", "streams"]).fused_layout == "streams"
-    assert parse_options("gan", [*gpu]).fused_layout == "auto"
-
-
 @pytest.mark.slow
 def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_path):
     """The main job's GPU default, fused GAN groups, end to end on the CPU: members scored per
     epoch in one batched pass, the best tested once, each member its own run, folder and row, a
     refill included (one group at a time, on all CPUs: the third configuration takes a finished
-    member's slot). In the "members" layout (--fused-layout), the one that is not the default
-    anywhere yet."""
+    member's slot)."""
     run = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / "gan_sweep.py"), "--data-dir", str(data_dir),
          "--storage-path", str(tmp_path), "--name", "fused-gan", "--fuse", "2", "--num-samples", "3",
          "--cpus-per-trial", str(os.cpu_count()), "--epochs", "1", "--train-subset", "256",
          "--batch-size", "64", "--scheduler", "fifo",
          "--eval-samples", "200", "--test-samples", "200", "--classifier-epochs", "1",
-         "--cache-dir", str(tmp_path / "cache"), "--test-top", "1", "--fused-layout", "members"],
+         "--cache-dir", str(tmp_path / "cache"), "--test-top", "1"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "test split, once, for the best 1 by val_fcd" in run.stdout
 
     (group,) = [p for p in (tmp_path / "fused-gan").iterdir() if p.name.startswith("train_group")]
-    assert json.loads((group / "placement.json").read_text())["conv_layout"] == "members"
     folders = sorted(m for m in group.iterdir() if m.is_dir() and m.name.startswith("m0"))
     assert len(folders) == 3  # m002, the refill, trained its own epoch 1 in the group's epoch 2
     for folder in folders:

@@ -115,12 +115,11 @@ def export_member(trainer: Trainer, k: int, cfg, folder: Path) -> None:
 def train_group(config: dict, *, model: str, data: ImageData, train_settings: dict, fixed: dict,
                 scorer_cache: dict | None, metric: str, mode: str,
                 tracking: SweepRecords | None = None, rungs=None, study=None, refill: bool = False,
-                latent_width: int | None = None, layout: str = "auto") -> None:
+                latent_width: int | None = None) -> None:
     """One fused group. `config` holds the members' sampled values and their ids; `rungs` (a
     `MemberRungs` handle, or None) stops members early; `study` (the sweep's `MemberStudy` actor)
     gives fresh configurations for the slots of members that ended when `refill`;
-    `latent_width` pads every member's latent (a refill's must fit: the search space's largest);
-    `layout` is the GAN's `FusedConfig.conv_layout`."""
+    `latent_width` pads every member's latent (a refill's must fit: the search space's largest)."""
     ids = list(config[IDS_KEY])
     group_id, size = tune.get_context().get_trial_id(), len(ids)
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
@@ -148,7 +147,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
                  else max([latent_width or 0, *(c.latent_dim for c in cfgs.values())]))
         if latent_width is not None and width < latent_width:
             refill = False  # a group saved before refills, narrower than the space: it only shrinks
-        fused = FusedConfig([cfgs[i] for i in group["training"]], conv_layout=layout, latent_width=width)
+        fused = FusedConfig([cfgs[i] for i in group["training"]], latent_width=width)
         # The trainer's own copy: its epoch count grows with refills, the members' stays --epochs.
         trainer = Trainer.create(f"fused-{model}", fused, dataclasses.replace(train_cfg), data,
                                  scorer=scorer)

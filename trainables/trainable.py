@@ -133,15 +133,13 @@ def earlier_status(trial_dir: Path) -> dict:
 
 def write_placement(trial_dir: Path, trainer: Trainer) -> None:
     """Where and how this trial ran: node, Ray's GPU ids, the device torch used, when, the
-    worker's pid (what a fault test kills) and, for a fused GAN group, its convolution layout."""
+    worker's pid (what a fault test kills)."""
     import ray
 
     placement = {"node_id": ray.get_runtime_context().get_node_id(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": str(trainer.device),
                  "threads": trainer.train_cfg.num_threads, "started_at": time.time(),
                  "pid": os.getpid()}
-    if hasattr(trainer.task, "conv_layout"):  # FusedGANTask: what --fused-layout auto became
-        placement["conv_layout"] = trainer.task.conv_layout
     write_json(trial_dir / PLACEMENT_FILE, placement)
 
 

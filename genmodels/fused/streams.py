@@ -20,9 +20,9 @@ member's weights copied channels-last, its dropout mask, its slice of an input) 
 the job's backward, which runs on the side stream with no fork before it. When autograd frees the
 tensor after that backward is queued, PyTorch's caching allocator would hand its memory to the
 next allocation on the current stream at once, while the side stream may not have read it yet.
-The "members" GAN layout hit exactly this on an H200 (2026-11-28, bench/RESULTS.md: two eager runs
-of the same seed differed by 0.74 relative in their losses). So `run` marks every tensor a job is
-handed (through `functools.partial`, lists and tuples) as used on the job's stream
+A fused GAN whose members each ran their whole network on their own stream hit exactly this on
+an H200 (two eager runs of the same seed differed by 0.74 relative in their losses). So `run`
+marks every tensor a job is handed (through `functools.partial`, lists and tuples) as used on the job's stream
 (`Tensor.record_stream`): the allocator then reuses its memory only once that stream has caught up
 with the moment it was freed. Tensors a job makes for itself need no mark, and neither do those
 only its forward reads (the join orders every later allocation after it): callers that know which

@@ -28,7 +28,6 @@ from torch import nn
 
 from genmodels.data import ImageData, to_unit_interval
 from genmodels.fused.gan import (
-    GAN_LAYOUTS,
     FusedDiscriminator,
     FusedGenerator,
     fused_discriminator_loss,
@@ -60,11 +59,9 @@ CONFIG_CLASSES = {"vae": VAEConfig, "gan": GANConfig}
 
 @dataclass
 class FusedConfig:
-    """The members of one fused group, each a full model config (VAEConfig or GANConfig), and how
-    the GAN's convolutions run ("auto": `default_conv_layout` for the device; the VAE has none)."""
+    """The members of one fused group, each a full model config (VAEConfig or GANConfig)."""
 
     members: list
-    conv_layout: str = "auto"
     # The padded latent size L (default: the members' largest). A group keeps its L when its
     # largest member leaves (`keep_members` records it here), so its checkpoints rebuild.
     latent_width: int | None = None
@@ -72,9 +69,6 @@ class FusedConfig:
     def __post_init__(self) -> None:
         if not self.members:
             raise ValueError("a fused group needs at least one member")
-        if self.conv_layout not in ("auto", *GAN_LAYOUTS):
-            raise ValueError(f"conv_layout must be 'auto' or one of {GAN_LAYOUTS}, got "
-                             f"{self.conv_layout!r}")
         self.members = [CONFIG_CLASSES[self.model](**m) if isinstance(m, dict) else m
                         for m in self.members]
         model = self.model
@@ -100,16 +94,6 @@ class FusedConfig:
 
     def __len__(self) -> int:
         return len(self.members)
-
-
-def default_conv_layout(device: torch.device) -> str:
-    """The fused GAN's convolution layout, as `bench/bench_fused.py` measured it (bench/RESULTS.md,
-    "The fused GAN on CUDA streams"): on an H200 the members' calls side by side on CUDA streams
-    beat them one after another and one batched matrix product in every precision (K = 64, against
-    one graphed unfused trial: 1.87x in fp32 and 2.57x in bf16, where K calls one after another did
-    1.18x / 1.37x and the batched product 0.53x / 1.23x). On the CPU there are no streams; K calls
-    beat the batched product (0.56x at K = 2) and one grouped call loses everywhere."""
-    return "streams" if device.type == "cuda" else "per-member"
 
 
 def build_members(build, cfgs: list, seed: int) -> list:
@@ -295,7 +279,7 @@ class _GroupMembers:
         """`cfgs` as configs (dicts converted), once they fit the group: FusedConfig's checks of
         the whole member list (same model, shared fields), and the latent width."""
         width = self.latent_width
-        new = FusedConfig([*self.cfg.members, *cfgs], self.cfg.conv_layout).members[self.num_members:]
+        new = FusedConfig([*self.cfg.members, *cfgs]).members[self.num_members:]
         too_wide = max(m.latent_dim for m in new)
         if too_wide > width:
             raise ValueError(
@@ -398,10 +382,6 @@ class FusedGANTask(_GroupMembers):
         self.val_scorer = scorer.with_reference(to_unit_interval(data.val_images)) if (
             scorer is not None and len(data.val_images)) else None
         self.eval_samples = train_cfg.eval_samples
-        layout = cfg.conv_layout
-        if layout == "auto":
-            layout = default_conv_layout(device)
-        self.conv_layout = layout  # what "auto" became on this device (a trial's placement.json says)
         self.modules = self.build_modules(cfg.members, train_cfg.seed, cfg.latent_width)
         self.generator, self.discriminator = self.modules["generator"], self.modules["discriminator"]
         self.status = self.modules["members"]
@@ -413,9 +393,8 @@ class FusedGANTask(_GroupMembers):
         """The modules of a group of `members` alone, each as its standalone GAN starts from `seed`."""
         # A standalone GANTask builds G then D right after seeding: the same order here.
         pairs = build_members(lambda m: (Generator(m.latent_dim), Discriminator(m.dropout)), members, seed)
-        generator = FusedGenerator([g for g, _ in pairs], self.conv_layout, latent_width)
-        discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members],
-                                           self.conv_layout)
+        generator = FusedGenerator([g for g, _ in pairs], latent_width)
+        discriminator = FusedDiscriminator([d for _, d in pairs], [m.dropout for m in members])
         return {"generator": generator.to(self.device), "discriminator": discriminator.to(self.device),
                 "members": MemberStatus(len(members)).to(self.device)}
 
