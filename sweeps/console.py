@@ -28,6 +28,7 @@ from genmodels.names import (
     MEMBERS_KEY,
     RUNNING,
 )
+from sweeps.options import gpu_defaults_line
 from sweeps.search_space import (
     budget_split,
     default_point,
@@ -306,6 +307,9 @@ def setup_lines(plan) -> str:
         f"MLflow     {plan.mlflow_uri}",
         f"log        {plan.log_file} (Ray's and MLflow's own messages)",
     ]
+    defaults = gpu_defaults_line(a)
+    if defaults:
+        lines.insert(1, defaults)
     return "\n".join(lines)
 
 

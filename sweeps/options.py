@@ -75,7 +75,11 @@ def build_parser(model: str) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1,
                    help="CPUs per trial; also torch's thread count (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0,
-                   help="GPUs per trial, fractions allowed: 0.25 packs four trials on a GPU")
+                   help="GPUs per trial, fractions allowed: 0.25 packs four trials on a GPU. "
+                        f"Asking for GPUs changes defaults: --fuse {GPU_FUSE[model]}"
+                        + (f", --epochs {GPU_GAN_EPOCHS}, --grace-period {GPU_GAN_GRACE_PERIOD}"
+                           if model == "gan" else "")
+                        + " (the sweep's header says which applied; give them to override)")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
                    help="asha stops poor trials early (default); fifo runs every trial to the end")
     p.add_argument("--grace-period", type=int, default=None,
@@ -161,15 +165,36 @@ def parse_options(model: str, argv: list[str] | None) -> argparse.Namespace:
         for key, value in SMOKE.items():
             if hasattr(args, key) and parser.get_default(key) == getattr(args, key):
                 setattr(args, key, value)
-    gpu_gan = model == "gan" and args.gpus_per_trial > 0
+    # Asking for GPUs changes three defaults (a GPU trains a fused group as fast as one trial,
+    # and the GAN needs ~100 epochs to reach its scores); `gpu_defaults` names the ones applied,
+    # so the sweep's header can say so.
+    gpu, gpu_gan = args.gpus_per_trial > 0, model == "gan" and args.gpus_per_trial > 0
+    applied = {}
     if args.fuse is None:
-        args.fuse = GPU_FUSE[model] if args.gpus_per_trial > 0 else 1
+        args.fuse = GPU_FUSE[model] if gpu else 1
+        if gpu:
+            applied["fuse"] = args.fuse
     if args.epochs is None:
         args.epochs = GPU_GAN_EPOCHS if gpu_gan else DEFAULT_EPOCHS
+        if gpu_gan:
+            applied["epochs"] = args.epochs
     if args.grace_period is None:
         args.grace_period = min(GPU_GAN_GRACE_PERIOD if gpu_gan else DEFAULT_GRACE_PERIOD, args.epochs)
+        if gpu_gan:
+            applied["grace-period"] = args.grace_period
+    args.gpu_defaults = applied
     check_options(args)
     return args
+
+
+def gpu_defaults_line(args: argparse.Namespace) -> str | None:
+    """The defaults that asking for GPUs applied, and how to override them (None: none applied)."""
+    applied = args.gpu_defaults
+    if not applied:
+        return None
+    values = ", ".join(f"{name.replace('-', ' ')} {value}" for name, value in applied.items())
+    flags = ", ".join(f"--{name}" for name in applied)
+    return f"defaults   GPU defaults: {values}; override with {flags}"
 
 
 def given_options(model: str, argv: list[str] | None) -> set[str]:

@@ -273,6 +273,22 @@ def test_a_sweep_on_gpus_fuses_by_default_and_one_on_cpus_does_not():
         assert parse_options(model, []).fuse == 1
 
 
+def test_the_header_names_the_defaults_that_gpus_applied_and_how_to_override_them():
+    from sweeps.options import gpu_defaults_line, parse_options
+
+    gan = parse_options("gan", ["--gpus-per-trial", "1"])
+    assert (gan.fuse, gan.epochs, gan.grace_period) == (16, 100, 10)
+    assert gpu_defaults_line(gan) == ("defaults   GPU defaults: fuse 16, epochs 100, grace period 10; "
+                                      "override with --fuse, --epochs, --grace-period")
+    # Only those the user left to their default, and none on CPUs
+    given = parse_options("gan", ["--gpus-per-trial", "1", "--fuse", "4", "--epochs", "20"])
+    assert gpu_defaults_line(given) == ("defaults   GPU defaults: grace period 10; "
+                                        "override with --grace-period")
+    assert gpu_defaults_line(parse_options("vae", ["--gpus-per-trial", "0.5"])) == (
+        "defaults   GPU defaults: fuse 16; override with --fuse")
+    assert gpu_defaults_line(parse_options("gan", [])) is None
+
+
 @pytest.mark.slow
 def test_a_fused_gan_sweep_scores_tests_and_records_every_member(data_dir, tmp_path):
     """The main job's GPU default, fused GAN groups, end to end on the CPU: members scored per
