@@ -118,7 +118,7 @@ def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | No
 def read_fused_group(folder: Path, config: dict, rows: list[dict],
                      ray_status: str | None) -> list[TrialRecord]:
     """A fused group's folder (--fuse K): one record per member, as an unfused trial's. Each
-    report holds every member's latest values under `member_results` (sweeps/fused_search.py)."""
+    report holds every member's latest values under `member_results` (sweeps/study.py)."""
     group_id = rows[-1]["trial_id"] if rows and "trial_id" in rows[-1] else folder.name.split("_")[-1]
     records = []
     # the members it started with, and those that refilled the slots of members that ended

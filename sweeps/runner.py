@@ -365,11 +365,11 @@ def _run(model: str, argv: list[str] | None) -> int:
         save_options(plan)
         data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
-        tuner = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
+        tuner, study = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
-        record_sampled(plan, tuner, tracking)
+        record_sampled(plan, study, tracking)
         return report(plan, results, tracking, stop, data, scorer_cache)
     finally:
         ray.shutdown()
@@ -484,21 +484,14 @@ def fit(plan: SweepPlan, tuner, tracking, stop: StopSignals):
             return None
 
 
-def record_sampled(plan: SweepPlan, tuner, tracking) -> None:
+def record_sampled(plan: SweepPlan, study, tracking) -> None:
     """How each configuration was chosen (default, TPE's random start-up, or TPE's guess), read
     from the sweep's Optuna study (sweeps/sampling.py): written to the sweep's folder
     (SAMPLED_FILE) and as a tag on each trial's MLflow run, where the analysis reads it."""
     import ray
 
-    from sweeps.fused_search import FusedOptunaSearch
-    from sweeps.sampling import tune_search_sampled
-
     try:
-        search = tuner._local_tuner._tune_config.search_alg  # the searcher fit() ran (Ray 2.x)
-        if isinstance(search, FusedOptunaSearch):
-            kinds = ray.get(search.study.sampled.remote())
-        else:
-            kinds = tune_search_sampled(search)
+        kinds = ray.get(study.sampled.remote())
         plan.folder.write_json(SAMPLED_FILE, kinds)
         tag_sampled(tracking, kinds)
     except Exception as err:  # the sweep's results are safe; the report falls back to its estimate

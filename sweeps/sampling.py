@@ -24,14 +24,12 @@ from genmodels.names import DEFAULT_SAMPLED, GUIDED_SAMPLED, RANDOM_SAMPLED
 ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def how_sampled(study: optuna.Study, startup: int | None = None) -> dict[int, str]:
+def how_sampled(study: optuna.Study, startup: int) -> dict[int, str]:
     """Optuna trial number -> default, random or guided, for every trial that was asked.
-    `startup`: TPE's start-up count; by default the one the study's TPE sampler ran with.
+    `startup`: TPE's start-up count, the n_startup_trials its TPE sampler was made with.
 
     A configuration enqueued after the first one is left out: the fused study's adopted refills
     (`MemberStudy.adopt`) were sampled by a study state that a killed driver lost."""
-    if startup is None:
-        startup = study.sampler._n_startup_trials  # TPESampler keeps it only under this name
     trials = study.get_trials(deepcopy=False)
     ended = sorted(t.datetime_complete for t in trials
                    if t.state in ENDED and t.datetime_complete is not None)
@@ -48,15 +46,10 @@ def how_sampled(study: optuna.Study, startup: int | None = None) -> dict[int, st
     return kinds
 
 
-def sampled_by_id(study: optuna.Study, trials: dict, startup: int | None = None) -> dict[str, str]:
+def sampled_by_id(study: optuna.Study, trials: dict, startup: int) -> dict[str, str]:
     """`trials` (trial id -> its Optuna trial) -> how each was chosen, for those `how_sampled`
     knows."""
     kinds = how_sampled(study, startup)
     return {trial_id: kinds[trial.number] for trial_id, trial in trials.items()
             if trial.number in kinds}
 
-
-def tune_search_sampled(search, startup: int | None = None) -> dict[str, str]:
-    """Ray Tune's OptunaSearch (an unfused sweep): Tune trial id -> how it was chosen. Tune keeps
-    the trial ids' Optuna trials in `_ot_trials` (Ray 2.x), its study in `_ot_study`."""
-    return sampled_by_id(search._ot_study, search._ot_trials, startup)

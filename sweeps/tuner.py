@@ -9,34 +9,19 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from optuna.samplers import TPESampler
 from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
 from sweeps.console import Progress
-from sweeps.fused_search import FusedOptunaSearch, start_shared_study
-from sweeps.search_space import Range, default_point, startup_trials
+from sweeps.search_space import default_point, startup_trials
+from sweeps.study import StudySearch, start_shared_study
 from trainables.fused_trainable import MemberRungs, train_group
 from trainables.mlflow_trial import SweepRecords
 from trainables.rungs import rung_epochs
 from trainables.trainable import train_trial
 
 ASHA_REDUCTION = 2  # keep the better half at each rung
-
-
-def to_tune(space: dict[str, Range]) -> dict:
-    """Our ranges as Tune's distributions (sampled by Optuna through OptunaSearch)."""
-    return {name: tune_distribution(r) for name, r in space.items()}
-
-
-def tune_distribution(r: Range):
-    if r.integer:
-        # Tune's integer upper bounds are exclusive; ours are inclusive.
-        sample = tune.lograndint if r.log else tune.randint
-        return sample(int(r.low), int(r.high) + 1)
-    return (tune.loguniform if r.log else tune.uniform)(r.low, r.high)
 
 
 def short_trial_name(trial) -> str:
@@ -70,9 +55,10 @@ def follow_moved_folder(experiment: Path) -> None:
 
 
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
-                resources: dict, at_once: int, stop=None) -> tune.Tuner:
+                resources: dict, at_once: int, stop=None) -> tuple[tune.Tuner, object]:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
-    its resources, in a new Tuner (Optuna's TPE, ASHA or FIFO) or, on --resume, the restored one.
+    its resources, in a new Tuner (Optuna's TPE, ASHA or FIFO) or, on --resume, the restored one;
+    and the sweep's study actor (`sweeps/study.py`), which lives as long as its caller holds it.
 
     `plan` is the runner's SweepPlan: the options, the search space and the training settings.
     `at_once`: trials (groups) running together. Given to Tune, it also lets Tune create that many
@@ -86,16 +72,17 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
     fused = args.fuse > 1
     inputs = dict(model=plan.model, data=data, train_settings=plan.settings,
                   fixed=plan.fixed_values, scorer_cache=scorer_cache, tracking=tracking)
+    # The sweep's Optuna study: the searcher asks it for each new trial's (or group's)
+    # configurations and, in a fused sweep, the groups ask it for refills; on --resume the
+    # searcher loads its saved state into it. (A fused group's trainable holds its handle with or
+    # without refills: an actor lives as long as a handle to it does.)
+    study = start_shared_study(args.name, plan.space, args.num_samples, args.metric, plan.mode,
+                               seed=args.seed, first=first_point(plan),
+                               startup=startup_trials(args.num_samples), fused=fused)
     if fused:
         # Per-member early stopping: one rung keeper for every member of every group.
         rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, plan.mode)
                  if args.scheduler == "asha" else None)
-        # The sweep's Optuna study, shared by the searcher (new groups) and the groups (refills);
-        # on --resume the searcher loads its saved state into it. (The trainable holds its handle
-        # with or without refills: an actor lives as long as a handle to it does.)
-        study = start_shared_study(args.name, plan.space, args.num_samples, args.metric, plan.mode,
-                                   seed=args.seed, first=first_point(plan),
-                                   startup=startup_trials(args.num_samples))
         refill = bool(getattr(args, "refill", False))  # (off for a sweep saved before --refill)
         # A refill may bring any latent size of the space: every group pads to the largest.
         width = int(plan.space["latent_dim"].high) if refill and "latent_dim" in plan.space else None
@@ -121,22 +108,18 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, restart_errored=False)
         resume_settings(tuner, callbacks, failure, at_once)
-        return tuner
+        return tuner, study
     if fused:
         # Tune sees groups; the members' early stopping is MemberRungs' (in the trainable).
         scheduler = FIFOScheduler()
-        search = FusedOptunaSearch(args.name, args.fuse, args.metric, plan.mode)
     else:
-        first = first_point(plan)
         scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
                                    reduction_factor=ASHA_REDUCTION)
                      if args.scheduler == "asha" else FIFOScheduler())
-        search = OptunaSearch(sampler=TPESampler(seed=args.seed,
-                                                 n_startup_trials=startup_trials(args.num_samples)),
-                              points_to_evaluate=[first] if first else None)
-    return tune.Tuner(
+    search = StudySearch(args.name, args.fuse, args.metric, plan.mode, fused=fused, study=study)
+    tuner = tune.Tuner(
         trainable,
-        param_space={} if fused else to_tune(plan.space),  # a fused group's come from `search`
+        param_space={},  # every configuration comes from `search`
         tune_config=tune.TuneConfig(
             metric=args.metric, mode=plan.mode, num_samples=tune_trials(args),
             search_alg=search,
@@ -154,6 +137,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
             failure_config=failure, callbacks=callbacks,
             verbose=0),  # our own lines instead of Tune's tables (sweeps/console.py)
     )
+    return tuner, study
 
 
 def first_point(plan) -> dict | None:

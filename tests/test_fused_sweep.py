@@ -17,8 +17,8 @@ from conftest import mlflow_runs
 from analysis import load_trials, rank_trials
 from analysis.report import search_notes
 from genmodels.names import GROUP_TAG, MEMBER_RESULTS_KEY, OPTIONS_FILE
-from sweeps.fused_search import MemberStudy, member_results
 from sweeps.search_space import SPACES, is_default_config
+from sweeps.study import MemberStudy, member_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,9 +86,9 @@ def test_the_searcher_pickles_the_study_actors_name_and_not_its_handle():
     """A --resume unpickles the searcher in a new Ray run: a handle would name the old actor."""
     import pickle
 
-    from sweeps.fused_search import FusedOptunaSearch
+    from sweeps.study import StudySearch
 
-    searcher = FusedOptunaSearch("vae-sweep", group_size=4, metric="val_elbo", mode="max")
+    searcher = StudySearch("vae-sweep", group_size=4, metric="val_elbo", mode="max", fused=True)
     searcher._study = "the old run's actor"
     restored = pickle.loads(pickle.dumps(searcher))
     assert restored._study is None and restored.actor_name == searcher.actor_name

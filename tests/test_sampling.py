@@ -1,31 +1,39 @@
 """How each configuration was chosen (sweeps/sampling.py), counted from real Optuna studies: the
-one Ray Tune's OptunaSearch keeps for an unfused sweep, and a plain one."""
+sweep's own study (`MemberStudy`, as an unfused sweep's searcher feeds it), and a plain one."""
 
 from __future__ import annotations
 
 import optuna
 from optuna.samplers import TPESampler
-from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.sampling import how_sampled, tune_search_sampled
+from sweeps.sampling import how_sampled
+from sweeps.search_space import Range
+from sweeps.study import MemberStudy
 
 
-def test_tunes_optuna_search_trials_are_default_then_random_until_startup_have_ended_then_guided():
-    search = OptunaSearch(space={"lr": tune.loguniform(1e-4, 1e-2)}, metric="val_elbo", mode="max",
-                          sampler=TPESampler(seed=0, n_startup_trials=2),
-                          points_to_evaluate=[{"lr": 1e-3}])
-    assert search.suggest("a") == {"lr": 1e-3}  # the default, enqueued
-    search.suggest("b")
-    search.suggest("c")  # asked with none ended: random, whatever ends later
-    search.on_trial_complete("a", {"val_elbo": -150.0})
-    search.on_trial_complete("b", {})  # no value: stopped before reporting (PRUNED), still ended
-    search.suggest("d")  # two had ended: TPE's guess
-    search.on_trial_complete("c", None, error=True)  # FAIL: does not count
-    assert tune_search_sampled(search, startup=2) == {
-        "a": "default", "b": "random", "c": "random", "d": "guided"}
-    assert tune_search_sampled(search, startup=3) == {
-        "a": "default", "b": "random", "c": "random", "d": "random"}
+def test_an_unfused_sweeps_trials_are_default_then_random_until_startup_have_ended_then_guided():
+    def study(startup):
+        study = MemberStudy({"lr": Range(1e-4, 1e-2, log=True)}, num_configs=5, metric="val_elbo",
+                            mode="max", seed=0, first={"lr": 1e-3}, startup=startup, fused=False)
+        assert study.ask("a", 1) == {"m000": {"lr": 1e-3}}  # the default, enqueued
+        study.ask("b", 1)
+        study.ask("c", 1)  # asked with none ended: random, whatever ends later
+        study.report_trial("a", {"val_elbo": -151.0, "epoch": 1})
+        study.report_trial("a", {"val_elbo": -150.0, "epoch": 2}, ended=True)
+        study.report_trial("b", {}, ended=True)  # no value: stopped before reporting (PRUNED), still ended
+        study.ask("d", 1)  # two had ended: TPE's guess
+        study.report_trial("c", {}, ended=True, error=True)  # FAIL: does not count
+        study.report_trial("d", {"val_elbo": float("nan")}, ended=True)  # diverged: FAIL
+        return study
+
+    guided = study(startup=2)
+    assert guided.sampled() == {"a": "default", "b": "random", "c": "random", "d": "guided"}
+    states = [t.state for t in guided.study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                      optuna.trial.TrialState.FAIL, optuna.trial.TrialState.FAIL]
+    assert guided.study.trials[0].value == -150.0 and guided.study.trials[0].intermediate_values == {
+        1: -151.0}  # the last epoch reaches it as the end (Tune reports it as a result first)
+    assert study(startup=3).sampled() == {"a": "default", "b": "random", "c": "random", "d": "random"}
 
 
 def test_without_the_default_first_the_first_trial_is_random_and_a_later_enqueued_one_is_left_out():

@@ -7,12 +7,13 @@ sweeps: everything checked before Ray starts (no Ray here, so these run in secon
 import json
 
 import numpy as np
+import optuna
 import pytest
 
 from sweeps import search_space as spaces
 from sweeps.options import SweepError, fixed_model_values, parse_options
 from sweeps.runner import run
-from sweeps.tuner import to_tune, tune_distribution
+from sweeps.study import optuna_distribution
 from trainables.trainable import model_config_from_tune
 
 SAMPLES = 200
@@ -37,19 +38,20 @@ def test_print_space_shows_every_range_and_needs_no_data(model, names, tmp_path,
 @pytest.mark.parametrize("model", ["vae", "gan"])
 def test_every_sample_of_the_default_space_builds_a_valid_config(model):
     space = spaces.search_space(model)
-    domains = to_tune(space)
-    rng = np.random.default_rng(0)
+    distributions = {name: optuna_distribution(r) for name, r in space.items()}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     fixed = fixed_model_values(model, space)
     for _ in range(SAMPLES):
-        config = {name: domain.sample(random_state=rng) for name, domain in domains.items()}
+        config = study.ask(distributions).params
         cfg = model_config_from_tune(model, {**fixed, **config})
         for name, r in space.items():
             assert r.low <= getattr(cfg, name) <= r.high
 
 
 def test_integer_ranges_include_both_ends():
-    domain = tune_distribution(spaces.Range(2, 4, integer=True))
-    values = set(domain.sample(size=SAMPLES, random_state=np.random.default_rng(0)))
+    distribution = {"x": optuna_distribution(spaces.Range(2, 4, integer=True))}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = {study.ask(distribution).params["x"] for _ in range(SAMPLES)}
     assert values == {2, 3, 4}
 
 
@@ -230,7 +232,7 @@ def test_the_setup_line_says_how_the_budget_is_searched(tmp_path):
 
 
 def test_the_fused_study_asks_the_default_first_and_sizes_its_start_up():
-    from sweeps.fused_search import MemberStudy
+    from sweeps.study import MemberStudy
 
     space = spaces.search_space("vae")
     study = MemberStudy(space, num_configs=4, metric="test_elbo", mode="max", seed=0,

@@ -4,14 +4,14 @@ K configurations trained as one model (`genmodels.fused`), every member a first-
 What a user sees per member is what an unfused trial has: its own MLflow child run (params,
 per-epoch metrics, per-epoch sample grid, final figures, a true status, and a `gensweep.group` tag
 naming its group), its own folder `<trial dir>/<member id>/` with `samples/`, figures and
-`status.json`, and its own Optuna trial (`sweeps/fused_search.py`, fed by the per-member results
+`status.json`, and its own Optuna trial (`sweeps/study.py`, fed by the per-member results
 in each report). Members end on their own:
 
 - diverged: frozen at once inside the group (no device sync), recorded as diverged;
 - stopped early: per-member asynchronous successive halving (`MemberRungs`, one Ray actor per
   sweep that sees every member of every group), recorded as stopped early;
 and an ended member leaves the group at the end of the epoch, so it stops costing compute. Its slot
-is refilled: the group asks the sweep's study (`sweeps/fused_search.py`) for a fresh configuration,
+is refilled: the group asks the sweep's study (`sweeps/study.py`) for a fresh configuration,
 which joins the group from the next epoch on and trains its own --epochs (a group runs until its
 last member has), so the group stays full while the sweep has configurations left. On a GPU a
 group's step takes about as long with 4 members as with 16 (bench/RESULTS.md), so a group that only

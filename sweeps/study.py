@@ -1,27 +1,32 @@
-"""Optuna for fused sweeps: K configurations per Tune trial, each its own Optuna trial.
+"""The sweep's Optuna study, and Tune's searcher over it: one configuration per Tune trial, or K
+per Tune trial (a fused group, `--fuse K`), each its own Optuna trial.
 
-With `--fuse K` one Tune trial trains a fused group (`trainables/fused_trainable.py`). The sweep's
-Optuna study (`MemberStudy`) lives in a small Ray actor, because two parties ask it for
-configurations:
+The study (`MemberStudy`) lives in a small Ray actor, named after the sweep, because in a fused
+sweep two parties ask it for configurations:
 
-- the searcher (`FusedOptunaSearch`, in Tune's driver) asks for K at a time for each new group;
+- the searcher (`StudySearch`, in Tune's driver) asks for K at a time for each new group (for one
+  per trial in an unfused sweep);
 - a running group asks for one per member that ended (stopped early, diverged, finished), so its
   freed slots train fresh configurations instead of idling (`--refill`, the default);
 
 both from TPE with `constant_liar=True`, so configurations asked before any result is in are kept
-apart instead of clustering. Each member's results are told to its own Optuna trial as its group
-reports them:
+apart instead of clustering. Each configuration's results are told to its own Optuna trial as its
+trial (or group) reports them:
 
-- every epoch, each member's objective as an intermediate value (Optuna's `trial.report`);
-- at the end, COMPLETE with the member's last objective, PRUNED for a member stopped early, FAIL
-  for a member that diverged or whose group failed.
+- every epoch, its objective as an intermediate value (Optuna's `trial.report`);
+- at the end, COMPLETE with its last objective, PRUNED when it ended without one (a fused member
+  stopped early by the per-member ASHA; an unfused trial stopped before its first value), FAIL for
+  one that diverged or failed. (An unfused trial that Tune's ASHA stopped is COMPLETE with its last
+  value, as Tune's own OptunaSearch tells it.)
 
-`--num-samples` counts configurations: the study hands out exactly that many, to new groups and
-to refills alike.
+Because the study hands out every configuration, it also records how each was chosen (`sampled`):
+the default, TPE's random start-up, or TPE's guess (sweeps/sampling.py). `--num-samples` counts
+configurations: the study hands out exactly that many, to new groups and to refills alike.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import optuna
@@ -61,17 +66,18 @@ def member_results(result: dict) -> dict[str, dict]:
 
 class MemberStudy:
     """The sweep's Optuna study and its budget of configurations; members are keyed by
-    (group, member id), the group being its Tune trial id."""
+    (group, member id), the group being its Tune trial id. `fused`: whether a Tune trial is a
+    group of members (named '<group>-<member>' in the analysis) or one configuration (its trial id)."""
 
     def __init__(self, space: dict[str, Range], num_configs: int, metric: str, mode: str, seed: int,
-                 first: dict | None = None, startup: int = 10):
-        self.reset(space, num_configs, metric, mode, seed, first, startup)
+                 first: dict | None = None, startup: int = 10, fused: bool = True):
+        self.reset(space, num_configs, metric, mode, seed, first, startup, fused)
 
     def reset(self, space: dict[str, Range], num_configs: int, metric: str, mode: str, seed: int,
-              first: dict | None = None, startup: int = 10) -> None:
+              first: dict | None = None, startup: int = 10, fused: bool = True) -> None:
         """A new study (what __init__ makes), for an actor that a sweep of this name had before."""
         self.distributions = {name: optuna_distribution(r) for name, r in space.items()}
-        self.num_configs, self.metric = num_configs, metric
+        self.num_configs, self.metric, self.startup, self.fused = num_configs, metric, startup, fused
         # startup: TPE samples at random until this many configurations have ended
         # (sweeps/search_space.py, startup_trials); 10 is Optuna's own default.
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
@@ -140,6 +146,22 @@ class MemberStudy:
             if owner == group and trial.number not in self.told:
                 self._tell(trial, {"status": FAILED})
 
+    def report_trial(self, group: str, result: dict, ended: bool = False, error: bool = False) -> None:
+        """An unfused trial's report (Tune's flat result): its one configuration's epoch, or,
+        `ended`, how it ended (COMPLETE with its last value, PRUNED without one, FAIL on an
+        error or a value that is not finite)."""
+        member = next((m for g, m in self.trials if g == group), None)
+        if member is None:
+            return
+        value = result.get(self.metric)
+        status = RUNNING
+        if ended:
+            finite = isinstance(value, (int, float)) and math.isfinite(value)
+            status = FAILED if error or (value is not None and not finite) else (
+                FINISHED if value is not None else STOPPED_EARLY)
+        epoch = result.get("epoch", result.get("training_iteration"))
+        self.report(group, {member: {**result, "epoch": epoch, "status": status}})
+
     def _tell(self, trial: optuna.trial.Trial, member: dict) -> None:
         value, status = member.get(self.metric), member.get("status")
         if status == FINISHED and value is not None:
@@ -151,20 +173,17 @@ class MemberStudy:
         self.told.add(trial.number)
 
     def sampled(self) -> dict[str, str]:
-        """'<group>-<member>' (its trial id in the analysis) -> how its configuration was chosen
-        (sweeps/sampling.py)."""
-        return sampled_by_id(self.study, {f"{group}-{member}": trial
-                                          for (group, member), trial in self.trials.items()})
+        """Each configuration's trial id in the analysis ('<group>-<member>' in a fused sweep) ->
+        how it was chosen (sweeps/sampling.py)."""
+        return sampled_by_id(self.study, {f"{group}-{member}" if self.fused else group: trial
+                                          for (group, member), trial in self.trials.items()},
+                             self.startup)
 
     def state(self) -> bytes:
         return pickle.dumps(self.__dict__)
 
     def load(self, state: bytes) -> None:
-        saved = pickle.loads(state)
-        if "groups" in saved:  # saved by the searcher of a sweep started before refills
-            saved["trials"] = {(group, member_id(t.number)): t
-                               for group, trials in saved.pop("groups").items() for t in trials}
-        self.__dict__.update(saved)
+        self.__dict__.update(pickle.loads(state))
 
 
 # The study as a Ray actor, named so the searcher finds it again after a --resume rebuilt it.
@@ -176,31 +195,35 @@ def study_actor_name(sweep: str) -> str:
 
 
 def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, metric: str, mode: str,
-                       seed: int, first: dict | None = None, startup: int = 10):
+                       seed: int, first: dict | None = None, startup: int = 10, fused: bool = True):
     """The sweep's study actor, new (a --resume's searcher loads its saved state into it). One
     process may run a sweep of one name twice (a test, a notebook): its actor is then reset."""
-    settings = (space, num_configs, metric, mode, seed, first, startup)
+    settings = (space, num_configs, metric, mode, seed, first, startup, fused)
     actor = SharedStudy.options(name=study_actor_name(sweep), get_if_exists=True).remote(*settings)
     ray.get(actor.reset.remote(*settings))
     return actor
 
 
-class FusedOptunaSearch(Searcher):
-    """Tune's searcher of a fused sweep: hands each new group K configurations from the shared
-    study and passes the groups' reports to it. It pickles only the study actor's name, so a
-    --resume's unpickled searcher talks to the new run's actor."""
+class StudySearch(Searcher):
+    """Tune's searcher: hands each new Tune trial its configuration (`group_size` 1, unfused) or
+    a fused group its K configurations from the shared study, and passes the trials' reports to
+    it. It pickles only the study actor's name, so a --resume's unpickled searcher talks to the
+    new run's actor."""
 
-    def __init__(self, sweep: str, group_size: int, metric: str, mode: str):
+    def __init__(self, sweep: str, group_size: int, metric: str, mode: str, fused: bool,
+                 study=None):
         super().__init__(metric=metric, mode=mode)
-        self.actor_name, self.group_size = study_actor_name(sweep), group_size
-        self._study = None  # the actor's handle, looked up once (see `study`)
+        self.actor_name, self.group_size, self.fused = study_actor_name(sweep), group_size, fused
+        # The actor's handle (`start_shared_study`'s): holding it keeps the actor alive, which
+        # Ray ends once no handle to it is left. An unpickled searcher looks it up by name, once.
+        self._study = study
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_study": None}  # a handle would name the old run's actor
 
     @property
     def study(self):
-        if getattr(self, "_study", None) is None:  # absent in a searcher pickled before it existed
+        if self._study is None:
             self._study = ray.get_actor(self.actor_name)
         return self._study
 
@@ -211,13 +234,21 @@ class FusedOptunaSearch(Searcher):
         members = ray.get(self.study.ask.remote(trial_id, self.group_size))
         if not members:
             return Searcher.FINISHED
+        if not self.fused:
+            return next(iter(members.values()))
         return {MEMBERS_KEY: list(members.values()), IDS_KEY: list(members)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.study.report.remote(trial_id, member_results(result))
+        if self.fused:
+            self.study.report.remote(trial_id, member_results(result))
+        else:
+            self.study.report_trial.remote(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ray.get(self.study.finish.remote(trial_id, member_results(result or {})))
+        if self.fused:
+            ray.get(self.study.finish.remote(trial_id, member_results(result or {})))
+        else:
+            ray.get(self.study.report_trial.remote(trial_id, result or {}, ended=True, error=error))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
