@@ -109,11 +109,8 @@ class Progress:
 
     def __setstate__(self, state: dict) -> None:
         """Tune pickles the callbacks with the Tuner: a --resume restores this object in a new
-        process, whose clock starts now. A sweep saved by an older gensweep lacks the attributes
-        added since: they start as a new Progress's do."""
-        fresh = Progress(state["num_trials"], state["epochs"], state["metric"], state["mode"],
-                         now=state.get("now", time.monotonic))
-        self.__dict__.update({**fresh.__dict__, **state})
+        process, whose clock starts now."""
+        self.__dict__.update(state)
         self.started_at = self.last_summary = self.now()
 
     def say(self, text: str) -> None:
@@ -317,7 +314,7 @@ def free_slots_line(args, at_once: int) -> str | None:
     """A fused sweep whose configurations fill fewer groups than the cluster runs at once leaves
     trial slots (GPUs, on a GPU cluster) free: say how many, and which --fuse would fill them.
     None when every slot trains, or when --max-concurrent chose the number."""
-    if args.fuse == 1 or args.max_concurrent or getattr(args, "resume", False):
+    if args.fuse == 1 or args.max_concurrent or args.resume:
         return None
     groups = -(-args.num_samples // args.fuse)
     if groups >= at_once:

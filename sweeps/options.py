@@ -217,11 +217,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise SweepError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     if args.train_subset is not None and args.train_subset < 1:
         raise SweepError(f"--train-subset must be a positive integer, got {args.train_subset}")
-    val_fraction = getattr(args, "val_fraction", TrainConfig.val_fraction)  # (absent: older sweeps)
-    if not 0 < val_fraction < 1:
+    if not 0 < args.val_fraction < 1:
         raise SweepError(f"--val-fraction is the share of training images held out for validation, "
-                         f"between 0 and 1 (exclusive), got {val_fraction}")
-    if getattr(args, "test_top", 0) < 0:
+                         f"between 0 and 1 (exclusive), got {args.val_fraction}")
+    if args.test_top < 0:
         raise SweepError(f"--test-top must be 0 (none) or more, got {args.test_top}")
     if args.max_failures < 0:
         raise SweepError(f"--max-failures must be 0 (no retry) or more, got {args.max_failures}")
@@ -251,7 +250,7 @@ def train_settings(args: argparse.Namespace) -> dict:
                 "train_subset": args.train_subset, "seed": args.seed, "precision": args.precision}
     for model_specific in ("val_fraction", "eval_samples", "test_samples", "test_images",
                            "iwae_samples", "iwae_images"):
-        if hasattr(args, model_specific):  # (val_fraction: absent from sweeps saved before it)
+        if hasattr(args, model_specific):  # (the VAE's IWAE settings, the GAN's sample counts)
             settings[model_specific] = getattr(args, model_specific)
     try:
         TrainConfig(**settings)
@@ -268,6 +267,13 @@ def restore_options(args: argparse.Namespace, given: set[str], experiment: Sweep
         raise SweepError(f"--resume: {experiment.location} has no {OPTIONS_FILE}; it was not "
                          "started by this sweep tool, or never got past its checks")
     options = experiment.read_json(OPTIONS_FILE)
+    missing = sorted(set(vars(args)) - set(options))
+    if missing:
+        flags = ", ".join("--" + key.replace("_", "-") for key in missing)
+        raise SweepError(f"--resume: {experiment.location} was written by an earlier development "
+                         f"version of gensweep (its options lack {flags}), which this version cannot "
+                         "continue: start a new sweep with another --name (the old folder and its "
+                         "MLflow runs stay readable by the analysis)")
     for key in sorted(given - set(RESUME_CURRENT) - set(RESUME_OVERRIDES)):
         if key in options and options[key] != getattr(args, key):
             flag = "--" + key.replace("_", "-")
@@ -277,8 +283,6 @@ def restore_options(args: argparse.Namespace, given: set[str], experiment: Sweep
     for key in (*RESUME_CURRENT, *RESUME_OVERRIDES):
         if key in RESUME_CURRENT or key in given or key not in options:
             options[key] = getattr(args, key)
-    for key, value in vars(args).items():  # options added since the sweep was started
-        options.setdefault(key, value if key in given else parser.get_default(key))
     return argparse.Namespace(**options)
 
 

@@ -38,7 +38,6 @@ from genmodels.names import (
 from sweeps import search_space as spaces
 from sweeps.console import free_slots_line, send_library_output_to, setup_lines
 from sweeps.held_out import (
-    DEFAULT_TEST_TOP,
     chosen_table,
     log_test_numbers,
     measure_chosen_in,
@@ -424,8 +423,7 @@ def check_inputs(plan: SweepPlan):
     the data."""
     args = plan.args
     check_local_gpus(args)
-    # getattr: the options saved by a sweep from before --download existed lack it (--resume)
-    ensure_dataset_files(args.dataset, args.data_dir, download=getattr(args, "download", False))
+    ensure_dataset_files(args.dataset, args.data_dir, download=args.download)
     data = load_dataset(args.dataset, args.data_dir)
     try:  # what every trial trains on: the training images left after the validation split
         available = len(data.hold_out(plan.settings["val_fraction"]).train_images)
@@ -502,7 +500,7 @@ def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
     """The test split, once, for the best --test-top trials by the validation objective
     (sweeps/held_out.py); the ranked table of every configuration, or None when skipped."""
     args = plan.args
-    top = getattr(args, "test_top", DEFAULT_TEST_TOP)  # a sweep saved before --test-top existed
+    top = args.test_top
     if top == 0:
         return None
     try:

@@ -83,11 +83,11 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         # Per-member early stopping: one rung keeper for every member of every group.
         rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, plan.mode)
                  if args.scheduler == "asha" else None)
-        refill = bool(getattr(args, "refill", False))  # (off for a sweep saved before --refill)
         # A refill may bring any latent size of the space: every group pads to the largest.
-        width = int(plan.space["latent_dim"].high) if refill and "latent_dim" in plan.space else None
+        width = (int(plan.space["latent_dim"].high) if args.refill and "latent_dim" in plan.space
+                 else None)
         function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
-                                        rungs=rungs, study=study, refill=refill,
+                                        rungs=rungs, study=study, refill=args.refill,
                                         latent_width=width, **inputs)
     else:
         # Where ASHA may stop a trial: it draws its end-of-run figures there too.
@@ -143,7 +143,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
 def first_point(plan) -> dict | None:
     """The configuration of the sweep's first trial: the seed's default, unless --no-default-first
     or an override file moved a range past it (the setup lines say so: sweeps/console.py)."""
-    if getattr(plan.args, "no_default_first", False):
+    if plan.args.no_default_first:
         return None
     return default_point(plan.model, plan.space)
 

@@ -218,7 +218,7 @@ def test_killed_worker_is_retried_from_its_checkpoint_and_loses_nothing(data_dir
     assert sorted(set(reported)) == list(range(1, epochs + 1)) and reported[0] == 1
     assert reported.count(1) == 1  # resumed from its checkpoint: epoch 1 not trained again
     (searcher,) = experiment.glob("searcher-state-*.pkl")
-    study = pickle.loads(searcher.read_bytes())["_ot_study"]
+    study = pickle.loads(searcher.read_bytes())["study"]  # (MemberStudy.state)
     assert len(study.trials) == 1 and study.trials[0].state.name == "COMPLETE"
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

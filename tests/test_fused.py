@@ -774,9 +774,9 @@ def test_stacked_adam_steps_each_member_as_torch_adam_and_skips_frozen_ones():
         assert not torch.equal(old[0], new[0]) and torch.isfinite(new).all()
 
 
-def test_stacked_adam_saves_each_members_step_count_and_loads_the_old_single_one():
-    """A checkpoint carries every member's step count (a refilled member counts from its arrival);
-    a checkpoint of the older format, one count for all, still loads."""
+def test_stacked_adam_saves_each_members_step_count():
+    """A checkpoint carries every member's step count (a refilled member counts from its arrival),
+    and loads only into an optimizer of as many members."""
     weight = nn.Parameter(torch.randn(3, 2))
     optimizer = StackedAdam([weight], [1e-3] * 3, ([0.9] * 3, [0.999] * 3))
     optimizer.steps.copy_(torch.tensor([7.0, 7.0, 2.0]))
@@ -784,7 +784,5 @@ def test_stacked_adam_saves_each_members_step_count_and_loads_the_old_single_one
     loaded = StackedAdam([weight], [1e-3] * 3, ([0.9] * 3, [0.999] * 3))
     loaded.load_state_dict(state)
     assert loaded.steps.tolist() == [7, 7, 2]
-    loaded.load_state_dict({**state, "steps": 4})
-    assert loaded.steps.tolist() == [4, 4, 4]
     with pytest.raises(ValueError, match="for 2 members, not 3"):
         loaded.load_state_dict({**state, "steps": torch.tensor([1.0, 2.0])})

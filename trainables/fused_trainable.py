@@ -137,16 +137,13 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint is not None else nullcontext()) as folder:
         if folder is not None:
-            group = {"added": {}, "joined": {},  # (a group saved before refills existed)
-                     **torch.load(Path(folder) / GROUP_FILE, weights_only=True)}
+            group = torch.load(Path(folder) / GROUP_FILE, weights_only=True)
         member_values = {**dict(zip(ids, config[MEMBERS_KEY])), **group["added"]}  # every member it had
         cfgs = {member: model_config_from_tune(model, {**fixed, **v}) for member, v in member_values.items()}
         # The padded latent size L never changes, so a group that shrank or grew rebuilds from its
         # checkpoint: a restored group keeps the L it was saved with. A refill must fit in it.
         width = (saved_latent_width(Path(folder) / CHECKPOINT_FILE) if folder is not None
                  else max([latent_width or 0, *(c.latent_dim for c in cfgs.values())]))
-        if latent_width is not None and width < latent_width:
-            refill = False  # a group saved before refills, narrower than the space: it only shrinks
         fused = FusedConfig([cfgs[i] for i in group["training"]], latent_width=width)
         # The trainer's own copy: its epoch count grows with refills, the members' stays --epochs.
         trainer = Trainer.create(f"fused-{model}", fused, dataclasses.replace(train_cfg), data,

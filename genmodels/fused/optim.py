@@ -130,13 +130,12 @@ class StackedAdam:
                 "eps": self.eps}
 
     def load_state_dict(self, state: dict) -> None:
-        """This optimizer's state from `state_dict()`, or from the older format whose "steps" is
-        one int for all members (every member then resumes at that count)."""
+        """This optimizer's state from `state_dict()`."""
         if len(state["exp_avg"]) != len(self.params):
             raise ValueError("optimizer state is for another set of parameters")
-        steps = torch.as_tensor(state["steps"], dtype=torch.float32)
-        if steps.dim() and len(steps) != self.num_members:
+        steps = state["steps"]
+        if steps.shape != self.steps.shape:
             raise ValueError(f"optimizer state is for {len(steps)} members, not {self.num_members}")
-        self.steps.copy_(steps)  # one count broadcasts to every member
+        self.steps.copy_(steps)
         for mine, saved in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
             mine.copy_(saved)
