@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
@@ -45,7 +46,7 @@ from genmodels.loop import TrainConfig  # noqa: E402
 from genmodels.tasks import GANTask, VAETask  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = Path(os.environ.get("GENSWEEP_DATA_DIR", "data"))
 TEST_DATA = REPO / "tests" / "data"
 BATCH = 128  # the training default
 MEMBER_SIZES = (1, 2, 4, 8, 16)
@@ -57,7 +58,7 @@ def member_configs(model: str, k: int, gan_dropout: bool = True) -> list:
     configuration has some dropout (0.05-0.2), as a sweep's nearly always does (both models search
     it): the unfused trials train these same configurations, so neither side is spared the dropout
     masks. `gan_dropout=False` gives the GAN the seed's network without dropout, as every GAN row
-    in bench/RESULTS.md before the section "Dropout in the fused GAN" had it."""
+    in docs/benchmarks.md before the section "Dropout in the fused GAN" had it."""
     from genmodels.vae import VAEConfig
 
     dropouts = [0.05 * (1 + i % 4) for i in range(k)]
@@ -92,7 +93,8 @@ def build_task(model: str, k: int | None, data: ImageData, device: torch.device,
 
 def training_data(data_dir: str | None, device: torch.device) -> ImageData:
     """What a trial trains and validates on: MNIST's training images less the validation split,
-    from `data_dir` (default ../shared/data where it exists, else the repo's tests/data), on `device`."""
+    from `data_dir` (default $GENSWEEP_DATA_DIR or ./data where it exists, else the repo's
+    tests/data), on `device`."""
     data_dir = data_dir or (DEFAULT_DATA if DEFAULT_DATA.exists() else TEST_DATA)
     return load_dataset("mnist", data_dir).hold_out(DEFAULT_VAL_FRACTION).to(device)
 
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="unfused processes at once (default: 1 and the CPU count on CPU; 1, 4, 8 on CUDA)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--quick", action="store_true", help="fewer steps (a GPU run in about 2 minutes)")
-    p.add_argument("--data-dir", default=None, help=f"default {DEFAULT_DATA}, else the repo's tests/data")
+    p.add_argument("--data-dir", default=None, help="default $GENSWEEP_DATA_DIR or ./data, else the repo's "
+                        "tests/data")
     p.add_argument("--precisions", default="fp32",
                    help=f"precisions of the fused rows, from {', '.join(PRECISIONS)}")
     p.add_argument("--unfused-precisions", default="fp32",

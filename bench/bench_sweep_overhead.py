@@ -1,6 +1,6 @@
 """Per-trial overhead of a sweep: how busy its trial slots were, against the trials' own time.
 
-    python bench/bench_sweep_overhead.py --data-dir ../shared/data
+    python bench/bench_sweep_overhead.py --data-dir data
 
 Runs a real VAE sweep (FIFO, every trial the same length, about a minute on a 2-core CPU) on a local
 Ray and compares the wall time with the sum of the trials' own training times (`time_total_s`,

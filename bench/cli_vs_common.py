@@ -1,8 +1,8 @@
 """Wall time of the whole `python -m genmodels.train vae` command against the common PyTorch way of
 training the same model for the same epochs, each in a fresh process, one after the other.
 
-    python bench/cli_vs_common.py --data-dir ../shared/data                 # 2 Fashion-MNIST epochs
-    python bench/cli_vs_common.py --data-dir ../shared/data --dataset mnist --epochs 10
+    python bench/cli_vs_common.py --data-dir data                 # 2 Fashion-MNIST epochs
+    python bench/cli_vs_common.py --data-dir data --dataset mnist --epochs 10
 
 - ours: `python -m genmodels.train vae --dataset D --epochs E --no-progress` with default options
   (val_elbo on the validation split each epoch, test_elbo on the test split and test_iwae K=10 on

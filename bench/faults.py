@@ -6,7 +6,7 @@ Each scenario (a killed trial worker, the driver stopped by SIGTERM or SIGKILL t
 tracking server away mid-sweep) is a slow test that injects its fault into a real sweep and checks
 the outcome; while this script runs them, each also counts what the sweep kept (from its own folder
 and MLflow) into a JSON line, and the table below is those lines. A scenario whose test failed is
-listed as FAILED. Numbers go to bench/RESULTS.md with the command and the machine.
+listed as FAILED. Numbers go to docs/benchmarks.md with the command and the machine.
 """
 
 from __future__ import annotations

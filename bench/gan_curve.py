@@ -1,7 +1,7 @@
 """The GAN's training curve: how long, at which learning rates and batch size, the seed's GAN takes to
 reach an Inception Score of 9 and an fcd of 10 on MNIST (real images score about 9.8 and 5).
 
-    python bench/gan_curve.py --data-dir ../shared/data --device cuda --json bench/gan_curve.json
+    python bench/gan_curve.py --data-dir data --device cuda --json bench/gan_curve.json
     python bench/gan_curve.py --data-dir tests/data --epochs 2 --eval-every 1 --eval-samples 200 \
         --configs default          # a seconds-long check of the script on a CPU
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import queue
 import sys
 import time
@@ -34,7 +35,8 @@ POLL_SECONDS = 5  # how often the parent checks for a trial that died
 STEPS = {("vae", "cpu"): (400, 150), ("gan", "cpu"): (30, 10),
          ("vae", "cuda"): (1000, 300), ("gan", "cuda"): (300, 100)}  # (full, --quick)
 GPU_TRIALS = (1, 2, 4, 8)
-DATA_CANDIDATES = (REPO.parent / "shared" / "data", REPO / "shared" / "data", REPO / "tests" / "data")
+DATA_CANDIDATES = tuple(Path(p) for p in (os.environ.get("GENSWEEP_DATA_DIR", "data"), "data",
+                                            REPO / "tests" / "data"))
 
 
 def train_steps(model: str, device: str, threads: int, steps: int, batch_size: int,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -47,9 +48,10 @@ from genmodels.scores import MIN_SAMPLES  # noqa: E402
 from genmodels.tasks import elbo_means, iwae_mean  # noqa: E402
 from genmodels.vae import VAE, VAEConfig  # noqa: E402
 
-# Data: --data-dir, else ../shared/data next to the checkout (or shared/data inside it), else the
-# small committed subset in tests/data (numbers from it say so in the report's data line).
-DATA_CANDIDATES = (REPO.parent / "shared" / "data", REPO / "shared" / "data", REPO / "tests" / "data")
+# Data: --data-dir, else $GENSWEEP_DATA_DIR, else ./data, else the small committed subset in
+# tests/data (numbers from it say so in the report's data line).
+DATA_CANDIDATES = tuple(Path(p) for p in (os.environ.get("GENSWEEP_DATA_DIR", "data"), "data",
+                                            REPO / "tests" / "data"))
 WARMUP_STEPS = 5  # not timed: allocator warm-up, cuDNN autotuning, compilation, graph capture
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}  # square matrices of the peak measurement
 MATMUL_REPS = {"cpu": 5, "cuda": 50}
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: our loop as a default run trains: --precision, and graphs on CUDA)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", default=None,
-                   help="torchvision layout (default ../shared/data if present, else tests/data)")
+                   help="torchvision layout (default $GENSWEEP_DATA_DIR, else ./data, else tests/data)")
     p.add_argument("--cache-dir", default=None, help="scoring classifier cache (else random)")
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument("--quick", action="store_true",

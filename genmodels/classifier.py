@@ -1,6 +1,6 @@
 """The scoring classifier: a compact CNN trained once per data set, cached, shared by every trial.
 
-    python -m genmodels.classifier --dataset mnist --data-dir ../shared/data
+    python -m genmodels.classifier --dataset mnist --data-dir data
 
 The cache file (`$GENSWEEP_CACHE_DIR` or ~/.cache/gensweep, named by data set and a hash of the
 training data) holds the weights, the test accuracy and the real test set's feature statistics

@@ -1,8 +1,7 @@
 """`F.conv2d` and `F.conv_transpose2d`, with a faster way on a CPU for the two shapes of the seed's
 GAN where oneDNN (PyTorch's CPU convolution library) is slow.
 
-Forward + backward at batch 128 on a 2-core EPYC (`python bench/cpu_convs.py`; bench/RESULTS.md,
-"CPU (this 2-core machine): the fused step after the optimizer and convolution fixes"):
+Forward + backward at batch 128 on a 2-core EPYC:
 - D's last convolution, 256 -> 512 channels onto a 2 x 2 map: 355 ms in oneDNN, 150 ms as one
   matrix product of its unfolded patches (`F.unfold`);
 - G's first transposed convolution, from a 1 x 1 input: 288 ms in oneDNN, 28 ms as what it is, a

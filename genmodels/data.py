@@ -7,7 +7,7 @@ torchvision owns the file format and the download; this module adds what a sweep
   Python in the training loop.
 
     from genmodels.data import load_dataset, iterate_batches
-    data = load_dataset("mnist", "../shared/data", device="cpu")
+    data = load_dataset("mnist", "data", device="cpu")
 """
 
 from __future__ import annotations

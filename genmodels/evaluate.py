@@ -1,6 +1,6 @@
 """The reference report: what the scores read for real images (the ceiling) and noise (the floor).
 
-    python -m genmodels.evaluate --dataset mnist --data-dir ../shared/data
+    python -m genmodels.evaluate --dataset mnist --data-dir data
 
 Prints JSON: the scoring classifier's test accuracy, the scores of real training images against the
 real test set, and those of uniform noise. A generator's scores fall between the two.

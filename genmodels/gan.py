@@ -95,7 +95,7 @@ class PositionBatchNorm(nn.Module):
     and leave the sample-independent spatial pattern in place; that pattern dominates and the
     generator collapses onto one or two images within a few hundred steps (measured: the batch
     spread of its outputs falls from 0.14 at init to 0.06, against 0.29 with this layer;
-    bench/RESULTS.md). Normalizing each feature on its own, as for any FC layer, removes it.
+    docs/benchmarks.md). Normalizing each feature on its own, as for any FC layer, removes it.
     """
 
     def __init__(self, channels: int, size: int):

@@ -2,7 +2,7 @@
 noise it draws) captured once and replayed for every batch.
 
 These models are small: a VAE or GAN step is hundreds of short kernels, and on a GPU the time goes
-to launching them from Python, not to running them (bench/RESULTS.md: the VAE at 1% of the H200's
+to launching them from Python, not to running them (docs/benchmarks.md: the VAE at 1% of the H200's
 peak). A replayed graph launches them all at once. Unlike `torch.compile(mode="reduce-overhead")`
 nothing is recompiled: the same eager kernels run, so there is no compilation cost per trial.
 

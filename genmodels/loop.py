@@ -40,7 +40,7 @@ EVAL_SEED = 0  # evaluation draws its own noise, so it never changes the trainin
 # Evaluation sizes. Every epoch (every `eval_every`) a run is measured on the validation split (all
 # of it: `val_fraction` of the training images), which is what sweeps choose by; the test split is
 # measured once, after training (`Trainer.test`). Defaults chosen so that a default run spends at least
-# 90% of its wall time training (bench/run.py measures the share; bench/RESULTS.md has the numbers).
+# 90% of its wall time training (bench/run.py measures the share; docs/benchmarks.md has the numbers).
 # The literature's IWAE (K = 100 on the whole test split) is --iwae-samples 100 --iwae-images 10000:
 # 50-90 s on one CPU thread, more than ten MNIST epochs of training here.
 DEFAULT_TEST_IMAGES = 10_000  # VAE: the final test_elbo's images (10,000: the whole test split)
@@ -82,7 +82,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC images and conv weights (GAN; no-op for the VAE's MLP)
     compile_mode: str = "off"  # torch.compile of the train step: off | default | reduce-overhead
     # Replay the whole train step as one CUDA graph (genmodels.graphs): 4-8x the images per second
-    # of eager steps on an H200 (bench/RESULTS.md). No effect on the CPU, nor with compile_mode
+    # of eager steps on an H200 (docs/benchmarks.md). No effect on the CPU, nor with compile_mode
     # reduce-overhead (which captures graphs of its own).
     cuda_graphs: bool = True
     eval_every: int = 1  # evaluate every N epochs (and always after the last)

@@ -1,7 +1,7 @@
 """Train one VAE or GAN without Ray, writing metrics, figures and a checkpoint to a folder.
 
-    python -m genmodels.train vae --data-dir ../shared/data --epochs 10
-    python -m genmodels.train gan --data-dir ../shared/data --epochs 5 --out runs/gan
+    python -m genmodels.train vae --data-dir data --epochs 10
+    python -m genmodels.train gan --data-dir data --epochs 5 --out runs/gan
     python -m genmodels.train gan --out runs/gan --epochs 8 --resume   # continue from epoch 5
 
 Writes to --out: config.json, metrics.json (one object per epoch, rewritten after each),

@@ -1,8 +1,8 @@
 """Sweep the GAN's hyperparameters on Ray Tune with Optuna; see README.md for every option.
 
-    gensweep-gan --smoke --data-dir ../shared/data       # a one-minute check (installed command)
-    python sweeps/gan_sweep.py --smoke --data-dir ../shared/data   # the same, as a file
-    python sweeps/gan_sweep.py --data-dir ../shared/data --num-samples 32 --epochs 10
+    gensweep-gan --smoke --data-dir data       # a one-minute check (installed command)
+    python sweeps/gan_sweep.py --smoke --data-dir data   # the same, as a file
+    python sweeps/gan_sweep.py --data-dir data --num-samples 32 --epochs 10
     python sweeps/gan_sweep.py --address auto --gpus-per-trial 0.25 --storage-path /shared/sweeps
 """
 

@@ -24,10 +24,10 @@ from sweeps.storage import SweepFolder
 # trial-epochs per hour and 5.8x four packed processes'; the GAN (members' convolutions side by side
 # on CUDA streams, the 2026-11-28 round) 1.96x one trial, where four packed processes did 1.00x.
 # Larger groups do a bit more (K = 64: VAE 9.0x, GAN 2.07x) but make Optuna ask for that many
-# configurations at a time, all but the default at random (bench/RESULTS.md, "Fused trials").
+# configurations at a time, all but the default at random (docs/benchmarks.md, "Fused trials").
 GPU_FUSE = {"vae": 16, "gan": 16}
 DEFAULT_EPOCHS, DEFAULT_GRACE_PERIOD = 10, 1
-# --epochs and --grace-period of a GAN sweep on GPUs: bench/gan_curve.py on an H200 (bench/RESULTS.md)
+# --epochs and --grace-period of a GAN sweep on GPUs: bench/gan_curve.py on an H200 (docs/benchmarks.md)
 # had the seed's GAN at Inception Score 9 on the validation split at epoch 100 (about a minute and a
 # half of training there), and configurations separating from epoch 10 on (at epoch 5 a slow starter
 # such as the default still scores 1.6), so ASHA's first rung waits until then.

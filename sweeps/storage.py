@@ -5,7 +5,7 @@ through pyarrow's file systems. The sweep's own steps around the trials (its sav
 `--resume`, setting orphaned trials aside, the test split of the chosen trials) read and write the
 same folder through the same file systems, so they work on cloud storage as they do on a disk:
 
-    folder = SweepFolder("s3://bucket/sweeps/vae-sweep")   # or "/home/me/runs/vae-sweep"
+    folder = SweepFolder("s3://bucket/sweeps/vae-sweep")   # or "/mnt/nfs/runs/vae-sweep"
     folder.exists("tuner.pkl")
     mirror = folder.download_records(Path(tmp))              # the small files, for reading
     folder.fetch_final_model(mirror / "train_trial_...")      # one trial's model, when needed

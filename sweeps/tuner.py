@@ -125,7 +125,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
             search_alg=search,
             # A trial that ends hands its worker process to the next one (Tune resets the function
             # trainable's session): no new process, imports or CUDA context per trial.
-            # About 10 s per trial on a 2-core CPU (bench/RESULTS.md); every trial still builds
+            # About 10 s per trial on a 2-core CPU (docs/benchmarks.md); every trial still builds
             # its own model, optimizer and RNG from its seed, so results are the same.
             reuse_actors=True,
             scheduler=scheduler, max_concurrent_trials=at_once,

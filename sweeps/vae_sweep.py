@@ -1,8 +1,8 @@
 """Sweep the VAE's hyperparameters on Ray Tune with Optuna; see README.md for every option.
 
-    gensweep-vae --smoke --data-dir ../shared/data       # a one-minute check (installed command)
-    python sweeps/vae_sweep.py --smoke --data-dir ../shared/data   # the same, as a file
-    python sweeps/vae_sweep.py --data-dir ../shared/data --num-samples 32 --epochs 10
+    gensweep-vae --smoke --data-dir data       # a one-minute check (installed command)
+    python sweeps/vae_sweep.py --smoke --data-dir data   # the same, as a file
+    python sweeps/vae_sweep.py --data-dir data --num-samples 32 --epochs 10
     python sweeps/vae_sweep.py --address auto --gpus-per-trial 0.25 --storage-path /shared/sweeps
 """
 

@@ -120,7 +120,7 @@ def test_bad_options_are_clear_errors(argv, message):
 
 
 def test_a_gan_sweep_on_gpus_trains_long_enough_to_reach_is_9():
-    """bench/RESULTS.md: the seed's GAN reached IS 9 at epoch 100 on an H200; on GPUs that is the
+    """docs/benchmarks.md: the seed's GAN reached IS 9 at epoch 100 on an H200; on GPUs that is the
     default budget, with ASHA's first rung at epoch 10; CPU sweeps and VAE sweeps keep 10 and 1."""
     gpu = parse_options("gan", ["--gpus-per-trial", "0.5"])
     assert (gpu.epochs, gpu.grace_period) == (100, 10)

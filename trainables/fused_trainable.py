@@ -14,7 +14,7 @@ and an ended member leaves the group at the end of the epoch, so it stops costin
 is refilled: the group asks the sweep's study (`sweeps/study.py`) for a fresh configuration,
 which joins the group from the next epoch on and trains its own --epochs (a group runs until its
 last member has), so the group stays full while the sweep has configurations left. On a GPU a
-group's step takes about as long with 4 members as with 16 (bench/RESULTS.md), so a group that only
+group's step takes about as long with 4 members as with 16 (docs/benchmarks.md), so a group that only
 shrank would spend most of an ASHA sweep nearly empty. The group checkpoints its state every epoch
 (weights, optimizers, RNG, which members train and since when, their sample history) and a
 restored group continues exactly where its last checkpoint was.

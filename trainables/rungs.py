@@ -1,5 +1,5 @@
 """Asynchronous successive halving (ASHA, Li et al. 2020): where it may stop a trial, and its rule
-applied per member of fused groups. numpy only: `bench/refill.py` runs it where Ray is absent."""
+applied per member of fused groups. numpy only, so it runs where Ray is absent."""
 
 from __future__ import annotations
 

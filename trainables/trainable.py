@@ -71,7 +71,7 @@ def trial_folder() -> Path:
       storage itself. Ray's own answer, `tune.get_context().get_trial_dir()`, is a staging folder
       on the node running the trial that only the driver's node copies into the storage: a trial
       on another machine kept its figures and status to itself (measured with a worker node given
-      its own /tmp, bench/RESULTS.md), and a worker reused from an ended trial (`reuse_actors`)
+      its own /tmp, docs/benchmarks.md), and a worker reused from an ended trial (`reuse_actors`)
       gets yet another folder that nobody copies.
     - cloud storage (s3://, gs://): Ray's trial working folder on the node running the trial,
       whose new files that node uploads to the trial's folder in the storage before each report

@@ -94,7 +94,7 @@ def member_conv(conv, weight: torch.Tensor, bias: torch.Tensor | None,
 def conv_memory_format(device: torch.device) -> torch.memory_format:
     """What a member's convolution gets its input as. On CUDA channels-last (NHWC), the layout of
     cuDNN's tensor-core kernels: handed NCHW, cuDNN transposes every input and output of every
-    call itself (17% of a fused GAN step's device time on an H200, bench/RESULTS.md). The outputs
+    call itself (17% of a fused GAN step's device time on an H200, docs/benchmarks.md). The outputs
     come back NHWC, and so does everything computed from them."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 

@@ -12,7 +12,7 @@ with that member's lr and betas. Every parameter is stacked [K, ...], so member 
 of each parameter, gradient and moment is contiguous, and one call takes all of member k's slices:
 K calls per step, whatever the number of tensors.
 
-Speed (bench/RESULTS.md): on the CPU the fused kernel took 0.4x the time of the elementwise
+Speed (docs/benchmarks.md): on the CPU the fused kernel took 0.4x the time of the elementwise
 version it replaced (a dozen passes over the buffers). On a GPU one call covers one member, about
 20 thread blocks for a VAE, far too few to fill the device, so the K calls are spread over several
 CUDA streams and run side by side (`genmodels.fused.streams`): on an H200 the step of a 64-member VAE
@@ -69,7 +69,7 @@ class StackedAdam:
     def zero_grad(self) -> None:
         """As torch.optim's default (set_to_none): backward then hands its gradients over instead
         of adding them into zeroed ones, a pass over every gradient saved (a fused VAE step 5-8%
-        faster on an H200, bench/RESULTS.md)."""
+        faster on an H200, docs/benchmarks.md)."""
         for p in self.params:
             p.grad = None
 

@@ -4,7 +4,7 @@ One member of a fused group is a small job for a GPU: its share of the optimizer
 thread blocks of the fused Adam kernel, and one member's convolution at batch 128 onto a 7 x 7 map
 is a few dozen. Queued one after another on one stream, each leaves most of the device's 132 SMs
 idle. On side streams, several members' kernels run at once (on an H200 the optimizer step of a
-64-member VAE group took 0.75 ms on 16 streams against 2.54 ms on one, bench/RESULTS.md).
+64-member VAE group took 0.75 ms on 16 streams against 2.54 ms on one, docs/benchmarks.md).
 
 `SideStreams.run(jobs)` forks: every side stream first waits for everything queued on the current
 stream, job i runs on side stream i mod S, and the current stream then waits for all of them. So
