@@ -178,7 +178,7 @@ def test_diverging_trials_are_failed_with_their_reason_and_the_sweep_goes_on(dat
         assert len(retries) == 2 and all("TrialDivergedBefore: not trained again" in r
                                           for r in retries)
     (searcher,) = experiment.glob("searcher-state-*.pkl")
-    study = pickle.loads(searcher.read_bytes())["_ot_study"]
+    study = pickle.loads(searcher.read_bytes())["study"]  # (MemberStudy.state)
     states = sorted(t.state.name for t in study.trials)
     assert states == sorted(["FAIL"] * len(diverged) + ["COMPLETE"] * len(finished))
 
