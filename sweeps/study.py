@@ -199,7 +199,12 @@ def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, me
     """The sweep's study actor, new (a --resume's searcher loads its saved state into it). One
     process may run a sweep of one name twice (a test, a notebook): its actor is then reset."""
     settings = (space, num_configs, metric, mode, seed, first, startup, fused)
-    actor = SharedStudy.options(name=study_actor_name(sweep), get_if_exists=True).remote(*settings)
+    # On the driver's node: the study must outlive any worker node the cluster loses.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = SharedStudy.options(name=study_actor_name(sweep), get_if_exists=True,
+                                scheduling_strategy=here).remote(*settings)
     ray.get(actor.reset.remote(*settings))
     return actor
 
