@@ -32,6 +32,7 @@ import pickle
 import optuna
 import ray
 from ray.tune.search import Searcher
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from genmodels.names import FAILED, FINISHED, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING, STOPPED_EARLY
 from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
@@ -118,7 +119,7 @@ class MemberStudy:
 
     def adopt(self, group: str, members: dict[str, dict]) -> None:
         """Members a restored group trains that this study does not know: a group that asked for a
-        refill after the study's last save (`FusedOptunaSearch.save`) and before its sweep was
+        refill after the study's last save (`StudySearch.save`) and before its sweep was
         stopped. Each becomes an Optuna trial with its values, and counts against the budget."""
         for member, values in members.items():
             if (group, member) not in self.trials:
@@ -200,8 +201,6 @@ def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, me
     process may run a sweep of one name twice (a test, a notebook): its actor is then reset."""
     settings = (space, num_configs, metric, mode, seed, first, startup, fused)
     # On the driver's node: the study must outlive any worker node the cluster loses.
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     actor = SharedStudy.options(name=study_actor_name(sweep), get_if_exists=True,
                                 scheduling_strategy=here).remote(*settings)
@@ -210,15 +209,15 @@ def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, me
 
 
 class StudySearch(Searcher):
-    """Tune's searcher: hands each new Tune trial its configuration (`group_size` 1, unfused) or
-    a fused group its K configurations from the shared study, and passes the trials' reports to
+    """Tune's searcher: hands each new Tune trial its configuration (`group_size` 1: an unfused
+    sweep) or a fused group its K configurations from the shared study, and passes the trials' reports to
     it. It pickles only the study actor's name, so a --resume's unpickled searcher talks to the
     new run's actor."""
 
-    def __init__(self, sweep: str, group_size: int, metric: str, mode: str, fused: bool,
-                 study=None):
+    def __init__(self, sweep: str, group_size: int, metric: str, mode: str, study=None):
         super().__init__(metric=metric, mode=mode)
-        self.actor_name, self.group_size, self.fused = study_actor_name(sweep), group_size, fused
+        self.actor_name, self.group_size = study_actor_name(sweep), group_size
+        self.fused = group_size > 1  # as the sweep decides it: --fuse K > 1
         # The actor's handle (`start_shared_study`'s): holding it keeps the actor alive, which
         # Ray ends once no handle to it is left. An unpickled searcher looks it up by name, once.
         self._study = study

@@ -116,7 +116,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
                                    reduction_factor=ASHA_REDUCTION)
                      if args.scheduler == "asha" else FIFOScheduler())
-    search = StudySearch(args.name, args.fuse, args.metric, plan.mode, fused=fused, study=study)
+    search = StudySearch(args.name, args.fuse, args.metric, plan.mode, study=study)
     tuner = tune.Tuner(
         trainable,
         param_space={},  # every configuration comes from `search`

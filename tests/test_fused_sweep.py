@@ -88,7 +88,7 @@ def test_the_searcher_pickles_the_study_actors_name_and_not_its_handle():
 
     from sweeps.study import StudySearch
 
-    searcher = StudySearch("vae-sweep", group_size=4, metric="val_elbo", mode="max", fused=True)
+    searcher = StudySearch("vae-sweep", group_size=4, metric="val_elbo", mode="max")
     searcher._study = "the old run's actor"
     restored = pickle.loads(pickle.dumps(searcher))
     assert restored._study is None and restored.actor_name == searcher.actor_name
