@@ -9,7 +9,7 @@
 import sys
 
 try:
-    from sweeps.runner import main as sweep
+    from sweeps.signals import launch  # the standard library only: Ctrl-C works from here on
 except ModuleNotFoundError as err:  # run as a file from a checkout that was never installed
     if err.name != "sweeps":
         raise
@@ -18,7 +18,7 @@ except ModuleNotFoundError as err:  # run as a file from a checkout that was nev
 
 
 def main() -> None:
-    sweep("gan")
+    launch("gan")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 - Where: `--mlflow-uri`, else $MLFLOW_TRACKING_URI, else SQLite `mlflow.db` in the working folder
   (artifacts in `mlruns/` beside it), so `mlflow ui` shows the sweep with no server.
-- A remote server must answer before anything starts; its artifacts are proxied
-  (`mlflow server --serve-artifacts`), so no record depends on a node's disk.
+- The store is checked (and the default one made) before anything starts: `sweeps/store.py`.
+  A remote server's artifacts are proxied (`mlflow server --serve-artifacts`), so no record
+  depends on a node's disk.
 - `sweeps/callbacks.py` closes what a trial cannot close itself (early stops, errors).
 - `close_sweep` marks the parent FINISHED, or, after Ctrl-C / SIGTERM, the parent and every
   still-RUNNING child KILLED (`gensweep.status` unfinished), so nothing stays RUNNING.
@@ -15,8 +16,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from urllib.error import URLError
-from urllib.request import urlopen
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
@@ -41,7 +40,6 @@ from genmodels.names import (
 )
 from trainables.mlflow_trial import SweepRecords, all_runs, not_yet_logged, retry
 
-REACH_TIMEOUT_SECONDS = 5
 SWEEP_NOTE = (
     "The sweep. Its trials are the child runs below it (expand this run, or select them) with "
     "their hyperparameters as params and `{metric}` per epoch: the Chart view compares them; "
@@ -56,25 +54,6 @@ TRIALS_VIEW_KEY = "gensweep"
 UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 UNCLOSED_REASON = ("the trial ended without closing its run (the tracking server was unreachable "
                    "from it at its end): its results are in Ray's trial folder")
-
-
-class TrackingError(RuntimeError):
-    pass
-
-
-def check_reachable(uri: str) -> None:
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urlopen(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_SECONDS) as response:
-            response.read()
-    except (URLError, OSError) as err:
-        raise TrackingError(
-            f"the MLflow tracking server {uri} does not answer ({err}); start it (on this machine: "
-            "`mlflow server --host 127.0.0.1 --port 5000 --serve-artifacts`; for a cluster see the "
-            "README's Cluster section on protecting it), or drop --mlflow-uri to record in the "
-            "local mlflow.db"
-        ) from err
 
 
 def save_trials_view(client: MlflowClient, experiment_id: str, metric: str, mode: str,
@@ -104,7 +83,6 @@ def open_sweep(uri: str, name: str, model: str, experiment_dir: str, options: di
                searched: tuple[str, ...] = ()) -> SweepRecords:
     """The experiment (one per sweep name, with its trials view: `options["metric"]` in `mode`,
     the `searched` parameters) and the parent run; on --resume, the same parent."""
-    check_reachable(uri)
     client = MlflowClient(uri)
     experiment = retry(lambda: client.get_experiment_by_name(name))
     if experiment is None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,14 @@ from genmodels.names import (
     tracking_uri,
 )
 from sweeps import search_space as spaces
+from sweeps.cluster import (
+    RayStart,
+    check_cluster_answers,
+    check_local_gpus,
+    check_resources,
+    set_ray_environment,
+    trials_the_cluster_holds,
+)
 from sweeps.console import free_slots_line, send_library_output_to, setup_lines
 from sweeps.held_out import (
     chosen_table,
@@ -44,8 +50,6 @@ from sweeps.held_out import (
     scorer_for_test,
 )
 from sweeps.mlflow_sweep import (
-    TrackingError,
-    check_reachable,
     close_sweep,
     open_sweep,
     tag_sampled,
@@ -62,7 +66,9 @@ from sweeps.options import (
     train_settings,
 )
 from sweeps.orphans import ORPHANS_DIR, set_aside_orphans
+from sweeps.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Stopped, StopSignals
 from sweeps.storage import QUERY_REFUSED, SweepFolder, storage_uri
+from sweeps.store import TrackingError, open_store
 
 TABLE_ROWS = 5
 TUNER_FILE = "tuner.pkl"  # Tune's saved Tuner in the sweep's folder: a sweep exists once it does
@@ -70,95 +76,8 @@ TUNER_FILE = "tuner.pkl"  # Tune's saved Tuner in the sweep's folder: a sweep ex
 EXIT_OK = 0  # every requested trial finished, or was stopped early by the scheduler
 EXIT_BAD_INPUT = 2  # an option, the data, the tracking server, or the sweep already running
 EXIT_TRIALS_FAILED = 3  # the sweep ended, but some trials failed or diverged
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C: unfinished trials resumable, runs KILLED
-EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, SIGTERM (`timeout`, a cluster scheduler): the same
-
-
-def check_local_gpus(args: argparse.Namespace) -> None:
-    """A local Ray sees the GPUs torch sees: refuse a GPU request before Ray starts. (On a
-    cluster, --address, check_resources asks Ray once joined.)"""
-    if args.address or args.gpus_per_trial == 0:
-        return
-    import torch
-
-    count = torch.cuda.device_count()
-    if count == 0:
-        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} asks for GPUs, but this "
-                         "machine has none that torch can use; use --gpus-per-trial 0 (CPU) or "
-                         "join a GPU cluster with --address")
-    if args.gpus_per_trial > count:
-        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} is more than this machine's "
-                         f"{count} GPU(s)")
-
-
-def live_nodes() -> list[dict]:
-    """The resources of each live node of the Ray cluster this process is connected to."""
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-def check_resources(args: argparse.Namespace) -> dict:
-    """Fail now, not with trials pending forever, if no node can ever run one trial."""
-    nodes = live_nodes()
-    max_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    max_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    total_gpus = sum(n.get("GPU", 0) for n in nodes)
-    if args.cpus_per_trial > max_cpus:
-        raise SweepError(f"--cpus-per-trial {args.cpus_per_trial:g} is more than any node has "
-                         f"(largest: {max_cpus:g} CPUs); lower it")
-    if args.gpus_per_trial > 0 and total_gpus == 0:
-        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} asks for GPUs, but this Ray "
-                         "cluster has none; use --gpus-per-trial 0 (CPU) or join a GPU cluster")
-    if args.gpus_per_trial > max_gpus:
-        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial:g} is more than any node has "
-                         f"(largest: {max_gpus:g} GPUs)")
-    return {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-
-
-def trials_the_cluster_holds(args: argparse.Namespace) -> int:
-    """How many trials the cluster's live nodes can run at once now: the sweep's concurrency
-    unless --max-concurrent says otherwise."""
-    held = 0
-    for node in live_nodes():
-        fits = node.get("CPU", 0) // args.cpus_per_trial
-        if args.gpus_per_trial > 0:
-            fits = min(fits, node.get("GPU", 0) // args.gpus_per_trial)
-        held += int(fits)
-    return max(1, held)
-
-
-# Ray binds its gRPC servers (GCS, raylet, workers) to 127.0.0.1 only when the node's address is
-# 127.0.0.1, and picks that address only where it does not expect a multi-machine cluster: Ray's
-# Windows/macOS default, which this variable turns on for Linux too. Ray reads it on import.
-LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def keep_local_ray_on_loopback() -> None:
-    """A local sweep's Ray (no --address) listens on 127.0.0.1 only, so nothing on the network
-    can reach it. Must run before Ray is imported: in a process that imported Ray already (a
-    notebook), Ray keeps its default and a user who wants loopback sets the variable first."""
-    if "ray" not in sys.modules:
-        for name, value in LOOPBACK_ONLY_ENV.items():
-            os.environ.setdefault(name, value)
-
-
-def start_ray(address: str | None) -> None:
-    import ray
-
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except Exception as err:  # ConnectionError, auth errors, timeouts: all mean "can't join"
-            raise SweepError(
-                f"could not join the Ray cluster at {address!r} ({str(err)[:300]}). Start one with "
-                "`ray start --head`, drop --address for a local Ray, and on a cluster with token "
-                "authentication set RAY_AUTH_MODE=token with the cluster's ~/.ray/auth_token"
-            ) from err
-    else:
-        # "local": always a fresh Ray of this process, never silently joining a cluster that
-        # happens to run on this machine (that is what --address auto is for).
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_TRIALS_FAILED",
+           "run"]
 
 
 def best_table(results, metric: str, mode: str, space: dict) -> str:
@@ -236,11 +155,16 @@ def unfinished_trials(results, num_samples: int, fused: bool = False) -> int:
 
 
 def run(model: str, argv: list[str] | None = None) -> int:
-    try:
-        return _run(model, argv)
-    except (SweepError, TrackingError, DataError, ValueError, FileNotFoundError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the cause
-        return EXIT_BAD_INPUT
+    """The sweep, from its command line to its exit code (EXIT_* above)."""
+    with StopSignals() as stop:
+        try:
+            return _run(model, argv, stop)
+        except (SweepError, TrackingError, DataError, ValueError, FileNotFoundError) as err:
+            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the cause
+            return EXIT_BAD_INPUT
+        except Stopped as err:  # a signal outside Tune's graceful stop (sweeps/signals.py)
+            print(f"stopped by {err}: {err.leaves}", file=sys.stderr)
+            return err.exit_code
 
 
 def lock_sweep(experiment: Path) -> FileLock:
@@ -255,42 +179,6 @@ def lock_sweep(experiment: Path) -> FileLock:
                          "another process (its lock is held); wait for it to end, or stop it and "
                          "--resume") from None
     return lock
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM while the trials run: Tune stops gracefully (saves the
-    experiment state, unfinished trials stay resumable), and the exit code says which came.
-
-    Tune's own SIGINT handler stops the run but hides that it did; this one records the signal and
-    hands the stop to Tune through SIGUSR1, which Tune registers (same handler) during fit(). A
-    second signal, or one before fit() has started, stops at once (KeyboardInterrupt)."""
-
-    def __init__(self):
-        self.received: int | None = None
-
-    def __enter__(self) -> StopSignals:
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        first = self.received is None
-        self.received = self.received or signum
-        if first and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune: end the run gracefully
-            return
-        raise KeyboardInterrupt
-
-    def exit_code(self) -> int:
-        return EXIT_TERMINATED if self.received == signal.SIGTERM else EXIT_INTERRUPTED
-
-    def __getstate__(self) -> dict:
-        # Tune pickles the callbacks that hold this (tuner.pkl); the handlers stay with the process.
-        return {"received": None}
 
 
 @dataclass
@@ -333,26 +221,25 @@ class SweepPlan:
         return fixed_model_values(self.model, self.space)
 
 
-def _run(model: str, argv: list[str] | None) -> int:
+def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
     plan = prepare(model, parse_options(model, argv), given_options(model, argv))
     print(spaces.describe(model, plan.space))
     if plan.args.print_space:
         return EXIT_OK
     data = check_inputs(plan)
 
-    if not plan.args.address:
-        keep_local_ray_on_loopback()
-    import ray
+    set_ray_environment(local=not plan.args.address)
 
     from sweeps.tuner import build_tuner  # Ray's side: imported once the checks have passed
 
     # Up to here nothing was written. A --resume locks its (existing) folder before Ray starts.
     lock = lock_sweep(Path(plan.experiment)) if plan.local and plan.args.resume else None
-    stop = StopSignals()
+    tracking = None
     print(setup_lines(plan), flush=True)
     send_library_output_to(plan.log_file)
+    ray_start = RayStart(plan.args.address)
     try:
-        start_ray(plan.args.address)
+        ray_start(stop)
         resources = check_resources(plan.args)
         at_once = plan.args.max_concurrent or trials_the_cluster_holds(plan.args)
         if note := free_slots_line(plan.args, at_once):
@@ -364,14 +251,22 @@ def _run(model: str, argv: list[str] | None) -> int:
         save_options(plan)
         data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
+        stop.check()
         tuner, study = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
         record_sampled(plan, study, tracking)
         return report(plan, results, tracking, stop, data, scorer_cache)
+    except Stopped as err:  # outside Tune's graceful stop: close the records, say how to go on
+        if tracking is not None:
+            close_sweep(tracking, None, interrupted=True, metric=plan.args.metric, mode=plan.mode)
+        err.leaves = (f"continue with --resume --name {plan.args.name}"
+                      if plan.folder.exists(TUNER_FILE) else
+                      "no trial had started; run the same command again")
+        raise
     finally:
-        ray.shutdown()
+        ray_start.shutdown()
         if lock is not None:
             lock.release()
 
@@ -417,10 +312,11 @@ def open_storage(storage: str, name: str) -> SweepFolder:
 
 
 def check_inputs(plan: SweepPlan):
-    """Before Ray starts, in seconds, writing nothing (but a --download): a GPU request this
-    machine cannot meet, the data set (read and checked whole: a missing, empty or truncated file
-    is found here, and the trials get this very copy), and the tracking server answering. Returns
-    the data."""
+    """Before Ray starts, in seconds, writing nothing (but a --download, and a new default
+    tracking store once everything else passed): a GPU request this machine cannot meet, the data
+    set (read and checked whole: a missing, empty or truncated file is found here, and the trials
+    get this very copy), a --address where no cluster answers, and a tracking store MLflow cannot
+    use (sweeps/store.py). Returns the data."""
     args = plan.args
     check_local_gpus(args)
     ensure_dataset_files(args.dataset, args.data_dir, download=args.download)
@@ -437,7 +333,8 @@ def check_inputs(plan: SweepPlan):
     if args.batch_size > images:
         raise SweepError(f"--batch-size {args.batch_size} is larger than the {images} training "
                          "images; lower --batch-size or raise --train-subset")
-    check_reachable(plan.mlflow_uri)
+    check_cluster_answers(args.address)
+    open_store(plan.mlflow_uri)  # last: a new default store is the one thing this writes
     return data
 
 
@@ -473,10 +370,10 @@ def fit(plan: SweepPlan, tuner, tracking, stop: StopSignals):
     """Run the trials; None when a second Ctrl-C cut Tune's own stop short (the records are
     closed KILLED). A first Ctrl-C or SIGTERM ends fit() gracefully; `stop` remembers it."""
     args = plan.args
-    with stop:
+    with stop.tune_stops():
         try:
             return tuner.fit()
-        except KeyboardInterrupt:
+        except Stopped:
             close_sweep(tracking, None, interrupted=True, metric=args.metric, mode=plan.mode)
             print(f"interrupted: continue with --resume --name {args.name}", file=sys.stderr)
             return None
@@ -547,6 +444,3 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
         return stop.exit_code()
     return EXIT_TRIALS_FAILED if errors else EXIT_OK
 
-
-def main(model: str) -> None:
-    sys.exit(run(model, sys.argv[1:]))
