@@ -94,7 +94,7 @@ def set_ray_environment(local: bool) -> None:
             os.environ.setdefault(name, value)
 
 
-CLUSTER_WAIT_SECONDS = 15  # how long --address host:port may take to accept a connection
+CLUSTER_WAIT_SECONDS = 10  # how long --address host:port may take to accept a connection
 
 
 def check_cluster_answers(address: str | None, wait: float = CLUSTER_WAIT_SECONDS) -> None:
