@@ -33,6 +33,7 @@ from genmodels.names import (
     USABLE,
     tracking_uri,
 )
+from results.folder import ray_statuses
 from sweeps import search_space as spaces
 from sweeps.cluster import (
     RayStart,
@@ -141,14 +142,21 @@ def failed_members(results) -> int:
     return failed
 
 
-def unfinished_trials(results, num_samples: int, fused: bool = False) -> int:
+def unfinished_trials(results, num_samples: int, fused: bool = False,
+                      saved: dict[str, str] | None = None) -> int:
     """Trials not yet started, or neither terminated nor errored: what a Ctrl-C left for
     --resume (Tune stops gracefully on Ctrl-C and returns the results so far). In a fused sweep
-    `num_samples` counts configurations, and those not yet started are what no group has had."""
+    `num_samples` counts configurations, and those not yet started are what no group has had.
+    `saved`: the trials' statuses in the experiment state Tune saved as it stopped (a local
+    sweep's), truer than those of the results Tune returns, where its stop ended them all."""
     from genmodels.names import group_members
 
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
-    running = sum(1 for t in trials if t.status not in ("TERMINATED", "ERROR"))
+    if saved:
+        statuses = list(saved.values())
+    else:
+        trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+        statuses = [t.status for t in trials]
+    running = sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
     started = (sum(len(group_members(r.config or {}, r.metrics)) for r in results) if fused
                else len(results))
     return running + max(0, num_samples - started)
@@ -163,7 +171,7 @@ def run(model: str, argv: list[str] | None = None) -> int:
             print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the cause
             return EXIT_BAD_INPUT
         except Stopped as err:  # a signal outside Tune's graceful stop (sweeps/signals.py)
-            print(f"stopped by {err}: {err.leaves}", file=sys.stderr)
+            print(f"stopped by {err}: {stop.leaves}", file=sys.stderr)
             return err.exit_code
 
 
@@ -235,6 +243,8 @@ def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
     # Up to here nothing was written. A --resume locks its (existing) folder before Ray starts.
     lock = lock_sweep(Path(plan.experiment)) if plan.local and plan.args.resume else None
     tracking = None
+    stop.leaves = (f"continue with --resume --name {plan.args.name}" if plan.args.resume else
+                   "no trial had started; run the same command again")
     print(setup_lines(plan), flush=True)
     send_library_output_to(plan.log_file)
     ray_start = RayStart(plan.args.address)
@@ -253,17 +263,19 @@ def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
         tracking = open_records(plan)
         stop.check()
         tuner, study = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
+        stop.leaves = f"continue with --resume --name {plan.args.name}"  # Tune saved the Tuner
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
         record_sampled(plan, study, tracking)
         return report(plan, results, tracking, stop, data, scorer_cache)
-    except Stopped as err:  # outside Tune's graceful stop: close the records, say how to go on
+    except Stopped:  # outside Tune's graceful stop: close the records (run() says how to go on)
         if tracking is not None:
-            close_sweep(tracking, None, interrupted=True, metric=plan.args.metric, mode=plan.mode)
-        err.leaves = (f"continue with --resume --name {plan.args.name}"
-                      if plan.folder.exists(TUNER_FILE) else
-                      "no trial had started; run the same command again")
+            try:
+                close_sweep(tracking, None, interrupted=True, metric=plan.args.metric, mode=plan.mode)
+            except Stopped:
+                stop.leaves += ("; a second signal cut the closing of its MLflow runs short, some "
+                                "may still show RUNNING")
         raise
     finally:
         ray_start.shutdown()
@@ -416,7 +428,8 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
            scorer_cache: dict | None = None) -> int:
     """Close the MLflow records, print the best trials and where everything is; the exit code."""
     args = plan.args
-    unfinished = unfinished_trials(results, args.num_samples, fused=args.fuse > 1)
+    unfinished = unfinished_trials(results, args.num_samples, fused=args.fuse > 1,
+                                   saved=ray_statuses(Path(plan.experiment)) if plan.local else None)
     interrupted = stop.received is not None or unfinished > 0
     orphans = set_aside_orphans(plan.folder, {Path(r.path).name for r in results}, tracking)
     if orphans:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, Ctrl-C: unfinished trials resumable, runs KILLED
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, SIGTERM (`timeout`, a cluster scheduler): the same
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+NOT_STARTED = "nothing had started; run the same command again"
 
 
 def exit_code(signum: int | None) -> int:
@@ -33,12 +34,11 @@ def exit_code(signum: int | None) -> int:
 
 class Stopped(BaseException):
     """A stop signal outside Tune's graceful stop. A BaseException, as KeyboardInterrupt is, so
-    no library's `except Exception` swallows it. `leaves`: what the stop left, and what to do."""
+    no library's `except Exception` swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(SIGNAL_NAMES.get(signum, f"signal {signum}"))
         self.signum = signum
-        self.leaves = "the sweep had not started and wrote nothing"
 
     @property
     def exit_code(self) -> int:
@@ -48,10 +48,12 @@ class Stopped(BaseException):
 class StopSignals:
     """Handles SIGINT and SIGTERM while entered (restoring the previous handlers on exit) and
     remembers the first that came: the callbacks read `received` to tell an interrupted trial
-    from one the scheduler stopped. Inside `tune_stops()` a first signal is Tune's to handle."""
+    from one the scheduler stopped. Inside `tune_stops()` a first signal is Tune's to handle.
+    `leaves` says what a stop now would leave, and what to do next; the runner keeps it true."""
 
     def __init__(self):
         self.received: int | None = None
+        self.leaves = NOT_STARTED
         self._to_tune = False
         self._deferring = False
         self._lost = False  # a Stopped raised where Python only reports it (a __del__, a GC callback)
@@ -125,7 +127,8 @@ class StopSignals:
 
     def __getstate__(self) -> dict:
         # Tune pickles the callbacks that hold this (tuner.pkl); the handlers stay with the process.
-        return {"received": None, "_to_tune": False}
+        return {"received": None, "leaves": NOT_STARTED, "_to_tune": False, "_deferring": False,
+                "_lost": False}
 
 
 def launch(model: str) -> None:
@@ -136,6 +139,6 @@ def launch(model: str) -> None:
 
             code = run(model, sys.argv[1:])
         except Stopped as err:  # during the imports, before run() took over
-            print(f"stopped by {err}: {err.leaves}", file=sys.stderr)
+            print(f"stopped by {err}: {NOT_STARTED}", file=sys.stderr)
             code = err.exit_code
     sys.exit(code)
