@@ -248,9 +248,10 @@ def stop_leftovers(pids: dict[int, str]) -> None:
 
 
 @pytest.mark.slow
-# SIGTERM (what `timeout` or a cluster scheduler sends) takes SIGINT's path: the stopped-sweep
-# (corrupt checkpoint, copied folder) and fused tests below stop their sweeps with it and check the same.
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+# SIGKILL here. A stop by signal (Tune's graceful stop, runs KILLED, --resume; SIGTERM takes
+# SIGINT's path) is the corrupt-checkpoint and shrunk-group tests' (SIGTERM), test_storage's S3
+# resume (Ctrl-C) and test_startup's (Ctrl-C as a trial starts).
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL], ids=["SIGKILL"])
 def test_stopped_driver_then_resume_keeps_finished_trials_and_refuses_a_second_driver(
         stop_signal, data_dir, tmp_path):
     trials, epochs = 3, 2
@@ -419,7 +420,9 @@ def resumed_epochs_ok(reported: list[int]) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+# SIGKILL only: a fused group's SIGTERM path (Tune's graceful stop, then --resume from its
+# checkpoint) is test_a_fused_group_that_shrank_resumes_after_a_stop's.
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL], ids=["SIGKILL"])
 def test_stopped_fused_sweep_resumes_its_groups_with_nothing_lost_or_twice(stop_signal, data_dir,
                                                                           tmp_path):
     """--fuse 2, one group at a time: the group's two members finish and two fresh

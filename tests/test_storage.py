@@ -107,10 +107,11 @@ def test_a_sweep_on_s3_resumes_tests_its_chosen_trials_and_reads_by_its_uri(s3, 
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = ["--data-dir", str(data_dir), "--storage-path", storage, "--name", name,
                "--mlflow-uri", mlflow_uri, "--num-samples", "2", "--max-concurrent", "1",
-               "--epochs", "2", "--train-subset", "256", "--batch-size", "64",
+               "--epochs", "4", "--train-subset", "256", "--batch-size", "64",
                "--scheduler", "fifo"]
     # Ctrl-C once the first trial's first epoch is in the bucket (its grid goes up just before its
-    # checkpoint), with the second trial still to come; then --resume finishes the sweep.
+    # checkpoint), with three of its epochs and the second trial still to come (with two epochs
+    # the signal once landed after the first trial's last); then --resume finishes the sweep.
     folder = SweepFolder(location)
     log = tmp_path / "interrupted.log"
     with log.open("w") as out:
@@ -134,17 +135,21 @@ def test_a_sweep_on_s3_resumes_tests_its_chosen_trials_and_reads_by_its_uri(s3, 
     client = MlflowClient(mlflow_uri)
     for run_id in children.run_id:
         history = client.get_metric_history(run_id, "val_elbo")
-        assert sorted(m.step for m in history) == [1, 2], run_id
+        assert sorted(m.step for m in history) == [1, 2, 3, 4], run_id
     for trial in fnmatch.filter(folder.subfolders(), "train_trial_*"):  # and Ray's records
         with folder.fs.open_input_stream(f"{folder.path}/{trial}/result.json") as stored:
             lines = stored.read().decode().splitlines()
-        assert [json.loads(line)["epoch"] for line in lines if line.strip()] == [1, 2], trial
+        # Tune records a report before the checkpoint saved with it: a stop between the two
+        # trains that epoch again, so one epoch may show twice here (never in MLflow, above)
+        reported = [json.loads(line)["epoch"] for line in lines if line.strip()]
+        assert sorted(set(reported)) == [1, 2, 3, 4] and reported == sorted(reported), trial
+        assert len(reported) <= 5, trial
 
     assert folder.exists(OPTIONS_FILE) and folder.exists("tuner.pkl")
     trials = [t for t in folder.subfolders() if t.startswith("train_trial")]
     assert len(trials) == 2
     for trial in trials:  # the test split's numbers beside each tested trial's results
-        assert folder.read_json(f"{trial}/{TEST_METRICS_FILE}")["epoch"] == 2
+        assert folder.read_json(f"{trial}/{TEST_METRICS_FILE}")["epoch"] == 4
 
     # analysis reads the sweep by its URI, as by a local folder...
     table = load_trials(location)
@@ -152,9 +157,9 @@ def test_a_sweep_on_s3_resumes_tests_its_chosen_trials_and_reads_by_its_uri(s3, 
     assert table["figures_dir"].str.startswith(f"{location}/train_trial").all()
     # rank.py's report shows each trial's last sample grid, fetched from the bucket
     grid = final_grid(table.iloc[0], {}, tmp_path / "cache")
-    assert grid is not None and grid.name == "epoch_002.png"
+    assert grid is not None and grid.name == "epoch_004.png"
     trial = SweepFolder(table["figures_dir"].iloc[0])
-    with trial.fs.open_input_stream(f"{trial.path}/samples/epoch_002.png") as stored:
+    with trial.fs.open_input_stream(f"{trial.path}/samples/epoch_004.png") as stored:
         assert grid.read_bytes() == stored.read()
     # ... and the test numbers reached each trial's MLflow run too
     assert load_trials(experiment=name, tracking_uri=mlflow_uri)["test_elbo"].notna().all()
@@ -165,7 +170,7 @@ def test_a_sweep_on_s3_resumes_tests_its_chosen_trials_and_reads_by_its_uri(s3, 
     assert f"a sweep named '{name}' already exists in {storage}" in again.stderr
     changed = sweep(*command, "--resume", "--epochs", "3", cwd=tmp_path)
     assert changed.returncode == EXIT_BAD_INPUT
-    assert "--epochs 3 differs from the sweep's 2" in changed.stderr
+    assert "--epochs 3 differs from the sweep's 4" in changed.stderr
 
     # A trial folder no trial of Tune's owns (what a killed driver can leave) is set aside when the
     # resumed sweep ends; the real trials stay.
