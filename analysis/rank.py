@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_sweep(args.results, experiment=args.experiment, tracking_uri=args.mlflow_uri,
                            metric=args.metric, mode=args.mode)
-        ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, scope=args.scope)
+        ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, scope=args.scope,
+                             history=sweep.history)
     except (LoadError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -457,7 +457,7 @@ def write_report(sweep: Sweep, out_dir: str | Path, top: int = TOP_GRIDS,
     against the best, and why importances are missing when they are."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, scope=scope)
+    ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, scope=scope, history=sweep.history)
     metric, mode = sweep.metric, sweep.mode
     files = {"csv": out / "ranked_trials.csv"}
     ranked.to_csv(files["csv"], index=False)

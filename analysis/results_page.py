@@ -215,7 +215,7 @@ def write_page(sweep: Sweep, out: str | Path, data_dir: str | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options = sweep_options(Path(sweep.source["results"]))
-    ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode)
+    ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, history=sweep.history)
     usable = ranked[ranked["status"].isin(USABLE) & ranked[sweep.metric].notna()]
     if usable.empty:
         raise RepeatError(f"no trial of {sweep.name} finished with {sweep.metric}: no results page")

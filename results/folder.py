@@ -35,6 +35,8 @@ RAY_RESULT_FIELDS = {
 }
 ERROR_FILE = "error.txt"  # written by Ray for a trial that raised
 
+EXPERIMENT_STATE_PREFIX = "experiment_state-"  # Tune's record of its trials, saved as it runs
+
 
 def read_json_lines(path: Path) -> list[dict]:
     """result.json; a last line cut short by a killed trial is skipped, not fatal."""
@@ -62,13 +64,16 @@ def read_test_metrics(folder: Path) -> dict[str, float]:
 
 def ray_statuses(folder: Path) -> dict[str, str]:
     """Trial folder name -> Ray's status (TERMINATED, ERROR, RUNNING, PENDING, PAUSED), from the
-    newest experiment_state file (plain JSON; the pickled parts are not needed)."""
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if not states:
-        return {}
+    newest experiment state Tune saved in the sweep's `folder`."""
+    states = sorted(folder.glob(f"{EXPERIMENT_STATE_PREFIX}*.json"))
+    return statuses_in_state(states[-1].read_text()) if states else {}
+
+
+def statuses_in_state(text: str) -> dict[str, str]:
+    """Trial folder name -> Ray's status, from the text of an experiment_state file (plain JSON;
+    the pickled parts are not needed); {} for a file that is not one."""
     try:
-        trial_data = json.loads(states[-1].read_text())["trial_data"]
-        trials = [json.loads(entry[0]) for entry in trial_data]
+        trials = [json.loads(entry[0]) for entry in json.loads(text)["trial_data"]]
     except (json.JSONDecodeError, KeyError, TypeError, IndexError):
         return {}
     return {t.get("relative_logdir", ""): t.get("status", "") for t in trials}

@@ -46,7 +46,7 @@ def final_model(folder: Path) -> Path | None:
 def ranked_trials(experiment: Path, model: str, metric: str, mode: str) -> pd.DataFrame:
     records, _ = read_ray_folder(experiment)
     sweep = build_sweep(records, experiment.name, model, metric, mode, {"results": str(experiment)})
-    return rank_trials(sweep.trials, metric, mode)
+    return rank_trials(sweep.trials, metric, mode, history=sweep.history)
 
 
 def measured_at(folder: Path) -> int | None:

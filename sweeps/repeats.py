@@ -128,7 +128,7 @@ def plan_repeats(results: str | Path, top: int = DEFAULT_TOP, seeds: int = DEFAU
     records, _ = read_ray_folder(folder)
     sweep = build_sweep(records, folder.resolve().name, None, options.get("metric"), None,
                         {"results": str(folder), "options": options})
-    ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode)
+    ranked = rank_trials(sweep.trials, sweep.metric, sweep.mode, history=sweep.history)
     usable = ranked[ranked["status"].isin(USABLE) & ranked[sweep.metric].notna()]
     if usable.empty:
         raise RepeatError(f"no trial of {folder} finished with {sweep.metric}: nothing to repeat "

@@ -30,10 +30,8 @@ from genmodels.names import (
     OPTIONS_FILE,
     SAMPLED_FILE,
     SWEEP_LOG_FILE,
-    USABLE,
     tracking_uri,
 )
-from results.folder import ray_statuses
 from sweeps import search_space as spaces
 from sweeps.cluster import (
     RayStart,
@@ -71,7 +69,6 @@ from sweeps.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Stopped, StopSigna
 from sweeps.storage import QUERY_REFUSED, SweepFolder, storage_uri
 from sweeps.store import TrackingError, open_store
 
-TABLE_ROWS = 5
 TUNER_FILE = "tuner.pkl"  # Tune's saved Tuner in the sweep's folder: a sweep exists once it does
 
 EXIT_OK = 0  # every requested trial finished, or was stopped early by the scheduler
@@ -79,87 +76,6 @@ EXIT_BAD_INPUT = 2  # an option, the data, the tracking server, or the sweep alr
 EXIT_TRIALS_FAILED = 3  # the sweep ended, but some trials failed or diverged
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_TRIALS_FAILED",
            "run"]
-
-
-def best_table(results, metric: str, mode: str, space: dict) -> str:
-    frame = results.get_dataframe()
-    if frame.empty or metric not in frame:
-        return "no trial reported a result"
-    # An errored or unfinished (interrupted) trial's last value is no result: never among the best.
-    errored = {r.metrics.get("trial_id") for r in results if r.error}
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
-    errored |= {t.trial_id for t in trials if t.status != "TERMINATED"}
-    frame = frame.assign(ended=["error" if t in errored else "ok" for t in frame.get("trial_id", [])]
-                         if "trial_id" in frame else "ok")
-    columns = ["trial_id", *[f"config/{k}" for k in space], metric, "training_iteration", "ended"]
-    frame = frame[[c for c in columns if c in frame]].rename(
-        columns=lambda c: c.removeprefix("config/")).rename(columns={"training_iteration": "epochs"})
-    frame = frame[(frame["ended"] == "ok") & frame[metric].notna()]  # the failed are never best
-    if frame.empty:
-        return "no trial ended with a result"
-    frame = frame.drop(columns="ended").sort_values(metric, ascending=mode == "min")
-    return frame.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
-
-
-def member_table(results, metric: str, mode: str, space: dict) -> str:
-    """A fused sweep's best members: one row per configuration, from each group's last report."""
-    import pandas as pd
-
-    from genmodels.names import MEMBER_RESULTS_KEY as RESULTS_KEY
-    from genmodels.names import group_members
-
-    rows = []
-    for result in results:
-        config, members = result.config or {}, (result.metrics or {}).get(RESULTS_KEY) or {}
-        group = (result.metrics or {}).get("trial_id")
-        for member, values in group_members(config, result.metrics):
-            final = members.get(member, {})
-            rows.append({"trial_id": f"{group}-{member}",  # as the analysis and MLflow name it
-                         **{k: values.get(k) for k in space},
-                         metric: final.get(metric), "epochs": final.get("epoch"),
-                         "status": final.get("status", "failed")})
-    if not rows:
-        return "no trial reported a result"
-    frame = pd.DataFrame(rows)
-    frame = frame[frame["status"].isin(USABLE) & frame[metric].notna()]  # never the failed
-    if frame.empty:
-        return "no configuration ended with a result"
-    frame = frame.sort_values(metric, ascending=mode == "min")
-    return frame.head(TABLE_ROWS).to_string(
-        index=False, float_format=lambda v: f"{v:.4g}")
-
-
-def failed_members(results) -> int:
-    """A fused sweep's configurations that did not end usable (diverged, failed, or in a group
-    that failed): its groups end normally when members diverge, so Tune's errors undercount."""
-    from genmodels.names import MEMBER_RESULTS_KEY, group_members
-
-    failed = 0
-    for result in results:
-        members = (result.metrics or {}).get(MEMBER_RESULTS_KEY) or {}
-        for member, _ in group_members(result.config or {}, result.metrics):
-            failed += members.get(member, {}).get("status") not in USABLE
-    return failed
-
-
-def unfinished_trials(results, num_samples: int, fused: bool = False,
-                      saved: dict[str, str] | None = None) -> int:
-    """Trials not yet started, or neither terminated nor errored: what a Ctrl-C left for
-    --resume (Tune stops gracefully on Ctrl-C and returns the results so far). In a fused sweep
-    `num_samples` counts configurations, and those not yet started are what no group has had.
-    `saved`: the trials' statuses in the experiment state Tune saved as it stopped (a local
-    sweep's), truer than those of the results Tune returns, where its stop ended them all."""
-    from genmodels.names import group_members
-
-    if saved:
-        statuses = list(saved.values())
-    else:
-        trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
-        statuses = [t.status for t in trials]
-    running = sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
-    started = (sum(len(group_members(r.config or {}, r.metrics)) for r in results) if fused
-               else len(results))
-    return running + max(0, num_samples - started)
 
 
 def run(model: str, argv: list[str] | None = None) -> int:
@@ -262,13 +178,14 @@ def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
         data, scorer_cache = load_inputs(plan, data)
         tracking = open_records(plan)
         stop.check()
-        tuner, study = build_tuner(plan, data, scorer_cache, tracking, resources, at_once, stop)
+        tuner, study, sweep = build_tuner(plan, data, scorer_cache, tracking, resources, at_once,
+                                          stop)
         stop.leaves = f"continue with --resume --name {plan.args.name}"  # Tune saved the Tuner
         results = fit(plan, tuner, tracking, stop)
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
         record_sampled(plan, study, tracking)
-        return report(plan, results, tracking, stop, data, scorer_cache)
+        return report(plan, sweep, results, tracking, stop, data, scorer_cache)
     except Stopped:  # outside Tune's graceful stop: close the records (run() says how to go on)
         if tracking is not None:
             try:
@@ -424,13 +341,17 @@ def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
     return ranked
 
 
-def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
+def report(plan: SweepPlan, sweep, results, tracking, stop: StopSignals, data=None,
            scorer_cache: dict | None = None) -> int:
-    """Close the MLflow records, print the best trials and where everything is; the exit code."""
+    """Close the MLflow records, print the best trials and where everything is; the exit code.
+    `sweep`: the sweep's mode (`sweeps/modes.py`), which reads Tune's results."""
+    from sweeps.modes import FAILED, best_table, unfinished
+
     args = plan.args
-    unfinished = unfinished_trials(results, args.num_samples, fused=args.fuse > 1,
-                                   saved=ray_statuses(Path(plan.experiment)) if plan.local else None)
-    interrupted = stop.received is not None or unfinished > 0
+    # Tune's own record of how each trial stood when it stopped: the results it returns end them all
+    statuses = plan.folder.ray_statuses()
+    left = unfinished(sweep, results, statuses)
+    interrupted = stop.received is not None or left > 0
     orphans = set_aside_orphans(plan.folder, {Path(r.path).name for r in results}, tracking)
     if orphans:
         print(f"set aside {len(orphans)} trial(s) that a killed driver started but never "
@@ -441,10 +362,10 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
     close_sweep(tracking, results, interrupted, args.metric, plan.mode, leaderboard)
     if leaderboard is not None:
         log_test_numbers(tracking, leaderboard)
+    rows = sweep.rows(results, statuses, plan.space)
     print(f"\nbest trials by {args.metric} ({plan.mode}):")
-    table = member_table if args.fuse > 1 else best_table
-    print(table(results, args.metric, plan.mode, plan.space))
-    errors = failed_members(results) if args.fuse > 1 else sum(1 for r in results if r.error)
+    print(best_table(rows, args.metric, plan.mode))
+    errors = sum(row["ended"] == FAILED for row in rows)
     if errors:
         print(f"{errors} trial(s) failed or diverged; see their error.txt in the trial folders")
     print(f"results, checkpoints and per-trial figures: {plan.experiment}")
@@ -452,8 +373,7 @@ def report(plan: SweepPlan, results, tracking, stop: StopSignals, data=None,
           f"(`mlflow ui --backend-store-uri {plan.mlflow_uri}`); the trials ranked: "
           f"{trials_view_link(plan.mlflow_uri, tracking.experiment_id)}")
     if interrupted:
-        print(f"interrupted with {unfinished} trial(s) unfinished: continue with --resume "
+        print(f"interrupted with {left} trial(s) unfinished: continue with --resume "
               f"--name {args.name}", file=sys.stderr)
         return stop.exit_code()
     return EXIT_TRIALS_FAILED if errors else EXIT_OK
-

@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 
 from genmodels.files import write_json
 from genmodels.names import CHECKPOINT_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
+from results.folder import EXPERIMENT_STATE_PREFIX, statuses_in_state
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's checkpoint folders: checkpoint_000000, ...
 # What reading a sweep needs (results, parameters, statuses, Tune's state, options, errors): small
@@ -114,6 +115,16 @@ class SweepFolder:
         # An object store's upload is atomic: the object appears whole, or not at all.
         with self.fs.open_output_stream(self._path(relative)) as stream:
             stream.write(json.dumps(obj, indent=2).encode())
+
+    def ray_statuses(self) -> dict[str, str]:
+        """Trial folder name -> Ray's status, from the newest experiment state Tune saved here."""
+        entries = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        states = sorted(e.base_name for e in entries if e.base_name.startswith(EXPERIMENT_STATE_PREFIX)
+                        and e.base_name.endswith(".json"))
+        if not states:
+            return {}
+        with self.fs.open_input_stream(self._path(states[-1])) as stream:
+            return statuses_in_state(stream.read().decode())
 
     def subfolders(self) -> list[str]:
         """The names of the folders directly in the sweep's folder (trials, groups, ...)."""

@@ -34,8 +34,7 @@ import ray
 from ray.tune.search import Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from genmodels.names import FAILED, FINISHED, MEMBER_RESULTS_KEY, MEMBERS_KEY, RUNNING, STOPPED_EARLY
-from genmodels.names import MEMBER_IDS_KEY as IDS_KEY
+from genmodels.names import FAILED, FINISHED, MEMBER_RESULTS_KEY, RUNNING, STOPPED_EARLY
 from sweeps.sampling import sampled_by_id
 from sweeps.search_space import Range
 
@@ -209,15 +208,14 @@ def start_shared_study(sweep: str, space: dict[str, Range], num_configs: int, me
 
 
 class StudySearch(Searcher):
-    """Tune's searcher: hands each new Tune trial its configuration (`group_size` 1: an unfused
-    sweep) or a fused group its K configurations from the shared study, and passes the trials' reports to
-    it. It pickles only the study actor's name, so a --resume's unpickled searcher talks to the
-    new run's actor."""
+    """Tune's searcher: hands each new Tune trial its configuration, or a fused group its K
+    configurations, from the shared study, and passes the trials' reports to it, as the sweep's
+    mode (`sweeps/modes.py`) says. It pickles only the study actor's name, so a --resume's
+    unpickled searcher talks to the new run's actor."""
 
-    def __init__(self, sweep: str, group_size: int, metric: str, mode: str, study=None):
-        super().__init__(metric=metric, mode=mode)
-        self.actor_name, self.group_size = study_actor_name(sweep), group_size
-        self.fused = group_size > 1  # as the sweep decides it: --fuse K > 1
+    def __init__(self, sweep: str, mode, study=None):
+        super().__init__(metric=mode.args.metric, mode=mode.mode)
+        self.actor_name, self.sweep_mode = study_actor_name(sweep), mode
         # The actor's handle (`start_shared_study`'s): holding it keeps the actor alive, which
         # Ray ends once no handle to it is left. An unpickled searcher looks it up by name, once.
         self._study = study
@@ -235,24 +233,16 @@ class StudySearch(Searcher):
         return True  # the space and the objective are the study's own
 
     def suggest(self, trial_id: str):
-        members = ray.get(self.study.ask.remote(trial_id, self.group_size))
+        members = ray.get(self.study.ask.remote(trial_id, self.sweep_mode.group_size))
         if not members:
             return Searcher.FINISHED
-        if not self.fused:
-            return next(iter(members.values()))
-        return {MEMBERS_KEY: list(members.values()), IDS_KEY: list(members)}
+        return self.sweep_mode.suggestion(members)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.fused:
-            self.study.report.remote(trial_id, member_results(result))
-        else:
-            self.study.report_trial.remote(trial_id, result)
+        self.sweep_mode.tell(self.study, trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if self.fused:
-            ray.get(self.study.finish.remote(trial_id, member_results(result or {})))
-        else:
-            ray.get(self.study.report_trial.remote(trial_id, result or {}, ended=True, error=error))
+        ray.get(self.sweep_mode.tell(self.study, trial_id, result or {}, ended=True, error=error))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

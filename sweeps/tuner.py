@@ -10,27 +10,12 @@ import copy
 from pathlib import Path
 
 from ray import cloudpickle, tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
-from sweeps.console import Progress
+from sweeps.modes import TrialSweep, sweep_mode
 from sweeps.search_space import default_point, startup_trials
 from sweeps.study import StudySearch, start_shared_study
-from trainables.fused_trainable import MemberRungs, train_group
 from trainables.mlflow_trial import SweepRecords
-from trainables.rungs import rung_epochs
-from trainables.trainable import train_trial
-
-ASHA_REDUCTION = 2  # keep the better half at each rung
-
-
-def short_trial_name(trial) -> str:
-    return f"{trial.trainable_name}_{trial.trial_id}"
-
-
-def tune_trials(args) -> int:
-    """Tune trials of a sweep: one per configuration, or one per fused group of --fuse K."""
-    return -(-args.num_samples // args.fuse)
 
 
 def follow_moved_folder(experiment: Path) -> None:
@@ -55,21 +40,22 @@ def follow_moved_folder(experiment: Path) -> None:
 
 
 def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
-                resources: dict, at_once: int, stop=None) -> tuple[tune.Tuner, object]:
+                resources: dict, at_once: int, stop=None) -> tuple[tune.Tuner, object, TrialSweep]:
     """The trainable with the sweep's shared inputs (shipped once through Ray's object store) and
     its resources, in a new Tuner (Optuna's TPE, ASHA or FIFO) or, on --resume, the restored one;
-    and the sweep's study actor (`sweeps/study.py`), which lives as long as its caller holds it.
+    the sweep's study actor (`sweeps/study.py`), which lives as long as its caller holds it; and
+    the sweep's mode (`sweeps/modes.py`), which the closing table reads Tune's results with.
 
     `plan` is the runner's SweepPlan: the options, the search space and the training settings.
     `at_once`: trials (groups) running together. Given to Tune, it also lets Tune create that many
     trials at once: without it, Tune with a searcher creates the next trial only when the last one
-    has its worker, so workers start one after another (about 10 s each on the 2-core CI box; a
+    has its worker, so workers start one after another (about 10 s each on a 2-core CPU; a
     large cluster fills slowly, and short trials never reached a second node).
     `stop` (the runner's StopSignals) tells the status callback an interrupt from an early stop;
     A trial whose worker or node dies is retried from its last checkpoint (`--max-failures`).
     """
     args = plan.args
-    fused = args.fuse > 1
+    sweep = sweep_mode(args, plan.mode)
     inputs = dict(model=plan.model, data=data, train_settings=plan.settings,
                   fixed=plan.fixed_values, scorer_cache=scorer_cache, tracking=tracking)
     # The sweep's Optuna study: the searcher asks it for each new trial's (or group's)
@@ -78,27 +64,10 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
     # without refills: an actor lives as long as a handle to it does.)
     study = start_shared_study(args.name, plan.space, args.num_samples, args.metric, plan.mode,
                                seed=args.seed, first=first_point(plan),
-                               startup=startup_trials(args.num_samples), fused=fused)
-    if fused:
-        # Per-member early stopping: one rung keeper for every member of every group.
-        rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, plan.mode)
-                 if args.scheduler == "asha" else None)
-        # A refill may bring any latent size of the space: every group pads to the largest.
-        width = (int(plan.space["latent_dim"].high) if args.refill and "latent_dim" in plan.space
-                 else None)
-        function = tune.with_parameters(train_group, metric=args.metric, mode=plan.mode,
-                                        rungs=rungs, study=study, refill=args.refill,
-                                        latent_width=width, **inputs)
-    else:
-        # Where ASHA may stop a trial: it draws its end-of-run figures there too.
-        rungs = (rung_epochs(args.grace_period, ASHA_REDUCTION, args.epochs)
-                 if args.scheduler == "asha" else frozenset())
-        function = tune.with_parameters(train_trial, rungs=rungs, **inputs)
-    trainable = tune.with_resources(function, resources)
-    configurations = args.num_samples if args.fuse > 1 else None
-    progress = Progress(tune_trials(args), args.epochs, args.metric, plan.mode,
-                        configurations=configurations)
-    callbacks = [ConsoleCallback(progress),
+                               startup=startup_trials(args.num_samples),
+                               fused=sweep.group_size > 1)
+    trainable = tune.with_resources(sweep.trainable(inputs, study, plan), resources)
+    callbacks = [ConsoleCallback(sweep.progress()),
                  TrialStatusCallback(tracking, args.epochs, stop)]
     failure = tune.FailureConfig(max_failures=args.max_failures)
     if args.resume:
@@ -108,36 +77,27 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
         tuner = tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True, restart_errored=False)
         resume_settings(tuner, callbacks, failure, at_once)
-        return tuner, study
-    if fused:
-        # Tune sees groups; the members' early stopping is MemberRungs' (in the trainable).
-        scheduler = FIFOScheduler()
-    else:
-        scheduler = (ASHAScheduler(max_t=args.epochs, grace_period=args.grace_period,
-                                   reduction_factor=ASHA_REDUCTION)
-                     if args.scheduler == "asha" else FIFOScheduler())
-    search = StudySearch(args.name, args.fuse, args.metric, plan.mode, study=study)
+        return tuner, study, sweep
     tuner = tune.Tuner(
         trainable,
-        param_space={},  # every configuration comes from `search`
+        param_space={},  # every configuration comes from the searcher
         tune_config=tune.TuneConfig(
-            metric=args.metric, mode=plan.mode, num_samples=tune_trials(args),
-            search_alg=search,
+            metric=args.metric, mode=plan.mode, num_samples=sweep.tune_trials,
+            search_alg=StudySearch(args.name, sweep, study=study),
             # A trial that ends hands its worker process to the next one (Tune resets the function
             # trainable's session): no new process, imports or CUDA context per trial.
             # About 10 s per trial on a 2-core CPU (docs/benchmarks.md); every trial still builds
             # its own model, optimizer and RNG from its seed, so results are the same.
             reuse_actors=True,
-            scheduler=scheduler, max_concurrent_trials=at_once,
-            # a group's folder: its trial id (its members' folders are inside, named by id)
-            trial_dirname_creator=short_trial_name if fused else None),
+            scheduler=sweep.scheduler(), max_concurrent_trials=at_once,
+            trial_dirname_creator=sweep.trial_dirname_creator),
         run_config=tune.RunConfig(
             name=args.name, storage_path=plan.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=failure, callbacks=callbacks,
             verbose=0),  # our own lines instead of Tune's tables (sweeps/console.py)
     )
-    return tuner, study
+    return tuner, study, sweep
 
 
 def first_point(plan) -> dict | None:

@@ -165,6 +165,25 @@ def test_gan_trials_rank_by_fcd_lower_first_and_by_inception_score_on_request():
     assert list(by_is["rank"]) == [1, 2, 3, 4, 5]
 
 
+def test_a_trial_stopped_early_outranks_a_longer_one_only_if_it_was_better_when_stopped():
+    """ASHA stopped s1 and s2 at epoch 2; f1 and f2 ran 4 epochs and their FCD rose later (a GAN's
+    scores can worsen). By the last value s1 and s2 would rank first; s1 was worse than f1 at
+    epoch 2 (ASHA stopped it for that), so f1 ranks above it; s2 was better than both then."""
+    trials = pd.DataFrame({
+        "trial_id": ["f1", "f2", "s1", "s2"], "model": "gan",
+        "status": ["finished", "finished", "stopped_early", "stopped_early"],
+        "epochs": [4, 4, 2, 2], "val_fcd": [30.0, 40.0, 25.0, 20.0]})
+    curves = {"f1": [50.0, 22.0, 26.0, 30.0], "f2": [55.0, 45.0, 42.0, 40.0],
+              "s1": [60.0, 25.0], "s2": [50.0, 20.0]}
+    history = pd.DataFrame([{"trial_id": t, "epoch": e, "metric": "val_fcd", "value": v}
+                            for t, values in curves.items() for e, v in enumerate(values, start=1)])
+    ranked = rank_trials(trials, history=history)
+    assert list(ranked["trial_id"]) == ["s2", "f1", "s1", "f2"]
+    assert list(ranked["rank"]) == [1, 2, 3, 4]
+    # without the histories (or by the best value) the last values alone decide
+    assert list(rank_trials(trials)["trial_id"]) == ["s2", "s1", "f1", "f2"]
+
+
 def test_order_is_stable_whatever_the_input_order(ray_folder):
     trials = load_trials(ray_folder)
     for seed in range(3):

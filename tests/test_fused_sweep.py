@@ -85,10 +85,13 @@ def test_the_searcher_reads_each_members_results_from_tunes_flattened_report():
 def test_the_searcher_pickles_the_study_actors_name_and_not_its_handle():
     """A --resume unpickles the searcher in a new Ray run: a handle would name the old actor."""
     import pickle
+    from argparse import Namespace
 
+    from sweeps.modes import sweep_mode
     from sweeps.study import StudySearch
 
-    searcher = StudySearch("vae-sweep", group_size=4, metric="val_elbo", mode="max")
+    mode = sweep_mode(Namespace(fuse=4, metric="val_elbo", scheduler="asha"), "max")
+    searcher = StudySearch("vae-sweep", mode)
     searcher._study = "the old run's actor"
     restored = pickle.loads(pickle.dumps(searcher))
     assert restored._study is None and restored.actor_name == searcher.actor_name

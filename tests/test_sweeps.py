@@ -152,7 +152,7 @@ def test_trials_draw_their_end_of_run_figures_at_tunes_asha_rungs():
     before the last epoch."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from sweeps.tuner import ASHA_REDUCTION
+    from sweeps.modes import ASHA_REDUCTION
     from trainables.rungs import rung_epochs
 
     for grace, epochs in [(1, 1), (1, 2), (1, 8), (1, 10), (3, 3), (2, 100), (10, 100)]:
