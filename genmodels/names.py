@@ -106,11 +106,14 @@ RUNNING = "running"  # a member still training, in MEMBER_RESULTS_KEY (its ends 
 ADDED_MEMBERS_KEY = "added_members"
 
 
-def group_members(config: dict, last_report: dict | None) -> list[tuple[str, dict]]:
+def group_members(config: dict, reports: list[dict]) -> list[tuple[str, dict]]:
     """Every configuration a fused group trained, as (member id, its sampled values): those it
-    started with (its Tune config) and those that later took the slots of members that ended (its
-    reports)."""
-    added = (last_report or {}).get(ADDED_MEMBERS_KEY) or {}
+    started with (its Tune config) and those that later took the slots of members that ended
+    (each report names the refills that joined after its epoch; a group's last report, once it
+    has ended, names them all)."""
+    added: dict[str, dict] = {}
+    for report in reports:
+        added.update((report or {}).get(ADDED_MEMBERS_KEY) or {})
     return [*zip(config.get(MEMBER_IDS_KEY, []), config.get(MEMBERS_KEY, [])), *added.items()]
 
 # ---- environment -------------------------------------------------------------------------------

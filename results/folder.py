@@ -123,11 +123,12 @@ def read_ray_trial(folder: Path, ray_status: str | None, target_epochs: int | No
 def read_fused_group(folder: Path, config: dict, rows: list[dict],
                      ray_status: str | None) -> list[TrialRecord]:
     """A fused group's folder (--fuse K): one record per member, as an unfused trial's. Each
-    report holds every member's latest values under `member_results` (sweeps/study.py)."""
+    report holds the latest values of the members that trained its epoch or ended in it, under
+    `member_results` (sweeps/study.py)."""
     group_id = rows[-1]["trial_id"] if rows and "trial_id" in rows[-1] else folder.name.split("_")[-1]
     records = []
     # the members it started with, and those that refilled the slots of members that ended
-    for member, values in group_members(config, rows[-1] if rows else None):
+    for member, values in group_members(config, rows):
         history = {}
         for row in rows:
             reported = (row.get(MEMBER_RESULTS_KEY) or {}).get(member)

@@ -92,10 +92,6 @@ class TrialSweep:
                          "epochs": metrics.get("training_iteration"), "ended": ended})
         return rows
 
-    def started(self, results) -> int:
-        """Configurations that have started."""
-        return len(results)
-
 
 class FusedSweep(TrialSweep):
     """One Tune trial per fused group of --fuse configurations, each member still a trial of its
@@ -143,20 +139,19 @@ class FusedSweep(TrialSweep):
         return study.report.remote(trial_id, member_results(result))
 
     def rows(self, results, statuses: dict[str, str], space: dict) -> list[dict]:
+        # A group's last report names all its members once it has ended (an interrupted or failed
+        # group's, those of its last epoch: the analysis reads them all from its folder)
         metric, rows = self.args.metric, []
         for result in results:
             config, metrics = result.config or {}, result.metrics or {}
             members, group = metrics.get(MEMBER_RESULTS_KEY) or {}, metrics.get("trial_id")
-            for member, values in group_members(config, metrics):
+            for member, values in group_members(config, [metrics]):
                 final = members.get(member, {})
                 ended = OK if final.get("status") in USABLE else FAILED
                 rows.append({"trial_id": f"{group}-{member}",  # as the analysis and MLflow name it
                              **{k: values.get(k) for k in space}, metric: final.get(metric),
                              "epochs": final.get("epoch"), "ended": ended})
         return rows
-
-    def started(self, results) -> int:
-        return sum(len(group_members(r.config or {}, r.metrics)) for r in results)
 
 
 def _folder_name(result) -> str:
@@ -174,13 +169,14 @@ def best_table(rows: list[dict], metric: str, mode: str) -> str:
     usable = frame[(frame["ended"] == OK) & frame[metric].map(
         lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)))]
     if usable.empty:
-        return "no trial ended with a result"
+        return "no configuration ended with a result"
     usable = usable.drop(columns="ended").sort_values(metric, ascending=mode == "min")
     return usable.head(TABLE_ROWS).to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def unfinished(sweep: TrialSweep, results, statuses: dict[str, str]) -> int:
-    """Configurations a stop left for --resume: trials neither terminated nor errored (as Tune
-    saved them when it stopped), and configurations not yet started."""
+def unfinished(num_samples: int, handed_out: int, statuses: dict[str, str]) -> int:
+    """What a stop left for --resume: trials (groups) neither terminated nor errored, as Tune saved
+    them when it stopped, and the configurations the study has not yet handed out of the sweep's
+    `num_samples`."""
     running = sum(1 for status in statuses.values() if status not in ("TERMINATED", "ERROR"))
-    return running + max(0, sweep.args.num_samples - sweep.started(results))
+    return running + max(0, num_samples - handed_out)

@@ -185,7 +185,7 @@ def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
         if results is None:
             return stop.exit_code()  # a second signal: the sweep continues with --resume
         record_sampled(plan, study, tracking)
-        return report(plan, sweep, results, tracking, stop, data, scorer_cache)
+        return report(plan, sweep, study, results, tracking, stop, data, scorer_cache)
     except Stopped:  # outside Tune's graceful stop: close the records (run() says how to go on)
         if tracking is not None:
             try:
@@ -322,6 +322,13 @@ def record_sampled(plan: SweepPlan, study, tracking) -> None:
         print(f"warning: could not record how the configurations were chosen: {err}", file=sys.stderr)
 
 
+def handed_out(study) -> int:
+    """Configurations the sweep's study has handed out, to trials, groups and refills."""
+    import ray
+
+    return ray.get(study.handed_out.remote())
+
+
 def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
     """The test split, once, for the best --test-top trials by the validation objective
     (sweeps/held_out.py); the ranked table of every configuration, or None when skipped."""
@@ -341,16 +348,17 @@ def test_chosen_trials(plan: SweepPlan, data, scorer_cache: dict | None):
     return ranked
 
 
-def report(plan: SweepPlan, sweep, results, tracking, stop: StopSignals, data=None,
+def report(plan: SweepPlan, sweep, study, results, tracking, stop: StopSignals, data=None,
            scorer_cache: dict | None = None) -> int:
     """Close the MLflow records, print the best trials and where everything is; the exit code.
-    `sweep`: the sweep's mode (`sweeps/modes.py`), which reads Tune's results."""
+    `sweep`: the sweep's mode (`sweeps/modes.py`), which reads Tune's results; `study`: the
+    sweep's study actor, which counts the configurations it handed out."""
     from sweeps.modes import FAILED, best_table, unfinished
 
     args = plan.args
     # Tune's own record of how each trial stood when it stopped: the results it returns end them all
     statuses = plan.folder.ray_statuses()
-    left = unfinished(sweep, results, statuses)
+    left = unfinished(args.num_samples, handed_out(study), statuses)
     interrupted = stop.received is not None or left > 0
     orphans = set_aside_orphans(plan.folder, {Path(r.path).name for r in results}, tracking)
     if orphans:

@@ -94,6 +94,10 @@ class MemberStudy:
         """Configurations not yet handed out."""
         return self.num_configs - self.asked
 
+    def handed_out(self) -> int:
+        """Configurations handed out so far: to trials, groups and refills."""
+        return self.asked
+
     def ask(self, group: str, count: int, epoch: int = 0,
             results: dict[str, dict] | None = None) -> dict[str, dict]:
         """Up to `count` new configurations for `group` after its `epoch` (0: a new group), member

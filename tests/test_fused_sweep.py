@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import mlflow_runs
 
-from analysis import load_trials, rank_trials
+from analysis import load_sweep, load_trials, rank_trials
 from analysis.report import search_notes
 from genmodels.names import GROUP_TAG, MEMBER_RESULTS_KEY, OPTIONS_FILE
 from sweeps.search_space import SPACES, is_default_config
@@ -247,6 +247,15 @@ def test_a_fused_group_refills_the_slots_of_members_that_end(data_dir, tmp_path)
         name = member["tags.mlflow.runName"].split("-")[-1]
         assert (group / name / "samples" / f"epoch_{steps[-1]:03d}.png").exists()
         assert (group / name / "samples_across_epochs.png").exists()
+
+    # result.json grows by one epoch per report: each names the members that trained its epoch
+    # (or ended in it) and the refills that joined after it, each refill once; the last, all.
+    reports = [json.loads(line) for line in (group / "result.json").read_text().splitlines()]
+    added = [m for r in reports[:-1] for m in r["added_members"]]
+    assert len(added) == len(set(added)) == 2
+    assert all(len(r["member_results"]) <= 2 for r in reports[:-1])
+    assert len(reports[-1]["member_results"]) == 4 and len(reports[-1]["added_members"]) == 2
+    assert load_sweep(results=tmp_path / "refilled").history["trial_id"].nunique() == 4
 
     sweep("shrunk", "--no-refill")
     groups = [p for p in (tmp_path / "shrunk").iterdir() if p.name.startswith("train_group")]

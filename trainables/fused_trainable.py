@@ -176,18 +176,25 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
         else:
             trackers[member].finish(how)
 
-    def report(epoch: int, results: dict) -> None:
+    def report(epoch: int, results: dict, members: list[str], added: list[str]) -> None:
+        """The group's epoch to Tune: the latest values of `members` (those that trained it or
+        ended in it) and the refills `added` after it, so that result.json grows by one epoch's
+        worth per report, however many members the group has had. The group's last report, once
+        every member has ended, names them all: what the sweep's closing table reads."""
+        if not training:
+            members, added = list(results), list(group["added"])
         upload()  # on cloud storage: the members' new figures, statuses and models
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             torch.save(group, Path(folder) / GROUP_FILE)
             tune.report({metric: best_value(results, metric, mode), "members_training": len(training),
-                         RESULTS_KEY: results, ADDED_MEMBERS_KEY: group["added"]},
+                         RESULTS_KEY: {m: results[m] for m in members if m in results},
+                         ADDED_MEMBERS_KEY: {m: group["added"][m] for m in added}},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    def refill_slots(epoch: int, keep: list[int]) -> None:
+    def refill_slots(epoch: int, keep: list[int]) -> list[str]:
         """The members `keep` (indices) train on; the freed slots take fresh configurations from
-        the study, as many as it has left. They join after this epoch."""
+        the study, as many as it has left. They join after this epoch; returns their ids."""
         new = ray.get(study.ask.remote(group_id, size - len(keep), epoch, group["results"])) \
             if refill and len(keep) < size else {}
         if new:
@@ -207,9 +214,11 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             group["grids"][member], group["epochs"][member] = [], []
             track(member)
         trainer.train_cfg.epochs = group_epochs()
+        return list(new)
 
     def on_epoch(report_: EpochReport) -> None:
         epoch, results = report_.epoch, group["results"]  # every member's latest, ended ones too
+        trained = list(training)
         member_status = trainer.task.status.as_list()
         for k, member in enumerate(training):
             own_epoch = epoch - joined.get(member, 0)  # the member's own epochs, from 1
@@ -237,8 +246,8 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             results[member] = {**values, "status": status[member]}
         # Members that ended leave the group: from the next epoch on they cost nothing, and fresh
         # configurations take their slots while the sweep has any left.
-        refill_slots(epoch, [k for k, member in enumerate(training) if status[member] == RUNNING])
-        report(epoch, results)
+        added = refill_slots(epoch, [k for k, member in enumerate(training) if status[member] == RUNNING])
+        report(epoch, results, trained, added)
         if not training:
             raise GroupEnded
 
@@ -253,7 +262,7 @@ def train_group(config: dict, *, model: str, data: ImageData, train_settings: di
             end(member, DIVERGED, own_epoch, str(err))
             results[member] = {"epoch": own_epoch, "status": DIVERGED}
         training.clear()
-        report(err.epoch, results)
+        report(err.epoch, results, list(results), [])
     except BaseException as err:
         if not isinstance(err, SystemExit):  # SystemExit: Tune ends the function (normal)
             for member in training:
