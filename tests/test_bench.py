@@ -64,6 +64,7 @@ def run_fused_benchmark(out: Path, data_dir: Path, *args: str) -> subprocess.Com
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # runs the benchmark's script: seconds
 def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(tmp_path, data_dir):
     out = tmp_path / "rows.json"
     done = run_fused_benchmark(out, data_dir, "--members", "2", "--precisions", "fp32,tf32",
@@ -75,6 +76,7 @@ def test_the_fused_benchmark_compares_each_precision_with_its_own_unfused_trial(
     assert "x one tf32 trial" in done.stdout and "x one fp32 trial" not in done.stdout
 
 
+@pytest.mark.slow  # runs the benchmark's script: seconds
 def test_repeated_rows_keep_every_repeat_and_their_median(tmp_path, data_dir):
     """On a shared machine one timing of a row moves by 10-25%: --repeats times every row again,
     in turns, and keeps each row's median (the JSON keeps every repeat)."""
@@ -90,6 +92,7 @@ def test_repeated_rows_keep_every_repeat_and_their_median(tmp_path, data_dir):
     assert done.stdout.count("[2/2] vae") == 2 and "medians over the repeats" in done.stdout
 
 
+@pytest.mark.slow  # runs the benchmark's script: seconds
 def test_a_failing_fused_row_is_reported_and_the_others_still_run(tmp_path, data_dir):
     """On a GPU a row that fails (here: a group of no members) must not cost the rest of the
     run: its row says why, the other rows are measured, and the exit code says one failed."""

@@ -215,6 +215,7 @@ def test_a_diverged_trial_on_s3_is_not_trained_again_by_resume(s3, data_dir, tmp
     assert folder.read_json(f"{trial}/{STATUS_FILE}")["status"] == "diverged"
 
 
+@pytest.mark.slow  # a sweep script per fault, each waiting for its answer
 @pytest.mark.parametrize("fault", ["nothing listens", "wrong secret", "a query"])
 def test_storage_it_cannot_read_is_a_clear_error_before_anything_starts(fault, s3, data_dir,
                                                                         tmp_path, monkeypatch):
@@ -239,6 +240,7 @@ def test_storage_it_cannot_read_is_a_clear_error_before_anything_starts(fault, s
 NO_SUCH_BUCKET = "gs://gensweep-no-such-bucket/sweeps"  # here: no GCP credentials, no internet
 
 
+@pytest.mark.slow  # waits out the bound
 def test_cloud_storage_that_never_answers_is_a_clear_error_in_bounded_time(data_dir, tmp_path,
                                                                            monkeypatch):
     """gs:// without credentials: Google's client retries for 15 minutes before it fails (on this
