@@ -38,7 +38,7 @@ from genmodels.files import read_status
 from genmodels.loop import TrainConfig, Trainer, TrainingDiverged
 from genmodels.vae import VAEConfig
 from sweeps.runner import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_TRIALS_FAILED
-from trainables.trainable import CheckpointError, resume_from
+from trainables.lifecycle import CheckpointError, resume_from
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT_ENV = "GENSWEEP_FAULT_REPORT"  # bench/faults.py: a folder for one JSON line per scenario
