@@ -22,6 +22,7 @@ from genmodels.fused.layers import (
     MemberConvTranspose2d,
     MemberDropout,
     MemberLinear,
+    PaddedLatents,
     member_state,
     prefixed,
     stacked,
@@ -31,16 +32,15 @@ from genmodels.fused.layers import (
 from genmodels.gan import LEAKY_SLOPE, Discriminator, Generator
 
 
-class FusedGenerator(nn.Module):
+class FusedGenerator(PaddedLatents, nn.Module):
     """Table 4 for K members: h [K, N, L] -> images [K, N, 1, 28, 28] in [-1, 1]."""
 
     def __init__(self, members: list[Generator], latent_width: int | None = None):
         super().__init__()
-        self.num_members = len(members)
-        self.latent_dims = [g.latent_dim for g in members]
-        self.latent_dim = latent_width or max(self.latent_dims)  # L, the padded size
-        mask = torch.arange(self.latent_dim) < torch.tensor(self.latent_dims).unsqueeze(1)
-        self.register_buffer("latent_mask", mask)  # [K, L]
+        latent_dims = [g.latent_dim for g in members]
+        self.latent_dim = latent_width or max(latent_dims)  # L, the padded size
+        mask = torch.arange(self.latent_dim) < torch.tensor(latent_dims).unsqueeze(1)
+        self.register_buffer("latent_mask", mask)  # [K, L]: True on a member's own coordinates
         self.project = MemberLinear.from_linears([g.project[0] for g in members],
                                                  in_features=self.latent_dim)
         self.project_norm = MemberBatchNorm([g.project[1] for g in members])
@@ -92,7 +92,6 @@ class FusedDiscriminator(nn.Module):
 
     def __init__(self, members: list[Discriminator], dropouts: list[float]):
         super().__init__()
-        self.num_members = len(members)
         p = torch.tensor(dropouts, dtype=torch.float32)
         feats = [d.features for d in members]
         # features: (conv, [bn], leaky, dropout) blocks; conv at 0, 3, 7, 11 and bn at 4, 8, 12
@@ -100,6 +99,10 @@ class FusedDiscriminator(nn.Module):
         self.norms = nn.ModuleList(MemberBatchNorm([f[i] for f in feats]) for i in (4, 8, 12))
         self.drops = nn.ModuleList(MemberDropout(p, channels=c) for c in (64, 128, 256, 512))
         self.classifier = MemberLinear.from_linears([d.classifier for d in members])
+
+    @property
+    def num_members(self) -> int:
+        return len(self.classifier.weight)
 
     def member(self, k: int) -> Discriminator:
         """Member k as a standalone `Discriminator`."""

@@ -42,6 +42,22 @@ def stacked(tensors: list[torch.Tensor], shape: tuple[int, ...] | None = None) -
     return out
 
 
+class PaddedLatents:
+    """What a group's module with latents padded to L reads from its `latent_mask` [K, L] buffer
+    (True on each member's own coordinates), so that keeping or adding members changes its
+    tensors alone (`genmodels.fused.tasks.regroup`)."""
+
+    latent_mask: torch.Tensor
+
+    @property
+    def num_members(self) -> int:
+        return len(self.latent_mask)
+
+    @property
+    def latent_dims(self) -> list[int]:
+        return self.latent_mask.sum(dim=1).tolist()
+
+
 class MemberLinear(nn.Module):
     """K linear layers: weight [K, out, in], bias [K, out]. [K, N, in] or shared [N, in] -> [K, N, out]."""
 
@@ -237,8 +253,13 @@ class MemberDropout(nn.Module):
         super().__init__()
         self.register_buffer("p", p.clone())
         self.channels = channels
-        self.any_dropout = bool((p > 0).any())
+        self.members_changed()
         self.recorded: list[torch.Tensor] | None = None
+
+    def members_changed(self) -> None:
+        """Whether any member drops at all, read once per member set (`regroup`), not per call:
+        reading it from the device every forward would wait for the device."""
+        self.any_dropout = bool((self.p > 0).any())
 
     def stacked_p(self, dims: int) -> torch.Tensor:
         """p broadcast against an activation with `dims` dimensions in this layer's layout."""

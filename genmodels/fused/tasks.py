@@ -33,7 +33,7 @@ from genmodels.fused.gan import (
     fused_discriminator_loss,
     fused_generator_loss,
 )
-from genmodels.fused.layers import MemberDropout, stacked
+from genmodels.fused.layers import stacked
 from genmodels.fused.optim import StackedAdam
 from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
 from genmodels.gan import Discriminator, GANConfig, Generator, to_unit_range
@@ -145,45 +145,34 @@ class MemberStatus(nn.Module):
                 for a, s in zip(self.active.tolist(), self.diverged_step.tolist())]
 
 
+def regroup(module: nn.Module, change) -> None:
+    """Replace every stacked parameter and buffer of `module` (member dimension first) by
+    `change(name, tensor)`: an index keeps some members, a concatenation appends new ones. 0-dim
+    buffers (step counters) are the group's and stay. Submodules that derive something from their
+    tensors (`members_changed`) are told."""
+    for prefix, sub in module.named_modules():
+        for name, param in sub.named_parameters(recurse=False):
+            new = change(f"{prefix}.{name}".lstrip("."), param.detach())
+            setattr(sub, name, nn.Parameter(new, param.requires_grad))
+        for name, buffer in sub.named_buffers(recurse=False):
+            if buffer.dim() > 0:
+                setattr(sub, name, change(f"{prefix}.{name}".lstrip("."), buffer))
+        if hasattr(sub, "members_changed"):
+            sub.members_changed()
+
+
 def keep_module_members(module: nn.Module, index: torch.Tensor) -> None:
-    """Keep the members `index` of every stacked parameter and buffer in `module` (they all have
-    the member dimension first; 0-dim buffers such as step counters are shared and stay)."""
-    for sub in module.modules():
-        for name, param in list(sub._parameters.items()):
-            if param is not None:
-                sub._parameters[name] = nn.Parameter(param.detach()[index], param.requires_grad)
-        for name, buffer in list(sub._buffers.items()):
-            if buffer is not None and buffer.dim() > 0:
-                sub._buffers[name] = buffer[index]
-        if hasattr(sub, "num_members"):
-            sub.num_members = len(index)
-        if hasattr(sub, "latent_dims"):
-            sub.latent_dims = [sub.latent_dims[k] for k in index.tolist()]
-        if isinstance(sub, MemberDropout):
-            sub.any_dropout = bool((sub.p > 0).any())
+    """Keep the members `index` of every stacked tensor in `module`."""
+    regroup(module, lambda name, tensor: tensor[index])
 
 
 def add_module_members(module: nn.Module, new: nn.Module) -> None:
     """Append the members of `new` (a module of the same class and shapes, built for the new
-    members alone) to every stacked parameter and buffer in `module`, after its own (0-dim
-    buffers such as step counters are the group's and stay)."""
-    for sub, new_sub in zip(module.modules(), new.modules(), strict=True):
-        if type(sub) is not type(new_sub):
-            raise ValueError(f"cannot add the members of a {type(new_sub).__name__} to a "
-                             f"{type(sub).__name__}")
-        for name, param in list(sub._parameters.items()):
-            if param is not None:
-                grown = torch.cat([param.detach(), new_sub._parameters[name].detach().to(param)])
-                sub._parameters[name] = nn.Parameter(grown, param.requires_grad)
-        for name, buffer in list(sub._buffers.items()):
-            if buffer is not None and buffer.dim() > 0:
-                sub._buffers[name] = torch.cat([buffer, new_sub._buffers[name].to(buffer)])
-        if hasattr(sub, "num_members"):
-            sub.num_members += new_sub.num_members
-        if hasattr(sub, "latent_dims"):
-            sub.latent_dims = [*sub.latent_dims, *new_sub.latent_dims]
-        if isinstance(sub, MemberDropout):
-            sub.any_dropout = bool((sub.p > 0).any())
+    members alone) to every stacked tensor in `module`, after its own."""
+    if [type(m) for m in module.modules()] != [type(m) for m in new.modules()]:
+        raise ValueError(f"cannot add the members of a {type(new).__name__} to a {type(module).__name__}")
+    added = {**dict(new.named_parameters()), **dict(new.named_buffers())}
+    regroup(module, lambda name, tensor: torch.cat([tensor, added[name].detach().to(tensor)]))
 
 
 class _GroupMembers:

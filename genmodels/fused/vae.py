@@ -19,17 +19,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.device import at_least_fp32
-from genmodels.fused.layers import MemberDropout, MemberLinear, member_state, prefixed, stacked
+from genmodels.fused.layers import (
+    MemberDropout,
+    MemberLinear,
+    PaddedLatents,
+    member_state,
+    prefixed,
+    stacked,
+)
 from genmodels.vae import VAE
 
 
-class FusedVAE(nn.Module):
+class FusedVAE(PaddedLatents, nn.Module):
     def __init__(self, members: list[VAE], dropouts: list[float], latent_width: int | None = None):
         super().__init__()
-        self.num_members = len(members)
-        self.latent_dims = [m.latent_dim for m in members]
-        self.latent_dim = latent_width or max(self.latent_dims)  # L, the padded size
-        active = torch.arange(self.latent_dim) < torch.tensor(self.latent_dims).unsqueeze(1)
+        latent_dims = [m.latent_dim for m in members]
+        self.latent_dim = latent_width or max(latent_dims)  # L, the padded size
+        active = torch.arange(self.latent_dim) < torch.tensor(latent_dims).unsqueeze(1)
         self.register_buffer("latent_mask", active)  # [K, L]: True on a member's own coordinates
         p = torch.tensor(dropouts, dtype=torch.float32)
 
