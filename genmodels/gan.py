@@ -146,15 +146,21 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return (images.float() + 1) / 2
 
 
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean binary cross-entropy of logits [N] against `target` (1: real, 0: fake), in fp32 at
+    least; per member [K] for a fused group's logits [K, N]."""
+    logits = at_least_fp32(logits)
+    labels = torch.full_like(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=-1)
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Eq. (2), D's side: maximize log D(x) + log(1 - D(G(h))), i.e. minimize the BCE of
     'real' on x and 'fake' on G(h) (Goodfellow et al. 2014, eq. 1)."""
-    real = F.binary_cross_entropy_with_logits(at_least_fp32(real_logits), torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(at_least_fp32(fake_logits), torch.zeros_like(fake_logits))
-    return real + fake
+    return bce(real_logits, 1.0) + bce(fake_logits, 0.0)
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Eq. (2), G's side, non-saturating: maximize log D(G(h)) rather than minimize
     log(1 - D(G(h))), which gives G strong gradients early on (Goodfellow et al. 2014, sec. 3)."""
-    return F.binary_cross_entropy_with_logits(at_least_fp32(fake_logits), torch.ones_like(fake_logits))
+    return bce(fake_logits, 1.0)

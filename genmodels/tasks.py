@@ -73,15 +73,16 @@ def vae_test_targets(data: ImageData, binarize: bool, device: torch.device) -> t
 
 @torch.no_grad()
 def elbo_means(model: VAE, targets: torch.Tensor, autocast: Autocast) -> dict[str, float]:
-    """Mean ELBO, reconstruction and KL terms over `targets` (nats per image), dropout off."""
+    """Mean ELBO, reconstruction and KL terms over `targets` (nats per image), dropout off:
+    floats, or lists of K for a fused group."""
     model.eval()
     totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
     for x in targets.split(EVAL_BATCH):
         with autocast():
             terms = elbo_terms(model, x)
-        for key in totals:
-            totals[key] += terms[key].sum().item()
-    return {key: value / len(targets) for key, value in totals.items()}
+        for key in totals:  # one read from the device at the end, not one per batch
+            totals[key] = totals[key] + terms[key].sum(dim=-1).double()
+    return {key: (value / len(targets)).tolist() for key, value in totals.items()}
 
 
 @torch.no_grad()
@@ -128,6 +129,25 @@ def gan_test_metrics(generate: Callable[[torch.Tensor], torch.Tensor], latent_di
     return {f"test_{k}": v for k, v in scorer.score(images, value_range=(0.0, 1.0)).items()}
 
 
+class Task:
+    """What every task shares, the fused groups' too (`genmodels.fused.tasks` overrides `descend`
+    and `reported` to step and report each member on its own)."""
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.update(to_unit_interval(batch))
+
+    def descend(self, optimizer, loss: torch.Tensor, inputs: list | None = None) -> None:
+        """One step of `optimizer` down the gradient of `loss` (with respect to `inputs` alone,
+        when given)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=inputs)
+        optimizer.step()
+
+    def reported(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A step's metrics as the loop gets them."""
+        return metrics
+
+
 class VAEFigures:
     """The figures' images of a task with a `model` that encodes and samples (a VAE, or a fused
     group of them: its images then carry a leading member dimension), `fixed_z` and
@@ -147,7 +167,7 @@ class VAEFigures:
         return real, self.model.sample(mu).float()
 
 
-class VAETask(VAEFigures):
+class VAETask(Task, VAEFigures):
     name = "vae"
     sampler = "model"  # the module that draws samples: what a trained model is, after training
 
@@ -158,6 +178,7 @@ class VAETask(VAEFigures):
     def __init__(self, cfg: VAEConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast: Autocast, scorer=None):
         self.cfg, self.data, self.device, self.autocast = cfg, data, device, autocast
+        self.binarize = cfg.binarize
         self.model = self.build_sampler(cfg).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.modules = {"model": self.model}
@@ -169,24 +190,22 @@ class VAETask(VAEFigures):
         self.val_targets = vae_targets(data.val_images, cfg.binarize, device)
         self.train_cfg = train_cfg
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.update(to_unit_interval(batch))
+    def binarized(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x)  # dynamic binarization: a fresh draw every time
 
     def _loss(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-        if self.cfg.binarize:
-            x = torch.bernoulli(x)  # dynamic binarization: a fresh draw every time
-        with self.autocast():
-            return -elbo_terms(self.model, x, eps)["elbo"].mean()  # negative ELBO, nats per image
+        if self.binarize:
+            x = self.binarized(x)
+        with self.autocast():  # the negative ELBO, nats per image
+            return -elbo_terms(self.model, x, eps)["elbo"].mean(dim=-1)
 
     def update(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on float images [N, 1, 28, 28] in [0, 1] (`eps`: the
         reparameterization noise, drawn unless given, e.g. to replay a fused member's)."""
         self.model.train()
         loss = self._train_loss(x, eps)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"train_loss": loss.detach()}
+        self.descend(self.optimizer, loss)
+        return self.reported({"train_loss": loss.detach()})
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
         """val_elbo, val_recon and val_kl: per-image means over the validation split, dropout off."""
@@ -201,7 +220,7 @@ class VAETask(VAEFigures):
 
 
 
-class GANTask:
+class GANTask(Task):
     name = "gan"
     sampler = "generator"
 
@@ -247,15 +266,15 @@ class GANTask:
         with self.autocast():
             return generator_loss(self.discriminator(fake))
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.update(to_unit_interval(batch))
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.latent_dim, device=self.device)
 
     def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One D step and one G step on float images [N, 1, 28, 28] in [0, 1]; the noise `h` is
         drawn here unless given (e.g. to replay a fused member's noise)."""
         real = (x * 2 - 1).contiguous(memory_format=self.memory_format)  # [-1, 1]: G's tanh range
         if h is None:
-            h = torch.randn(len(real), self.cfg.latent_dim, device=self.device)
+            h = self.noise(len(real))
         self.generator.train()
         self.discriminator.train()
 
@@ -263,25 +282,21 @@ class GANTask:
         with self.autocast():
             fake = self._generate(h)
         loss_d, real_logits, fake_logits = self._d_loss(real, fake.detach())
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.descend(self.opt_d, loss_d)
 
-        # (2) update G: maximize log D(G(h)) against the freshly updated D
+        # (2) update G: maximize log D(G(h)) against the freshly updated D. Only G's gradients:
+        # D's weight gradients on the way would be thrown away (the next D step clears them
+        # first); `inputs` makes autograd skip them, a sixth of a G step's time on the CPU.
         loss_g = self._g_loss(fake)
-        self.opt_g.zero_grad(set_to_none=True)
-        # Only G's gradients: D's weight gradients on the way would be thrown away (the next D
-        # step clears them first); `inputs` makes autograd skip them, a sixth of a G step's time
-        # on the CPU (bench/gan_g_step.py).
-        loss_g.backward(inputs=list(self.generator.parameters()))
-        self.opt_g.step()
+        self.descend(self.opt_g, loss_g, inputs=list(self.generator.parameters()))
 
-        return {
+        return self.reported({
             "loss_d": loss_d.detach(),
             "loss_g": loss_g.detach(),
-            "d_real": torch.sigmoid(real_logits.float()).mean(),  # D(x)
-            "d_fake": torch.sigmoid(fake_logits.float()).mean(),  # D(G(h)) before (1)
-        }
+            "d_real": torch.sigmoid(real_logits.float()).mean(dim=-1),  # D(x)
+            "d_fake": torch.sigmoid(fake_logits.float()).mean(dim=-1),  # D(G(h)) before (1)
+        })
+
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, float]:
         """Classifier-based scores of `eval_samples` images from fixed noise against the
@@ -311,7 +326,7 @@ class GANTask:
 
     def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         real = to_unit_interval(self.data.test_images[:NUM_COMPARISON])
-        return real, self.generate(self.fixed_h[:NUM_COMPARISON])
+        return real, self.generate(self.fixed_h[..., :NUM_COMPARISON, :])  # [K, ...] for a group
 
 
 # model name -> (its config class, its task class)

@@ -102,13 +102,15 @@ class VAE(nn.Module):
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, I)) per example, analytically (Kingma & Welling, appendix B):
     -1/2 * sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2)."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
-def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x | z) per example, summed over pixels, from logits (stable for saturated pixels)."""
-    nll = F.binary_cross_entropy_with_logits(at_least_fp32(logits), x, reduction="none")
-    return -nll.flatten(1).sum(dim=1)
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+    """log p(x | z) per example, summed over pixels (every dimension after the first
+    `batch_dims`), from logits (stable for saturated pixels). Targets x are broadcast: a fused
+    group's logits [K, N, 1, 28, 28] (`batch_dims` 2) take the images [N, 1, 28, 28] all see."""
+    nll = F.binary_cross_entropy_with_logits(at_least_fp32(logits), x.expand_as(logits), reduction="none")
+    return -nll.flatten(batch_dims).sum(dim=-1)
 
 
 def elbo_terms(model: VAE, x: torch.Tensor,
@@ -117,10 +119,11 @@ def elbo_terms(model: VAE, x: torch.Tensor,
 
         ELBO = -KL(q(z|x) || p(z)) + log p(x | z),   z = mu + sigma * eps.
 
-    Returns tensors of shape [N] in nats: `elbo`, `recon` (the log-likelihood) and `kl`.
+    Returns tensors of shape [N] in nats: `elbo`, `recon` (the log-likelihood) and `kl`; [K, N]
+    for a fused group of K (`genmodels.fused.vae.FusedVAE`).
     """
     logits, mu, logvar = model(x, eps)
-    recon = bernoulli_log_likelihood(logits, x)
+    recon = bernoulli_log_likelihood(logits, x, batch_dims=mu.dim() - 1)
     kl = gaussian_kl(at_least_fp32(mu), at_least_fp32(logvar))
     return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
@@ -140,6 +143,6 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
     log_q = normal(mu, std).log_prob(z).sum(-1)
     log_prior = normal(torch.zeros_like(z), torch.ones_like(z)).log_prob(z).sum(-1)
     logits = model.decode(z.flatten(0, 1).to(x.dtype)).view(k, len(x), -1)
-    log_lik = bernoulli_log_likelihood(logits.flatten(0, 1), x.flatten(1).repeat(k, 1)).view(k, -1)
+    log_lik = bernoulli_log_likelihood(logits, x.flatten(1), batch_dims=2)
     log_w = log_lik + log_prior - log_q
     return torch.logsumexp(log_w, dim=0) - math.log(k)

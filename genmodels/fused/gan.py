@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.device import at_least_fp32
 from genmodels.fused.layers import (
     MemberBatchNorm,
     MemberConv2d,
@@ -125,19 +124,3 @@ class FusedDiscriminator(nn.Module):
             x = self.drops[i](F.leaky_relu(x, LEAKY_SLOPE))
         features = x.flatten(1).view(len(x), k, -1).transpose(0, 1)  # [K, N, 512*2*2]
         return self.classifier(features).squeeze(2)
-
-
-def member_bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """Mean binary cross-entropy per member, [K], from logits [K, N]."""
-    labels = torch.full_like(at_least_fp32(logits), target)
-    return F.binary_cross_entropy_with_logits(at_least_fp32(logits), labels, reduction="none").mean(dim=1)
-
-
-def fused_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. (2), D's side, per member [K] (see `genmodels.gan.discriminator_loss`)."""
-    return member_bce(real_logits, 1.0) + member_bce(fake_logits, 0.0)
-
-
-def fused_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. (2), G's side, non-saturating, per member [K] (see `genmodels.gan.generator_loss`)."""
-    return member_bce(fake_logits, 1.0)

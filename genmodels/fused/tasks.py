@@ -4,9 +4,11 @@
     trainer = Trainer.create("fused-vae", cfg, TrainConfig(epochs=3), data)
     history = trainer.fit()   # each metric is a list with one value per member
 
-A fused task has the interface of `genmodels.tasks` (train_step, evaluate, sample_images,
-comparison_images, modules, optimizers), with one difference: every metric is a [K] tensor or a
-list of K floats, one per member, and images carry a leading member dimension.
+A fused task is its model's plain task (`genmodels.tasks`: the same step, validation and figures,
+written once) over fused modules (`genmodels.fused.vae`, `genmodels.fused.gan`) whose tensors carry
+a leading member dimension: every metric is a [K] tensor or a list of K floats, one per member,
+and images are [K, N, ...]. What a group adds is below: its members' own optimizer coefficients
+(`StackedAdam`), their own ends, and changing members between steps.
 
 Divergence is per member and never syncs with the device: a member whose loss is NaN or infinite
 is marked inactive in the `active` buffer on the spot; from then on its updates are masked out of
@@ -27,22 +29,15 @@ import torch
 from torch import nn
 
 from genmodels.data import ImageData, to_unit_interval
-from genmodels.fused.gan import (
-    FusedDiscriminator,
-    FusedGenerator,
-    fused_discriminator_loss,
-    fused_generator_loss,
-)
+from genmodels.fused.gan import FusedDiscriminator, FusedGenerator
 from genmodels.fused.layers import stacked
 from genmodels.fused.optim import StackedAdam
-from genmodels.fused.vae import FusedVAE, fused_elbo_terms, fused_iwae_bound
-from genmodels.gan import Discriminator, GANConfig, Generator, to_unit_range
+from genmodels.fused.vae import FusedVAE
+from genmodels.gan import Discriminator, GANConfig, Generator
 from genmodels.tasks import (
-    EVAL_BATCH,
-    IWAE_BATCH_SAMPLES,
-    NUM_COMPARISON,
     NUM_FIXED_SAMPLES,
-    VAEFigures,
+    GANTask,
+    VAETask,
     fixed_noise,
     generated_images,
     vae_targets,
@@ -175,7 +170,7 @@ def add_module_members(module: nn.Module, new: nn.Module) -> None:
     regroup(module, lambda name, tensor: torch.cat([tensor, added[name].detach().to(tensor)]))
 
 
-class _GroupMembers:
+class GroupMembers:
     """Changing a group's members between steps: members that ended (stopped early, diverged)
     leave and stop costing compute; fresh ones take their slots.
 
@@ -184,6 +179,28 @@ class _GroupMembers:
     FIXED_NOISE (the attribute holding every member's fixed noise [K, NUM_FIXED_SAMPLES, L])."""
 
     FIXED_NOISE: str
+
+    def update(self, x: torch.Tensor, *noise) -> dict[str, torch.Tensor]:
+        """The plain task's step for every active member (the group's step count first: a member
+        that diverges in it records it)."""
+        self.status.steps += 1
+        return super().update(x, *noise)
+
+    def descend(self, optimizer: StackedAdam, loss: torch.Tensor, inputs: list | None = None) -> None:
+        """Every active member's step down its own loss (`loss` [K]). A member whose loss is not
+        finite is marked inactive on the spot (no device sync), out of the sum and of the step.
+        The sum of the members' means: each member's gradient is its standalone gradient."""
+        active = self.status.mark(loss.detach())
+        optimizer.zero_grad()
+        torch.where(active, loss, 0.0).sum().backward(inputs=inputs)
+        optimizer.step(active)
+
+    def reported(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.status.report(metrics)
+
+    def test(self) -> dict:
+        raise NotImplementedError("a fused group's members are measured on the test split one by "
+                                  "one, as the models they export (sweeps/held_out.py)")
 
     @property
     def latent_width(self) -> int:
@@ -280,7 +297,9 @@ class _GroupMembers:
         return new
 
 
-class FusedVAETask(_GroupMembers, VAEFigures):
+class FusedVAETask(GroupMembers, VAETask):
+    """VAETask's step, validation and figures, for every member at once."""
+
     name = "fused-vae"
     FIXED_NOISE = "fixed_z"
 
@@ -293,6 +312,7 @@ class FusedVAETask(_GroupMembers, VAEFigures):
         self.model, self.status = self.modules["model"], self.modules["members"]
         self.build_optimizers(cfg.members)
         self.fixed_z = self.padded_fixed_noise(cfg.members, train_cfg.seed)
+        self._train_loss = self._loss  # eager (on a GPU the whole step is one CUDA graph)
         # As the standalone task's: the same images, the same fixed binarization.
         self.test_targets = vae_test_targets(data, self.binarize, device)
         self.val_targets = vae_targets(data.val_images, self.binarize, device)
@@ -312,56 +332,18 @@ class FusedVAETask(_GroupMembers, VAEFigures):
     def optimized(self):
         return [("optimizer", self.model)]
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.update(to_unit_interval(batch))
-
-    def update(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One step of every active member on the shared images x [N, 1, 28, 28]."""
-        self.status.steps += 1
-        if self.binarize:  # each member draws its own binarization, as its standalone run would
-            x = torch.bernoulli(x.expand(self.num_members, *x.shape))
-        self.model.train()
-        with self.autocast():
-            loss = -fused_elbo_terms(self.model, x, eps)["elbo"].mean(dim=1)  # [K]
-        active = self.status.mark(loss.detach())
-        # Sum of member means: each member's gradient is its standalone gradient.
-        total = torch.where(active, loss, 0.0).sum()
-        self.optimizer.zero_grad()
-        total.backward()
-        self.optimizer.step(active)
-        return self.status.report({"train_loss": loss.detach()})
-
-    @torch.no_grad()
-    def evaluate(self, epoch: int, last: bool) -> dict[str, list[float]]:
-        """Every member's val_elbo and its terms, in one pass over the validation split (the
-        standalone task's numbers; the test split is the driver's, after the sweep)."""
-        if not len(self.val_targets):
-            return {}
-        self.model.eval()
-        totals = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-        for x in self.val_targets.split(EVAL_BATCH):
-            with self.autocast():
-                terms = fused_elbo_terms(self.model, x)
-            for key in totals:
-                totals[key] = totals[key] + terms[key].sum(dim=1)
-        n = len(self.val_targets)
-        return {f"val_{key}": (value / n).tolist() for key, value in totals.items()}
-
-    @torch.no_grad()
-    def iwae(self, k: int, targets: torch.Tensor) -> list[float]:
-        """Every member's mean IWAE bound over `targets`, K importance samples each."""
-        self.model.eval()
-        total = 0.0
-        per_pass = max(1, IWAE_BATCH_SAMPLES // (k * self.num_members))
-        for x in targets.split(per_pass):
-            with self.autocast():
-                total = total + fused_iwae_bound(self.model, x, k).sum(dim=1)
-        return (total / len(targets)).tolist()
+    def binarized(self, x: torch.Tensor) -> torch.Tensor:
+        # Each member draws its own binarization of the shared images, as its standalone run would.
+        return torch.bernoulli(x.expand(self.num_members, *x.shape))
 
 
-class FusedGANTask(_GroupMembers):
+class FusedGANTask(GroupMembers, GANTask):
+    """GANTask's step and figures for every member at once; the real batch is shared, each member
+    draws its own noise."""
+
     name = "fused-gan"
     FIXED_NOISE = "fixed_h"
+    memory_format = torch.contiguous_format  # on CUDA the member convolutions go channels-last
 
     def __init__(self, cfg: FusedConfig, data: ImageData, device: torch.device, train_cfg,
                  autocast, scorer=None):
@@ -376,6 +358,9 @@ class FusedGANTask(_GroupMembers):
         self.status = self.modules["members"]
         self.build_optimizers(cfg.members)
         self.fixed_h = self.padded_fixed_noise(cfg.members, train_cfg.seed)
+        # Eager (on a GPU the whole step is one CUDA graph).
+        self._generate, self._d_loss, self._g_loss = (self.generator, self._discriminator_loss,
+                                                      self._generator_loss)
 
     def build_modules(self, members: list[GANConfig], seed: int,
                       latent_width: int | None) -> dict[str, nn.Module]:
@@ -396,45 +381,8 @@ class FusedGANTask(_GroupMembers):
     def optimized(self):
         return [("opt_g", self.generator), ("opt_d", self.discriminator)]
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.update(to_unit_interval(batch))
-
-    def update(self, x: torch.Tensor, h: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One D step and one G step of every active member; the real batch is shared, each member
-        draws its own noise (h [K, N, L], drawn here unless given)."""
-        self.status.steps += 1
-        real = x * 2 - 1
-        if h is None:
-            h = torch.randn(self.num_members, len(real), self.generator.latent_dim, device=self.device)
-        self.generator.train()
-        self.discriminator.train()
-
-        # (1) update D: maximize log D(x) + log(1 - D(G(h)))
-        with self.autocast():
-            fake = self.generator(h)
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(fake.detach())
-            loss_d = fused_discriminator_loss(real_logits, fake_logits)
-        active = self.status.mark(loss_d.detach())
-        self.opt_d.zero_grad()
-        torch.where(active, loss_d, 0.0).sum().backward()
-        self.opt_d.step(active)
-
-        # (2) update G: maximize log D(G(h)) against the freshly updated D
-        with self.autocast():
-            loss_g = fused_generator_loss(self.discriminator(fake))
-        active = self.status.mark(loss_g.detach())
-        self.opt_g.zero_grad()
-        # Only G's gradients, as `genmodels.tasks.GANTask.update` says why.
-        torch.where(active, loss_g, 0.0).sum().backward(inputs=list(self.generator.parameters()))
-        self.opt_g.step(active)
-
-        return self.status.report({
-            "loss_d": loss_d.detach(),
-            "loss_g": loss_g.detach(),
-            "d_real": torch.sigmoid(real_logits.detach().float()).mean(dim=1),
-            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(dim=1),
-        })
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(self.num_members, n, self.generator.latent_dim, device=self.device)
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, list[float]]:
         """Every member's validation scores, its samples scored in one classifier pass for the
@@ -445,20 +393,6 @@ class FusedGANTask(_GroupMembers):
                                   self.generator.latent_dim, self.eval_samples, self.device, dim=1)
         per_member = self.val_scorer.score_groups(images, value_range=(0.0, 1.0))
         return {f"val_{key}": [m[key] for m in per_member] for key in per_member[0]}
-
-    @torch.no_grad()
-    def generate(self, h: torch.Tensor) -> torch.Tensor:
-        """Images [K, N, 1, 28, 28] in [0, 1] from noise h [K, N, L] (BatchNorm in eval mode)."""
-        self.generator.eval()
-        with self.autocast():
-            return to_unit_range(self.generator(h))
-
-    def sample_images(self) -> torch.Tensor:
-        return self.generate(self.fixed_h)
-
-    def comparison_images(self) -> tuple[torch.Tensor, torch.Tensor]:
-        real = to_unit_interval(self.data.test_images[:NUM_COMPARISON])
-        return real, self.generate(self.fixed_h[:, :NUM_COMPARISON])
 
 
 FUSED_TASKS = {"fused-vae": (FusedConfig, FusedVAETask), "fused-gan": (FusedConfig, FusedGANTask)}

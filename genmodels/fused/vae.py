@@ -12,13 +12,10 @@ initial weights are drawn exactly as the standalone model's are.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genmodels.device import at_least_fp32
 from genmodels.fused.layers import (
     MemberDropout,
     MemberLinear,
@@ -116,45 +113,3 @@ class FusedVAE(PaddedLatents, nn.Module):
     def pad_latent(self, codes: list[torch.Tensor]) -> torch.Tensor:
         """Members' own latent codes [N, L_k] -> one padded tensor [K, N, L]."""
         return stacked(codes, (len(codes[0]), self.latent_dim))
-
-
-def member_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x | z) [K, N] from logits [K, N, ...] and targets shared [N, ...] or [K, N, ...]."""
-    x = x.expand_as(logits) if x.dim() < logits.dim() else x
-    nll = F.binary_cross_entropy_with_logits(at_least_fp32(logits), x, reduction="none")
-    return -nll.flatten(2).sum(dim=2)
-
-
-def member_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(q(z|x) || N(0, I)) [K, N]; padded coordinates (mu = log sigma^2 = 0) add exactly 0."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=2)
-
-
-def fused_elbo_terms(model: FusedVAE, x: torch.Tensor,
-                     eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Eq. (10) per member and example, [K, N] in nats (see `genmodels.vae.elbo_terms`)."""
-    logits, mu, logvar = model(x, eps)
-    recon = member_log_likelihood(logits, x)
-    kl = member_kl(at_least_fp32(mu), at_least_fp32(logvar))
-    return {"elbo": recon - kl, "recon": recon, "kl": kl}
-
-
-def fused_iwae_bound(model: FusedVAE, x: torch.Tensor, k: int) -> torch.Tensor:
-    """The IWAE bound (Burda et al. 2016, eq. 8) per member and example, [K, N] in nats; the
-    densities sum over each member's own latent coordinates only."""
-    mu, logvar = model.encode(x)
-    mu, logvar = mu.float(), logvar.float()
-    std = torch.exp(0.5 * logvar)
-    members, n, _ = mu.shape
-    mask = model.latent_mask.unsqueeze(1)  # [K, 1, L]
-    z = mu + std * torch.randn(k, *mu.shape, device=mu.device)  # [S, K, N, L]
-    z = torch.where(mask, z, torch.zeros((), device=z.device))
-    log_q = torch.where(mask, -0.5 * ((z - mu) / std) ** 2 - std.log(), 0).sum(-1)
-    log_prior = torch.where(mask, -0.5 * z ** 2, 0).sum(-1)
-    # Both densities share the -log(2 pi) / 2 per coordinate, which cancels in log p - log q.
-    logits = model.decode(z.transpose(0, 1).flatten(1, 2).to(x.dtype))  # [K, S*N, 1, 28, 28]
-    targets = x.flatten(1).repeat(k, 1)  # [S*N, 784], sample-major like z
-    log_lik = member_log_likelihood(logits.flatten(2), targets).view(members, k, n).transpose(0, 1)
-    log_w = log_lik + log_prior - log_q  # [S, K, N]
-    return torch.logsumexp(log_w, dim=0) - math.log(k)
-
