@@ -84,15 +84,21 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
 
 def save_run_figures(trainer, out_dir: str | os.PathLike) -> dict[str, Path]:
     """The end-of-run figures of a `Trainer`: samples across epochs and real vs. model."""
-    out_dir = Path(out_dir)
-    name = trainer.task.name
-    epochs = [m["epoch"] for m in trainer.history]
     real, fake = trainer.task.comparison_images()
-    label, filename = (("reconstructed", "real_vs_reconstructed.png") if name == "vae"
+    return save_figures(trainer.task.name, trainer.sample_history,
+                        [m["epoch"] for m in trainer.history], real, fake, out_dir)
+
+
+def save_figures(model: str, grids: list[torch.Tensor], epochs: list[int], real: torch.Tensor,
+                 fake: torch.Tensor, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """A run's end-of-run figures (the seed report's): its fixed-noise `grids` of each of
+    `epochs`, and `real` images beside the model's `fake` ones."""
+    out_dir = Path(out_dir)
+    label, filename = (("reconstructed", "real_vs_reconstructed.png") if model == "vae"
                        else ("generated", "real_vs_generated.png"))
     return {
         "samples_across_epochs": save_samples_across_epochs(
-            trainer.sample_history, epochs, out_dir / "samples_across_epochs.png",
-            title=f"{name.upper()} samples from fixed noise"),
+            grids, epochs, out_dir / "samples_across_epochs.png",
+            title=f"{model.upper()} samples from fixed noise"),
         filename.removesuffix(".png"): save_real_vs_model(real, fake, out_dir / filename, label),
     }

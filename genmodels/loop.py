@@ -345,11 +345,16 @@ def export_model(checkpoint: str | os.PathLike, folder: str | os.PathLike) -> Pa
     `load_model(folder)` reads them back."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     _, task_class = TASKS[state["model"]]
+    return write_model(folder, state["model"], state["model_config"],
+                       state["modules"][task_class.sampler])
+
+
+def write_model(folder: str | os.PathLike, model: str, model_config: dict, weights: dict) -> Path:
+    """`weights` (a sampling network's state_dict) and what rebuilds it, as `export_model` writes."""
     folder = Path(folder)
-    weights = state["modules"][task_class.sampler]
     atomic_write(folder / MODEL_WEIGHTS_FILE, lambda tmp: torch.save(weights, tmp))
-    write_json(folder / MODEL_CONFIG_FILE, {"format": CHECKPOINT_FORMAT, "model": state["model"],
-                                            "model_config": state["model_config"]})
+    write_json(folder / MODEL_CONFIG_FILE, {"format": CHECKPOINT_FORMAT, "model": model,
+                                            "model_config": model_config})
     return folder
 
 

@@ -31,15 +31,14 @@ import torch
 from ray import tune
 
 from genmodels.data import ImageData
-from genmodels.figures import save_real_vs_model, save_samples_across_epochs
-from genmodels.files import atomic_write, write_json
+from genmodels.figures import save_figures
 from genmodels.fused.tasks import FusedConfig
 from genmodels.loop import (
-    CHECKPOINT_FORMAT,
     EpochReport,
     Trainer,
     TrainingDiverged,
     load_checkpoint_configs,
+    write_model,
 )
 from genmodels.names import (
     ADDED_MEMBERS_KEY,
@@ -47,8 +46,6 @@ from genmodels.names import (
     DIVERGED,
     FINISHED,
     MEMBERS_KEY,
-    MODEL_CONFIG_FILE,
-    MODEL_WEIGHTS_FILE,
     RUNNING,
     STOPPED_EARLY,
 )
@@ -80,27 +77,16 @@ def best_value(results: dict, metric: str, mode: str) -> float:
 
 def save_member_figures(trainer: Trainer, k: int, grids: list, epochs: list, out: Path) -> dict:
     """Member k's end-of-run figures (the seed's): samples across epochs, real vs. model."""
-    model = trainer.task.name.removeprefix("fused-")
     real, fake = trainer.task.comparison_images()
-    label, name = (("reconstructed", "real_vs_reconstructed") if model == "vae"
-                   else ("generated", "real_vs_generated"))
-    return {
-        "samples_across_epochs": save_samples_across_epochs(
-            grids, epochs, out / "samples_across_epochs.png",
-            title=f"{model.upper()} samples from fixed noise"),
-        name: save_real_vs_model(real, fake[k], out / f"{name}.png", label),
-    }
+    return save_figures(trainer.task.name.removeprefix("fused-"), grids, epochs, real, fake[k], out)
 
 
 def export_member(trainer: Trainer, k: int, cfg, folder: Path) -> None:
-    """Member k's trained network as its own plain files (`weights.pt`, `model.json`), as
-    `genmodels.loop.export_model` writes a standalone run's: `load_model(folder)` reads it."""
+    """Member k's trained network as its own plain files, as `genmodels.loop.export_model` writes
+    a standalone run's: `load_model(folder)` reads it."""
     task = trainer.task
     network = task.model.member(k) if task.name == "fused-vae" else task.generator.member(k)
-    atomic_write(folder / MODEL_WEIGHTS_FILE, lambda tmp: torch.save(network.state_dict(), tmp))
-    write_json(folder / MODEL_CONFIG_FILE, {"format": CHECKPOINT_FORMAT,
-                                            "model": task.name.removeprefix("fused-"),
-                                            "model_config": cfg.to_dict()})
+    write_model(folder, task.name.removeprefix("fused-"), cfg.to_dict(), network.state_dict())
 
 
 class FusedGroup:
