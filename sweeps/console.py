@@ -310,22 +310,6 @@ def setup_lines(plan) -> str:
     return "\n".join(lines)
 
 
-def free_slots_line(args, at_once: int) -> str | None:
-    """A fused sweep whose configurations fill fewer groups than the cluster runs at once leaves
-    trial slots (GPUs, on a GPU cluster) free: say how many, and which --fuse would fill them.
-    None when every slot trains, or when --max-concurrent chose the number."""
-    if args.fuse == 1 or args.max_concurrent or args.resume:
-        return None
-    groups = -(-args.num_samples // args.fuse)
-    if groups >= at_once:
-        return None
-    fill = max(1, args.num_samples // at_once)
-    return (f"slots      {args.num_samples} configurations fill {groups} group"
-            f"{'' if groups == 1 else 's'} of {min(args.fuse, args.num_samples)}, and the cluster "
-            f"runs {at_once} at once: {at_once - groups} slot(s) stay free (--fuse {fill} would "
-            "fill them: smaller groups, each on its own slot)")
-
-
 def trials_at_once(args) -> int | None:
     """Trials (or fused groups) running together: --max-concurrent, else what a local Ray's CPUs
     hold; None where that is not known before Ray starts (a cluster, GPU trials)."""
@@ -347,17 +331,14 @@ def search_line(plan) -> str:
         default_first = False
         skipped = (" The default configuration is not run first: "
                    + "; ".join(outside_space(plan.model, plan.space)) + " of the search space.")
-    startup = startup_trials(a.num_samples)
-    size = min(a.fuse, a.num_samples)  # a group never larger than the sweep
+    startup, sweep = startup_trials(a.num_samples), plan.sweep
     at_once = trials_at_once(a)
     if at_once:
-        at_once = units_at_once(at_once, a.num_samples, a.fuse)
-    refill = a.fuse > 1 and getattr(a, "refill", False)
-    split = budget_split(a.num_samples, default_first, startup, at_once or 1, a.fuse, refill)
-    unit = "trial" if a.fuse == 1 else "group"
-    unit = (f"{unit}s" if at_once != 1 else unit) + ("" if a.fuse == 1 else f" of {size}")
-    ran = f"{at_once} {unit} at once" if at_once else f"more when {unit} run at once"
-    if refill and a.num_samples > size * (at_once or 1):
+        at_once = units_at_once(at_once, a.num_samples, sweep.group_size)
+    split = budget_split(a.num_samples, default_first, startup, at_once or 1, sweep.group_size,
+                         sweep.refill)
+    ran = f"{sweep.units(at_once)} at once" if at_once else f"more when {sweep.units(None)} run at once"
+    if sweep.refill and a.num_samples > min(sweep.group_size, a.num_samples) * (at_once or 1):
         ran += ", each slot refilled as its member ends"
     return (f"Optuna TPE (seed {a.seed}): {split.describe()} (random until {startup} "
             f"configurations have ended; {ran}).{skipped}")

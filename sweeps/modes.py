@@ -1,26 +1,23 @@
-"""A sweep's mode, decided once, where the Tuner is built (`sweeps/tuner.py`): one Tune trial per
+"""A sweep's mode, decided once from its options (`SweepPlan.sweep`): one Tune trial per
 configuration, or (`--fuse K`) one Tune trial per fused group of up to K configurations.
 
-Everything that differs between the two lives here and nowhere else: the trainable and its early
-stopping (Tune's ASHA for trials, per-member ASHA inside a group), what the searcher hands a new
-Tune trial and tells the study of its reports, how trial folders are named, and what the closing
-table, the count of failed configurations and the count of unfinished ones read from Tune's
-results. Nothing else in the sweep asks whether it is fused.
+Everything that differs between the two lives here and nowhere else: the console's words for what
+runs at once, the trainable and its early stopping (Tune's ASHA for trials, per-member ASHA inside a
+group), what the searcher hands a new Tune trial and tells the study of its reports, how trial
+folders are named, and what the closing table, the count of failed configurations and the count of
+unfinished ones read from Tune's results. Nothing else in the sweep asks whether it is fused.
+
+The mode is made before Ray starts (the sweep's header describes it), so Ray's side is imported
+where it is used.
 """
 
 from __future__ import annotations
 
-import math
-
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from pathlib import Path
 
 from genmodels.names import MEMBER_IDS_KEY, MEMBER_RESULTS_KEY, MEMBERS_KEY, USABLE, group_members
 from sweeps.console import Progress
-from sweeps.study import member_results
-from trainables.fused_trainable import MemberRungs, train_group
 from trainables.rungs import rung_epochs
-from trainables.trainable import train_trial
 
 ASHA_REDUCTION = 2  # keep the better half at each rung
 TABLE_ROWS = 5
@@ -53,12 +50,18 @@ class TrialSweep:
         return Progress(self.tune_trials, self.args.epochs, self.args.metric, self.mode)
 
     def trainable(self, inputs: dict, study, plan):
+        from ray import tune
+
+        from trainables.trainable import train_trial
+
         # Where ASHA may stop a trial: it draws its end-of-run figures there too.
         rungs = (rung_epochs(self.args.grace_period, ASHA_REDUCTION, self.args.epochs)
                  if self.asha else frozenset())
         return tune.with_parameters(train_trial, rungs=rungs, **inputs)
 
     def scheduler(self):
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
         if not self.asha:
             return FIFOScheduler()
         return ASHAScheduler(max_t=self.args.epochs, grace_period=self.args.grace_period,
@@ -68,6 +71,20 @@ class TrialSweep:
     def group_size(self) -> int:
         """Configurations the searcher asks the study for per Tune trial."""
         return 1
+
+    @property
+    def refill(self) -> bool:
+        """Whether a slot whose configuration ended takes a fresh one inside its Tune trial."""
+        return False
+
+    def units(self, count: int | None) -> str:
+        """What runs, `count` at a time, in the console's words: "1 trial", "4 groups of 16";
+        "trials", "groups of 16" for a count not known."""
+        return counted(count, "trial")
+
+    def free_slots_line(self, at_once: int) -> str | None:
+        """A header line when slots the cluster has stay free (a fused sweep's, see there)."""
+        return None
 
     def suggestion(self, members: dict[str, dict]) -> dict:
         """A new Tune trial's config from the configurations the study handed out for it."""
@@ -84,7 +101,7 @@ class TrialSweep:
         rows = []
         for result in results:
             metrics, config = result.metrics or {}, result.config or {}
-            status = statuses.get(_folder_name(result))
+            status = statuses.get(Path(result.path).name)
             ended = (FAILED if result.error or status == "ERROR" else
                      OK if status in (None, "TERMINATED") else UNFINISHED)
             rows.append({"trial_id": metrics.get("trial_id"), **{k: config.get(k) for k in space},
@@ -112,6 +129,10 @@ class FusedSweep(TrialSweep):
                         configurations=self.args.num_samples)
 
     def trainable(self, inputs: dict, study, plan):
+        from ray import tune
+
+        from trainables.fused_trainable import MemberRungs, train_group
+
         args = self.args
         # Per-member early stopping: one rung keeper for every member of every group.
         rungs = (MemberRungs.remote(args.grace_period, ASHA_REDUCTION, args.epochs, self.mode)
@@ -123,17 +144,42 @@ class FusedSweep(TrialSweep):
                                     study=study, refill=args.refill, latent_width=width, **inputs)
 
     def scheduler(self):
+        from ray.tune.schedulers import FIFOScheduler
+
         return FIFOScheduler()  # Tune sees groups; the members' early stopping is MemberRungs'
 
     @property
     def group_size(self) -> int:
         return self.args.fuse
 
+    @property
+    def refill(self) -> bool:
+        return bool(getattr(self.args, "refill", False))
+
+    def units(self, count: int | None) -> str:
+        size = min(self.args.fuse, self.args.num_samples)  # a group never larger than the sweep
+        return f"{counted(count, 'group')} of {size}"
+
+    def free_slots_line(self, at_once: int) -> str | None:
+        """Configurations that fill fewer groups than the cluster runs at once leave trial slots
+        (GPUs, on a GPU cluster) free: say how many, and which --fuse would fill them. None when
+        every slot trains, or when --max-concurrent chose the number."""
+        args = self.args
+        groups = self.tune_trials
+        if args.max_concurrent or args.resume or groups >= at_once:
+            return None
+        fill = max(1, args.num_samples // at_once)
+        return (f"slots      {args.num_samples} configurations fill {self.units(groups)}, and the "
+                f"cluster runs {at_once} at once: {at_once - groups} slot(s) stay free (--fuse "
+                f"{fill} would fill them: smaller groups, each on its own slot)")
+
     def suggestion(self, members: dict[str, dict]) -> dict:
         return {MEMBERS_KEY: list(members.values()), MEMBER_IDS_KEY: list(members)}
 
     def tell(self, study, trial_id: str, result: dict, ended: bool = False, error: bool = False):
         # A group's end tells the study how each of its members ended (a failed group: they failed)
+        from sweeps.study import member_results
+
         if ended:
             return study.finish.remote(trial_id, member_results(result))
         return study.report.remote(trial_id, member_results(result))
@@ -154,8 +200,8 @@ class FusedSweep(TrialSweep):
         return rows
 
 
-def _folder_name(result) -> str:
-    return str(result.path).rstrip("/").rsplit("/", 1)[-1]
+def counted(count: int | None, noun: str) -> str:
+    return f"{noun}s" if count is None else f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def best_table(rows: list[dict], metric: str, mode: str) -> str:
@@ -166,8 +212,7 @@ def best_table(rows: list[dict], metric: str, mode: str) -> str:
     if not rows:
         return "no trial reported a result"
     frame = pd.DataFrame(rows)
-    usable = frame[(frame["ended"] == OK) & frame[metric].map(
-        lambda v: v is not None and not (isinstance(v, float) and math.isnan(v)))]
+    usable = frame[(frame["ended"] == OK) & pd.to_numeric(frame[metric], errors="coerce").notna()]
     if usable.empty:
         return "no configuration ended with a result"
     usable = usable.drop(columns="ended").sort_values(metric, ascending=mode == "min")

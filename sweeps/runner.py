@@ -41,7 +41,7 @@ from sweeps.cluster import (
     set_ray_environment,
     trials_the_cluster_holds,
 )
-from sweeps.console import free_slots_line, send_library_output_to, setup_lines
+from sweeps.console import send_library_output_to, setup_lines
 from sweeps.held_out import (
     chosen_table,
     log_test_numbers,
@@ -54,6 +54,7 @@ from sweeps.mlflow_sweep import (
     tag_sampled,
     trials_view_link,
 )
+from sweeps.modes import TrialSweep, sweep_mode
 from sweeps.options import (
     SweepError,
     build_parser,
@@ -144,6 +145,11 @@ class SweepPlan:
     def fixed_values(self) -> dict:
         return fixed_model_values(self.model, self.space)
 
+    @functools.cached_property
+    def sweep(self) -> TrialSweep:
+        """The sweep's mode (`sweeps/modes.py`): unfused trials or fused groups, decided here once."""
+        return sweep_mode(self.args, self.mode)
+
 
 def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
     plan = prepare(model, parse_options(model, argv), given_options(model, argv))
@@ -168,7 +174,7 @@ def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
         ray_start(stop)
         resources = check_resources(plan.args)
         at_once = plan.args.max_concurrent or trials_the_cluster_holds(plan.args)
-        if note := free_slots_line(plan.args, at_once):
+        if note := plan.sweep.free_slots_line(at_once):
             print(note, flush=True)
         if not plan.args.resume:  # kept with the options: the report derives TPE's random share from it
             plan.args.at_once = at_once

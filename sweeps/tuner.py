@@ -12,7 +12,7 @@ from pathlib import Path
 from ray import cloudpickle, tune
 
 from sweeps.callbacks import ConsoleCallback, TrialStatusCallback
-from sweeps.modes import TrialSweep, sweep_mode
+from sweeps.modes import TrialSweep
 from sweeps.search_space import default_point, startup_trials
 from sweeps.study import StudySearch, start_shared_study
 from trainables.mlflow_trial import SweepRecords
@@ -55,7 +55,7 @@ def build_tuner(plan, data, scorer_cache: dict | None, tracking: SweepRecords,
     A trial whose worker or node dies is retried from its last checkpoint (`--max-failures`).
     """
     args = plan.args
-    sweep = sweep_mode(args, plan.mode)
+    sweep = plan.sweep
     inputs = dict(model=plan.model, data=data, train_settings=plan.settings,
                   fixed=plan.fixed_values, scorer_cache=scorer_cache, tracking=tracking)
     # The sweep's Optuna study: the searcher asks it for each new trial's (or group's)

@@ -263,8 +263,11 @@ def test_a_fused_group_refills_the_slots_of_members_that_end(data_dir, tmp_path)
 
 
 def test_the_setup_says_when_a_fused_sweep_leaves_slots_free_and_which_fuse_fills_them():
-    from sweeps.console import free_slots_line
+    from sweeps.modes import sweep_mode
     from sweeps.options import parse_options
+
+    def free_slots_line(args, at_once: int):
+        return sweep_mode(args, "max").free_slots_line(at_once)
 
     args = parse_options("vae", ["--num-samples", "64", "--gpus-per-trial", "1"])  # fuses 16
     assert free_slots_line(args, at_once=8) == (
