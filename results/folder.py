@@ -12,11 +12,13 @@ from pathlib import Path
 
 from genmodels.files import read_status
 from genmodels.names import (
+    CHECKPOINT_FILE,
     DIVERGED,
     FAILED,
     FINISHED,
     MEMBER_IDS_KEY,
     MEMBER_RESULTS_KEY,
+    MODEL_CONFIG_FILE,
     OPTIONS_FILE,
     SAMPLED_FILE,
     STOPPED_EARLY,
@@ -183,11 +185,19 @@ def read_ray_folder(results: str | Path) -> tuple[list[TrialRecord], dict]:
     return records, options
 
 
-def local_trial_folder(figures_dir: str, cache: Path) -> Path:
-    """A trial's folder on this disk, for its figures: the folder itself, or for a sweep on cloud
-    storage (`figures_dir` a URI) a copy of the trial's images in `cache`, downloaded once. A
-    storage this machine cannot read (no credentials here, say) gives an empty folder: the caller
-    falls back to the trial's MLflow run."""
+def trained_model(folder: Path) -> Path | None:
+    """A trial's trained model: a fused member's exported files, or the newest checkpoint."""
+    if (folder / MODEL_CONFIG_FILE).exists():
+        return folder
+    checkpoints = sorted(folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def local_trial_folder(figures_dir: str, cache: Path, suffixes: tuple[str, ...] = (".png",)) -> Path:
+    """A trial's folder on this disk, for its figures (or its files of other `suffixes`): the
+    folder itself, or for a sweep on cloud storage (`figures_dir` a URI) a copy of the trial's
+    files in `cache`, downloaded once. A storage this machine cannot read (no credentials here,
+    say) gives an empty folder: the caller falls back to the trial's MLflow run."""
     if "://" not in figures_dir:
         return Path(figures_dir)
     copy = cache / figures_dir.rstrip("/").rsplit("/", 1)[-1]
@@ -196,7 +206,7 @@ def local_trial_folder(figures_dir: str, cache: Path) -> Path:
         from sweeps.storage import SweepFolder
 
         try:
-            SweepFolder.reached(figures_dir).download(cache, (".png",))
+            SweepFolder.reached(figures_dir).download(cache, suffixes)
         except TimeoutError:
             silent.parent.mkdir(parents=True, exist_ok=True)
             silent.touch()

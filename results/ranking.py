@@ -82,7 +82,7 @@ def rank_trials(trials: pd.DataFrame, metric: str | None = None, mode: str | Non
                           "trial_id": trials["trial_id"].astype(str)})
     order = order.sort_values(["group", "key", "below", "trial_id"], kind="mergesort",
                               na_position="last")
-    ranked = trials.loc[order.index].copy()
+    ranked = trials.loc[order.index].drop(columns="rank", errors="ignore")  # ranked again: anew
     position = pd.Series(range(1, len(ranked) + 1), index=ranked.index)
     # Equal values share the first position of their tie; the other trials keep their position.
     valued = order["group"] == 0

@@ -7,12 +7,14 @@ functions here make DataFrames, so the same sweep gives the same table from eith
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from genmodels.names import DIRECTIONS, MODEL_METRICS, TEST_METRICS, TIMING_METRICS, on_test_split
-from results.ranking import default_metric, direction
+from results.ranking import best_trial, default_metric, direction
 
 ERROR_CHARS = 500  # an error message is cut to this in the table; the full text stays on disk
 TEST_PREFIX = "test_"  # the test split's numbers: one value per chosen trial, not per epoch
@@ -49,6 +51,29 @@ class Sweep:
     trials: pd.DataFrame
     history: pd.DataFrame
     source: dict = field(default_factory=dict)  # {"results": path} or {"experiment", "uri"}
+
+    @property
+    def best(self) -> pd.Series:
+        """The best trial's row by the sweep's objective (`rank_trials`); a clear error when no
+        trial finished."""
+        return best_trial(self.trials, self.metric, self.mode, history=self.history)
+
+    def load_model(self, trial_id: str | None = None, device: str = "cpu"):
+        """A trial's trained network in eval mode (the best trial's by default): the VAE, or the
+        GAN's generator, as `genmodels.loop.load_model` reads it from the trial's folder (a
+        fused member's exported files, else the trial's newest checkpoint)."""
+        from genmodels.loop import load_model  # torch only when a model is asked for
+        from results.folder import local_trial_folder, trained_model
+
+        row = self.best if trial_id is None else self.trials.set_index("trial_id").loc[trial_id]
+        folder = row["figures_dir"]
+        if not isinstance(folder, str):
+            raise LoadError(f"trial {row.name if trial_id else row['trial_id']} has no folder on record")
+        cache = Path(tempfile.gettempdir()) / "gensweep-models"  # a sweep on cloud storage: copied
+        path = trained_model(local_trial_folder(folder, cache, (".pt", ".json")))
+        if path is None:
+            raise LoadError(f"no trained model in {folder}: the trial saved no checkpoint")
+        return load_model(path, device)
 
 
 def typed_column(values: list) -> pd.Series:

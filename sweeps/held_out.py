@@ -26,21 +26,13 @@ import pandas as pd
 from genmodels.device import resolve_device
 from genmodels.files import write_json
 from genmodels.loop import TrainConfig, evaluate_on_test_split
-from genmodels.names import CHECKPOINT_FILE, MODEL_CONFIG_FILE, TEST_METRICS_FILE, USABLE
-from results.folder import read_ray_folder
+from genmodels.names import TEST_METRICS_FILE, USABLE
+from results.folder import read_ray_folder, trained_model
 from results.ranking import rank_trials
 from results.table import build_sweep
 from sweeps.storage import SweepFolder
 
 DEFAULT_TEST_TOP = 3  # the best few by the validation objective; each costs seconds on a CPU
-
-
-def final_model(folder: Path) -> Path | None:
-    """A trial's trained model: a fused member's exported files, or the newest checkpoint."""
-    if (folder / MODEL_CONFIG_FILE).exists():
-        return folder
-    checkpoints = sorted(folder.glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
-    return checkpoints[-1] if checkpoints else None
 
 
 def ranked_trials(experiment: Path, model: str, metric: str, mode: str) -> pd.DataFrame:
@@ -76,7 +68,7 @@ def measure_chosen(experiment: Path, model: str, metric: str, mode: str, top: in
             continue
         if fetch is not None:
             fetch(folder)
-        path = final_model(folder)
+        path = trained_model(folder)
         if path is None:  # e.g. a trial whose checkpoint was deleted: say so, test the others
             print(f"test split: no trained model in {folder}; {row['trial_id']} not tested")
             continue
@@ -99,7 +91,7 @@ def measure_chosen_in(folder: SweepFolder, model: str, metric: str, mode: str, t
     with tempfile.TemporaryDirectory(prefix="gensweep-test-split-") as tmp:
         mirror = folder.download_records(Path(tmp))
         ranked = measure_chosen(mirror, model, metric, mode, top, data, settings, scorer,
-                                fetch=lambda trial: folder.fetch_final_model(mirror, trial),
+                                fetch=lambda trial: folder.fetch_trained_model(mirror, trial),
                                 store=lambda file: folder.upload(
                                     file, file.relative_to(mirror).as_posix()))
         ranked["figures_dir"] = ranked["figures_dir"].str.replace(str(mirror), folder.location,

@@ -79,13 +79,21 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "
            "run"]
 
 
+# What a bad option, data folder, tracking store or storage raises before any trial starts.
+BAD_INPUT_ERRORS = (SweepError, TrackingError, DataError, ValueError, FileNotFoundError)
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())  # one line, whatever the cause
+
+
 def run(model: str, argv: list[str] | None = None) -> int:
     """The sweep, from its command line to its exit code (EXIT_* above)."""
     with StopSignals() as stop:
         try:
-            return _run(model, argv, stop)
-        except (SweepError, TrackingError, DataError, ValueError, FileNotFoundError) as err:
-            print(f"error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the cause
+            return sweep_in(model, argv, stop)
+        except BAD_INPUT_ERRORS as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except Stopped as err:  # a signal outside Tune's graceful stop (sweeps/signals.py)
             print(f"stopped by {err}: {stop.leaves}", file=sys.stderr)
@@ -151,7 +159,9 @@ class SweepPlan:
         return sweep_mode(self.args, self.mode)
 
 
-def _run(model: str, argv: list[str] | None, stop: StopSignals) -> int:
+def sweep_in(model: str, argv: list[str] | None, stop: StopSignals) -> int:
+    """The sweep of `argv` under the stop signals `stop`: its exit code, or the bad input's error
+    (BAD_INPUT_ERRORS) raised before Ray starts (`run` prints it, `sweeps.run_sweep` raises it)."""
     plan = prepare(model, parse_options(model, argv), given_options(model, argv))
     print(spaces.describe(model, plan.space))
     if plan.args.print_space:

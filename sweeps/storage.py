@@ -161,7 +161,7 @@ class SweepFolder:
 
     def fetch_final_model(self, mirror: Path, trial: Path) -> None:
         """Into the local copy `mirror` (download_records), the files of the trial folder `trial`
-        (a folder in the copy) that `sweeps.held_out.final_model` looks for: a fused member's
+        (a folder in the copy) that `results.folder.trained_model` looks for: a fused member's
         weights, or an unfused trial's newest checkpoint."""
         relative = trial.relative_to(mirror).as_posix()
         if (trial / MODEL_CONFIG_FILE).exists():

@@ -33,7 +33,7 @@ from genmodels.names import (
     STATUS_FILE,
     TEST_METRICS_FILE,
 )
-from sweeps.held_out import final_model
+from results.folder import trained_model as final_model
 from sweeps.orphans import ORPHANS_DIR
 from sweeps.runner import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED
 from sweeps.storage import SweepFolder
