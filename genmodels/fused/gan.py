@@ -24,7 +24,6 @@ from genmodels.fused.layers import (
     PaddedLatents,
     member_state,
     prefixed,
-    stacked,
     to_channels,
     to_members,
 )
@@ -36,10 +35,7 @@ class FusedGenerator(PaddedLatents, nn.Module):
 
     def __init__(self, members: list[Generator], latent_width: int | None = None):
         super().__init__()
-        latent_dims = [g.latent_dim for g in members]
-        self.latent_dim = latent_width or max(latent_dims)  # L, the padded size
-        mask = torch.arange(self.latent_dim) < torch.tensor(latent_dims).unsqueeze(1)
-        self.register_buffer("latent_mask", mask)  # [K, L]: True on a member's own coordinates
+        self.register_latents([g.latent_dim for g in members], latent_width)
         self.project = MemberLinear.from_linears([g.project[0] for g in members],
                                                  in_features=self.latent_dim)
         self.project_norm = MemberBatchNorm([g.project[1] for g in members])
@@ -71,8 +67,6 @@ class FusedGenerator(PaddedLatents, nn.Module):
     def mask_noise(self, h: torch.Tensor) -> torch.Tensor:
         return torch.where(self.latent_mask.unsqueeze(1), h, torch.zeros((), dtype=h.dtype, device=h.device))
 
-    def pad_latent(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        return stacked(codes, (len(codes[0]), self.latent_dim))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         k, n = self.num_members, h.shape[1]

@@ -49,6 +49,13 @@ class PaddedLatents:
 
     latent_mask: torch.Tensor
 
+    def register_latents(self, latent_dims: list[int], latent_width: int | None) -> None:
+        """The padded size L (the members' largest, or `latent_width`) and the mask [K, L]: True
+        on each member's own coordinates."""
+        self.latent_dim = latent_width or max(latent_dims)
+        mask = torch.arange(self.latent_dim) < torch.tensor(latent_dims).unsqueeze(1)
+        self.register_buffer("latent_mask", mask)
+
     @property
     def num_members(self) -> int:
         return len(self.latent_mask)

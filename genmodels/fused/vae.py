@@ -30,10 +30,7 @@ from genmodels.vae import VAE
 class FusedVAE(PaddedLatents, nn.Module):
     def __init__(self, members: list[VAE], dropouts: list[float], latent_width: int | None = None):
         super().__init__()
-        latent_dims = [m.latent_dim for m in members]
-        self.latent_dim = latent_width or max(latent_dims)  # L, the padded size
-        active = torch.arange(self.latent_dim) < torch.tensor(latent_dims).unsqueeze(1)
-        self.register_buffer("latent_mask", active)  # [K, L]: True on a member's own coordinates
+        self.register_latents([m.latent_dim for m in members], latent_width)
         p = torch.tensor(dropouts, dtype=torch.float32)
 
         def linears(modules: list[nn.Sequential], index: int) -> list[nn.Linear]:
@@ -109,7 +106,3 @@ class FusedVAE(PaddedLatents, nn.Module):
     @torch.no_grad()
     def sample(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decode(z))
-
-    def pad_latent(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        """Members' own latent codes [N, L_k] -> one padded tensor [K, N, L]."""
-        return stacked(codes, (len(codes[0]), self.latent_dim))
