@@ -91,7 +91,7 @@ def measure_chosen_in(folder: SweepFolder, model: str, metric: str, mode: str, t
     with tempfile.TemporaryDirectory(prefix="gensweep-test-split-") as tmp:
         mirror = folder.download_records(Path(tmp))
         ranked = measure_chosen(mirror, model, metric, mode, top, data, settings, scorer,
-                                fetch=lambda trial: folder.fetch_trained_model(mirror, trial),
+                                fetch=lambda trial: folder.fetch_final_model(mirror, trial),
                                 store=lambda file: folder.upload(
                                     file, file.relative_to(mirror).as_posix()))
         ranked["figures_dir"] = ranked["figures_dir"].str.replace(str(mirror), folder.location,
